@@ -1,0 +1,184 @@
+"""Per-agent queues and the workers that drain them.
+
+Each agent has one worker task, so one agent's messages go out one call at a
+time, in order: urgent first, then regular, FIFO within each. Different agents'
+workers run concurrently, except that transports naming the same `exclusive`
+resource take turns on one lock. A worker never sleeps: it waits on its queue's
+`wakeup` event, with a deadline when it is backing off after a failure or
+waiting for a down transport to come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+
+from coordd import store as s
+from coordd.config import Delivery as DeliveryConfig
+from coordd.store import Record, Store
+from coordd.transports import DeliveryError, Transport, TransportDown
+
+log = logging.getLogger("coordd.delivery")
+
+
+class AgentQueue:
+    def __init__(self, agent_id: str, transport: Transport) -> None:
+        self.id = agent_id
+        self.transport = transport
+        self.urgent: deque[Record] = deque()
+        self.regular: deque[Record] = deque()
+        self.in_flight: list[Record] = []
+        self.wakeup = asyncio.Event()
+        self.resume_at = 0.0  # loop time before which the worker must not deliver (backoff)
+        self.down: str | None = None  # why the transport is down, while it is
+        self.last_error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.regular)
+
+    def push(self, rec: Record) -> None:
+        (self.urgent if rec.priority == "urgent" else self.regular).append(rec)
+        self.wakeup.set()
+
+    def take(self, n: int) -> list[Record]:
+        """The next n messages of the highest non-empty priority, in order."""
+        q = self.urgent or self.regular
+        return [q.popleft() for _ in range(min(n, len(q)))]
+
+    def put_back(self, recs: list[Record]) -> None:
+        """Return untried or retried messages to the head of their queue, keeping their order."""
+        for rec in reversed(recs):
+            (self.urgent if rec.priority == "urgent" else self.regular).appendleft(rec)
+
+    def remove(self, message_id: int) -> Record | None:
+        for q in (self.urgent, self.regular):
+            for rec in q:
+                if rec.id == message_id:
+                    q.remove(rec)
+                    return rec
+        return None
+
+    def oldest_created(self) -> float | None:
+        heads = [q[0].created for q in (self.urgent, self.regular) if q]
+        heads += [r.created for r in self.in_flight]
+        return min(heads) if heads else None
+
+
+class Delivery:
+    def __init__(self, config: DeliveryConfig, store: Store, transports: dict[str, Transport]) -> None:
+        self.config = config
+        self.store = store
+        self.queues = {agent_id: AgentQueue(agent_id, t) for agent_id, t in transports.items()}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.waiters: dict[int, list[asyncio.Future]] = {}
+        self.stopping = False
+
+    # --- what the request handlers use -----------------------------------------
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def enqueue(self, rec: Record) -> None:
+        self.queues[rec.agent].push(rec)
+
+    def in_flight(self, message_id: int) -> bool:
+        return any(r.id == message_id for q in self.queues.values() for r in q.in_flight)
+
+    def wait_for(self, message_id: int) -> asyncio.Future:
+        """A future resolved with (status, error) once the message is delivered, failed or cancelled."""
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(message_id, []).append(fut)
+        return fut
+
+    def settle(self, message_id: int, status: str, error: str | None = None) -> None:
+        for fut in self.waiters.pop(message_id, ()):
+            if not fut.done():
+                fut.set_result((status, error))
+
+    # --- the workers -------------------------------------------------------------
+
+    async def worker(self, q: AgentQueue) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            q.wakeup.clear()
+            delay = q.resume_at - loop.time()
+            if not q or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(q.wakeup.wait(), delay if q and delay > 0 else None)
+                continue
+            q.down = q.transport.health()
+            if q.down:
+                q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
+                continue
+            await self._deliver(q, loop)
+
+    async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
+        batch = q.take(q.transport.max_batch)
+        q.in_flight = batch
+        started = time.time()
+        lock = self.locks.setdefault(q.transport.exclusive, asyncio.Lock()) if q.transport.exclusive else None
+        try:
+            async with lock or contextlib.nullcontext():
+                await q.transport.deliver(batch)
+            done, error = len(batch), None
+        except DeliveryError as e:
+            done, error = e.delivered, e.reason
+        except TransportDown as e:
+            q.in_flight = []
+            q.put_back(batch)
+            q.down = e.reason
+            q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
+            return
+        except Exception as e:  # a transport bug must not kill the worker: count it as a failed attempt
+            log.exception("transport %s failed on agent %s", q.transport.name, q.id)
+            done, error = 0, f"internal error: {e!r}"
+        q.in_flight = []
+        self._record(q, batch, done, error, started, loop)
+
+    def _record(self, q, batch: list[Record], done: int, error: str | None, started: float, loop) -> None:
+        finished = time.time()
+        attempts, delivered = [], []
+        for rec in batch[:done]:
+            rec.attempts += 1
+            attempts.append((rec.id, rec.attempts, started, finished, 1, None))
+            delivered.append((finished, rec.attempts, rec.id))
+        ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
+        for rec in batch[:done]:
+            self.settle(rec.id, "delivered")
+        if error is not None:
+            rec = batch[done]
+            rec.attempts += 1
+            rec.tries += 1
+            rec.error = q.last_error = error
+            ops.append((s.INSERT_ATTEMPT, (rec.id, rec.attempts, started, finished, 0, error), False))
+            if rec.tries >= self.config.max_attempts:
+                log.warning("message %d to %s failed after %d attempts: %s", rec.id, q.id, rec.tries, error)
+                ops.append((s.MARK_FAILED, (rec.attempts, error, rec.id), False))
+                self.settle(rec.id, "failed", error)
+                q.put_back(batch[done + 1 :])
+            else:
+                ops.append((s.MARK_ATTEMPTED, (rec.attempts, error, rec.id), False))
+                q.put_back(batch[done:])
+                backoff = self.config.backoff_initial_ms * 2 ** (rec.tries - 1)
+                q.resume_at = loop.time() + min(backoff, self.config.backoff_max_ms) / 1000
+        self.store.write(ops).add_done_callback(_log_failed_write)
+
+    def stop(self) -> None:
+        """Start no new deliveries; the ones in progress finish. Waiters hear the message is still queued."""
+        self.stopping = True
+        for q in self.queues.values():
+            q.wakeup.set()
+        for waiters in self.waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(("queued", "the daemon is shutting down"))
+
+
+def _log_failed_write(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        # The delivery happened but its outcome is not stored: the message stays
+        # queued in the database and is delivered again after a restart (at-least-once).
+        log.error("could not record a delivery outcome: %s", fut.exception())

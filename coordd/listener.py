@@ -1,0 +1,67 @@
+"""The listening socket: a private directory, one daemon per socket, stale sockets replaced.
+
+A lock file beside the socket (flock, held for the daemon's life) decides who
+owns the socket, so two daemons starting at once cannot both bind. The loser
+exits with a clear message; the winner removes a socket file a dead daemon left.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import stat
+
+
+class ListenerError(Exception):
+    pass
+
+
+def private_dir(path: str) -> None:
+    """Create (or tighten) the socket's directory: ours, mode 0700."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise ListenerError(f"socket directory {path} belongs to uid {st.st_uid}, not to us: choose another daemon.socket")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def lock(socket_path: str) -> int:
+    """Take the daemon lock for socket_path; return its fd (keep it open while serving)."""
+    lock_path = socket_path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ListenerError(
+            f"another coordd (pid {holder}) is already serving {socket_path}: stop it first, or give this one "
+            "another daemon.socket"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def bind(socket_path: str) -> socket.socket:
+    """A listening socket at socket_path, mode 0600. Call with the lock held."""
+    private_dir(os.path.dirname(socket_path) or ".")
+    try:
+        os.unlink(socket_path)  # we hold the lock, so whatever is there was left by a dead daemon
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)  # no window in which the socket is reachable with looser permissions
+        try:
+            sock.bind(socket_path)
+        finally:
+            os.umask(old)
+        sock.listen(512)
+    except OSError as e:
+        sock.close()
+        raise ListenerError(f"cannot listen on {socket_path}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,62 @@
+"""How a message reaches an agent. One Transport instance serves one agent.
+
+A transport's `deliver` gets a non-empty list of messages in delivery order and
+delivers them in that order. It returns when all are delivered, or raises:
+
+- DeliveryError(reason, delivered=k): the first k were delivered, message k failed
+  (it counts as an attempt and is retried with backoff), the rest were not tried;
+- TransportDown(reason): nothing was delivered and nothing counts as an attempt;
+  the messages stay queued until `health()` reports the transport healthy again.
+
+`max_batch` bounds how many messages one call gets (work in bounded chunks so a
+long queue never starves the event loop). `exclusive` names a resource shared by
+all transports of one kind (the GUI: one mouse, one clipboard): deliveries that
+name the same resource never run at the same time.
+"""
+
+from __future__ import annotations
+
+from coordd.store import Record
+
+
+class DeliveryError(Exception):
+    def __init__(self, reason: str, delivered: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered
+
+
+class TransportDown(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Transport:
+    name = "?"
+    max_batch = 1
+    exclusive: str | None = None
+
+    async def start(self) -> None:
+        """Open warm connections; called once before the first delivery."""
+
+    async def close(self) -> None:
+        """Release what start() opened."""
+
+    def health(self) -> str | None:
+        """None when healthy, else the reason it is not."""
+        return None
+
+    async def deliver(self, messages: list[Record]) -> None:
+        raise NotImplementedError
+
+
+def make_transport(agent) -> Transport:
+    """The transport for one configured agent, chosen by its `transport` key."""
+    from coordd.config import InboxAgent
+
+    if isinstance(agent, InboxAgent):
+        from coordd.transports.inbox import InboxTransport
+
+        return InboxTransport(agent)
+    raise ValueError(f"no transport for {agent!r}")
