@@ -37,7 +37,12 @@ class AgentQueue:
         self.last_error: str | None = None
 
     def __len__(self) -> int:
+        """Messages waiting to be taken (not counting those in flight)."""
         return len(self.urgent) + len(self.regular)
+
+    def depth(self) -> int:
+        """Messages not yet delivered: waiting plus in flight. Queue limits count these."""
+        return len(self) + len(self.in_flight)
 
     def push(self, rec: Record) -> None:
         (self.urgent if rec.priority == "urgent" else self.regular).append(rec)
@@ -79,7 +84,7 @@ class Delivery:
     # --- what the request handlers use -----------------------------------------
 
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return sum(q.depth() for q in self.queues.values())
 
     def enqueue(self, rec: Record) -> None:
         self.queues[rec.agent].push(rec)

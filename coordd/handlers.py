@@ -172,7 +172,7 @@ class Handlers:
             raise Refused("queue_full", f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
                           "wait for deliveries to drain or raise the limit")  # fmt: skip
         for agent, n in per_agent.items():
-            depth = len(self.delivery.queues[agent]) + self._unstored[agent] + n
+            depth = self.delivery.queues[agent].depth() + self._unstored[agent] + n
             if depth > q.max_per_agent:
                 raise Refused("queue_full", f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
                               f"{q.max_per_agent}: wait for its deliveries or raise the limit")  # fmt: skip

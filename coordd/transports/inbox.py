@@ -55,6 +55,8 @@ class InboxTransport(Transport):
         """Runs in a worker thread: how many were written, in order, and why the next one was not."""
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            return 0, f"inbox {self.dir} exists but is not a directory"
         except OSError as e:
             return 0, f"cannot create inbox {self.dir}: {e.strerror}"
         for n, m in enumerate(messages):

@@ -1,0 +1,137 @@
+"""The real daemon as a subprocess on a temp socket and a temp database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coordctl import Client, CoordError
+
+START_TIMEOUT = 20.0
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll predicate until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_config(path: Path, sections: dict, agents: list[dict]) -> Path:
+    lines = []
+    for name, keys in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+    for a in agents:
+        lines.append("[[agents]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in a.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Daemon:
+    """One coordd process. `start()` returns once it answers ping."""
+
+    def __init__(self, tmp: Path, agents: list[dict] | None = None, **sections) -> None:
+        self.tmp = tmp
+        self.socket = str(tmp / "run" / "coordd.sock")
+        self.db = str(tmp / "state" / "coordd.db")
+        self.workspace = tmp / "ws"
+        sections.setdefault("daemon", {})
+        sections["daemon"] = {"socket": self.socket, "workspace": str(self.workspace), **sections["daemon"]}
+        sections["store"] = {"path": self.db, **sections.get("store", {})}
+        self.agents = agents or [{"id": f"Agent-{n}"} for n in range(1, 5)]
+        self.config = write_config(tmp / "coordd.toml", sections, self.agents)
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp / "coordd.log"
+
+    def inbox(self, agent: str) -> Path:
+        return self.workspace / "agent_workspaces" / agent / "inbox"
+
+    def start(self, expect_ready: bool = True) -> Daemon:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("COORDD_CONFIG", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coordd", "run", "--config", str(self.config)],
+                cwd=self.tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        if expect_ready:
+            wait_until(self._answers, START_TIMEOUT, f"coordd to answer (log: {self.logtext()})")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"coordd exited with {self.proc.returncode}: {self.logtext()}")
+        try:
+            with Client(self.socket) as c:
+                c.ping()
+            return True
+        except CoordError:
+            return False
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def logtext(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    """Factory: make_daemon(agents=[...], delivery={...}) -> a started Daemon, stopped after the test."""
+    started: list[Daemon] = []
+
+    def make(agents: list[dict] | None = None, start: bool = True, sub: str = "", **sections) -> Daemon:
+        d = Daemon(tmp_path / sub if sub else tmp_path, agents, **sections)
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
+
+
+@pytest.fixture
+def daemon(make_daemon) -> Daemon:
+    return make_daemon()
+
+
+def inbox_bodies(path: Path) -> list[str]:
+    """The bodies in an inbox directory, in file-name (delivery id) order."""
+    out = []
+    for f in sorted(path.glob("*.md")):
+        text = f.read_text()
+        out.append(text.split("---\n\n", 1)[1][:-1])
+    return out

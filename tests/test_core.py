@@ -1,0 +1,359 @@
+"""The core daemon through the coordctl library: methods, ordering, idempotency, limits, retention, restarts."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from coordctl import Client, CoordError
+from conftest import Daemon, inbox_bodies, wait_until
+
+FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
+
+
+def all_done(c: Client, n: int, status: str = "delivered") -> bool:
+    page = c.history(status=status, limit=1000)
+    return len(page.messages) >= n
+
+
+def block_inbox(d: Daemon, agent: str) -> None:
+    """A regular file where the inbox directory should be: deliveries fail until it is removed (works as root)."""
+    path = d.inbox(agent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a directory")
+
+
+def unblock_inbox(d: Daemon, agent: str) -> None:
+    d.inbox(agent).unlink()
+
+
+def test_every_method(daemon: Daemon):
+    with daemon.client() as c:
+        pong = c.ping()
+        assert pong.protocol == 1 and pong.version
+        assert [a.id for a in c.agents()] == ["Agent-1", "Agent-2", "Agent-3", "Agent-4"]
+        first = c.send("Agent-1", "hello\nsecond line", sender="Agent-2", kind="review", tags=["pr-42"], wait=True)
+        msg = c.get(first)
+        assert msg.message.status == "delivered" and msg.message.sender == "Agent-2"
+        assert msg.message.kind == "review" and msg.message.tags == ["pr-42"]
+        assert [a.ok for a in msg.attempts] == [True]
+        ids = c.batch([{"to": "Agent-2", "body": "b1"}, {"to": "Agent-3", "body": "b2", "priority": "urgent"}])
+        assert len(ids) == 2 and ids[0] < ids[1]
+        everyone = c.broadcast("all hands", sender="Agent-4")
+        assert len(everyone) == 4
+        wait_until(lambda: all_done(c, 7), what="7 deliveries")
+        status = c.status()
+        assert status.rows == 7 and status.queued == 0
+        assert {a.id: a.delivered for a in status.agents} == {"Agent-1": 2, "Agent-2": 2, "Agent-3": 2, "Agent-4": 1}
+        page = c.history(agent="Agent-1")
+        assert [m.id for m in page.messages] == [everyone[0], first]  # newest first
+        assert c.history(contains="second line").messages[0].id == first
+        assert c.history(sender="Agent-4", limit=2).cursor is not None
+    body = (daemon.inbox("Agent-1") / f"{first:012d}.md").read_text()
+    assert "from: Agent-2" in body and "to: Agent-1" in body and body.endswith("hello\nsecond line\n")
+
+
+def test_history_pages_with_cursor(daemon: Daemon):
+    with daemon.client() as c:
+        ids = c.batch([{"to": "Agent-1", "body": f"m{i}"} for i in range(25)])
+        seen, cursor = [], None
+        while True:
+            page = c.history(agent="Agent-1", limit=10, cursor=cursor)
+            seen += [m.id for m in page.messages]
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert seen == sorted(ids, reverse=True)
+        with pytest.raises(CoordError) as e:
+            c.history(limit=0)
+        assert e.value.code == "bad_request"
+
+
+def test_fifo_per_agent_with_8_concurrent_clients(daemon: Daemon):
+    per_client, agents = 60, ["Agent-1", "Agent-2", "Agent-3", "Agent-4"]
+    errors = []
+
+    def client(n: int) -> None:
+        try:
+            with daemon.client() as c:
+                for i in range(per_client):
+                    c.send(agents[i % 4], f"c{n}-{i}", sender=f"c{n}")
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with daemon.client() as c:
+        wait_until(lambda: all_done(c, 8 * per_client), what="all deliveries")
+        for agent in agents:
+            delivered = c.history(agent=agent, limit=1000).messages[::-1]  # oldest first
+            times = [m.delivered for m in delivered]
+            assert times == sorted(times), "delivered out of acceptance order"
+    for k, agent in enumerate(agents):
+        bodies = inbox_bodies(daemon.inbox(agent))
+        assert len(bodies) == 2 * per_client
+        for n in range(8):
+            mine = [int(b.split("-")[1]) for b in bodies if b.startswith(f"c{n}-")]
+            assert mine == [i for i in range(per_client) if i % 4 == k]
+
+
+def test_urgent_before_regular(make_daemon):
+    d = make_daemon(agents=[{"id": "A", "chunk": 1}], delivery=FAST_RETRY)
+    block_inbox(d, "A")
+    with d.client() as c:
+        regular = [c.send("A", f"r{i}") for i in range(3)]
+        wait_until(lambda: c.get(regular[0]).message.attempts >= 1, what="a failed attempt")
+        urgent = [c.send("A", f"u{i}", priority="urgent") for i in range(2)]
+        unblock_inbox(d, "A")
+        wait_until(lambda: all_done(c, 5), what="deliveries")
+        order = sorted(regular + urgent, key=lambda i: c.get(i).message.delivered)
+    assert order == urgent + regular
+
+
+def test_idempotency_key(daemon: Daemon):
+    with daemon.client() as c:
+        first = c.send("Agent-1", "once", key="k-1")
+        assert c.send("Agent-1", "once", key="k-1") == first
+        ids = c.batch([{"to": "Agent-2", "body": "x", "key": "k-1"}, {"to": "Agent-2", "body": "y", "key": "k-2"},
+                       {"to": "Agent-2", "body": "y", "key": "k-2"}])  # fmt: skip
+        assert ids[0] == first and ids[1] == ids[2] != first
+        b1 = c.broadcast("hi", key="b")
+        assert c.broadcast("hi", key="b") == b1
+        wait_until(lambda: all_done(c, 6), what="deliveries")
+        assert c.status().rows == 6
+    assert inbox_bodies(daemon.inbox("Agent-1")) == ["once", "hi"]
+
+
+def test_pipelined_requests_on_one_connection(daemon: Daemon):
+    from coordctl import protocol as p
+
+    with daemon.client() as c:
+        reqs = [p.Send(to=f"Agent-{1 + i % 4}", body=f"p{i}") for i in range(200)]
+        reqs.insert(50, p.Send(to="nobody", body="x"))
+        reqs.insert(100, p.Ping())
+        replies = c.pipeline(reqs)
+        assert isinstance(replies[50], p.Error) and replies[50].code == "unknown_agent"
+        assert isinstance(replies[100], p.Pong)
+        ids = [r.id for r in replies if isinstance(r, p.Sent)]
+        assert len(ids) == 200 and ids == sorted(ids)  # acceptance order is request order
+
+
+def test_batch_is_validated_whole(daemon: Daemon):
+    with daemon.client() as c:
+        with pytest.raises(CoordError) as e:
+            c.batch([{"to": "Agent-1", "body": "fine"}, {"to": "Agent-9", "body": "no such agent"}])
+        assert e.value.code == "unknown_agent" and "messages[1]" in e.value.message
+        with pytest.raises(CoordError) as e:
+            c.batch([{"to": "Agent-1", "body": "fine"}, {"to": "Agent-1", "body": " \n"}])
+        assert e.value.code == "bad_request"
+        assert c.status().rows == 0
+
+
+def test_wait_reports_failure(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], delivery={**FAST_RETRY, "max_attempts": 2})
+    block_inbox(d, "A")
+    with d.client() as c:
+        with pytest.raises(CoordError) as e:
+            c.send("A", "doomed", wait=True, timeout=10)
+        assert e.value.code == "not_delivered" and "not a directory" in e.value.message.lower()
+        failed = c.get(e.value.message_id)
+        assert failed.message.status == "failed" and len(failed.attempts) == 2
+        with pytest.raises(CoordError) as e2:
+            c.cancel(failed.message.id)
+        assert e2.value.code == "bad_state"
+        unblock_inbox(d, "A")
+        c.retry(failed.message.id)
+        wait_until(lambda: c.get(failed.message.id).message.status == "delivered", what="retried delivery")
+        with pytest.raises(CoordError) as e3:
+            c.retry(failed.message.id)
+        assert e3.value.code == "bad_state"
+
+
+def test_cancel_queued(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], delivery=FAST_RETRY)
+    block_inbox(d, "A")
+    with d.client() as c:
+        head, tail = c.send("A", "head"), c.send("A", "tail")
+        assert c.cancel(tail) == tail
+        assert c.get(tail).message.status == "cancelled"
+        unblock_inbox(d, "A")
+        wait_until(lambda: c.get(head).message.status == "delivered", what="head delivered")
+        with pytest.raises(CoordError) as e:
+            c.cancel(12345)
+        assert e.value.code == "unknown_message"
+    assert inbox_bodies(d.inbox("A")) == ["head"]
+
+
+def test_queue_limits(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], queue={"max_per_agent": 5, "max_total": 8}, delivery=FAST_RETRY)
+    block_inbox(d, "A")
+    block_inbox(d, "B")
+    with d.client() as c:
+        c.batch([{"to": "A", "body": str(i)} for i in range(5)])
+        with pytest.raises(CoordError) as e:
+            c.send("A", "one too many")
+        assert e.value.code == "queue_full" and "max_per_agent" in e.value.message
+        c.batch([{"to": "B", "body": str(i)} for i in range(3)])
+        with pytest.raises(CoordError) as e:
+            c.send("B", "over the total")
+        assert e.value.code == "queue_full" and "max_total" in e.value.message
+        assert c.status().rows == 8  # nothing stored for the refused ones
+        unblock_inbox(d, "A")
+        unblock_inbox(d, "B")
+        wait_until(lambda: all_done(c, 8), what="deliveries")
+        c.send("A", "room again")
+
+
+def test_sigkill_with_queued_messages_then_restart(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], delivery=FAST_RETRY)
+    block_inbox(d, "A")
+    block_inbox(d, "B")
+    with d.client() as c:
+        ids = c.batch([{"to": "AB"[i % 2], "body": f"m{i}"} for i in range(40)])
+        ids.append(c.send("A", "last", priority="urgent"))
+    d.kill()
+    unblock_inbox(d, "A")
+    unblock_inbox(d, "B")
+    d.start()
+    with d.client() as c:
+        wait_until(lambda: all_done(c, 41), what="every queued message delivered after restart")
+    bodies = inbox_bodies(d.inbox("A")) + inbox_bodies(d.inbox("B"))
+    assert sorted(bodies) == sorted([f"m{i}" for i in range(40)] + ["last"])
+
+
+def test_sigterm_exits_cleanly_and_keeps_everything(daemon: Daemon):
+    with daemon.client() as c:
+        ids = c.batch([{"to": "Agent-1", "body": f"m{i}"} for i in range(500)])
+    assert daemon.stop() == 0
+    assert not os.path.exists(daemon.socket)
+    daemon.start()
+    with daemon.client() as c:
+        wait_until(lambda: all_done(c, 500), what="deliveries")
+        assert c.get(ids[-1]).message.status == "delivered"
+    assert len(inbox_bodies(daemon.inbox("Agent-1"))) == 500
+
+
+def test_retention_by_count(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], retention={"max_messages": 50, "prune_interval_s": 60, "prune_chunk": 7})
+    with d.client() as c:
+        for _ in range(4):
+            c.batch([{"to": "A", "body": f"m{i}"} for i in range(60)])
+        wait_until(lambda: c.status().queued == 0, what="deliveries")
+        c.send("A", "one more, to trigger a pass", wait=True)
+        wait_until(lambda: c.status().rows <= 50, what="pruning down to max_messages")
+        newest = c.history(limit=1000).messages
+        assert len(newest) <= 50 and newest[0].body == "one more, to trigger a pass"
+        assert min(m.id for m in newest) > 190  # the oldest went first
+
+
+def test_retention_by_age_never_prunes_queued(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], delivery={**FAST_RETRY, "max_attempts": 10_000},
+                    retention={"max_age_days": 0.5 / 86400, "prune_interval_s": 0.2})  # fmt: skip
+    block_inbox(d, "B")
+    with d.client() as c:
+        c.batch([{"to": "A", "body": "old"} for _ in range(20)])
+        stuck = c.send("B", "queued, never pruned")
+        wait_until(lambda: c.status().rows == 1, what="aged messages pruned")
+        assert c.get(stuck).message.status == "queued"
+
+
+def test_bad_input_gets_typed_errors_and_the_daemon_keeps_serving(daemon: Daemon):
+    import socket
+
+    from coordctl import protocol as p
+
+    def raw(payload: bytes) -> tuple[p.Reply | None, bytes]:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon.socket)
+        s.sendall(payload)
+        head = s.recv(4, socket.MSG_WAITALL)
+        rep = p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL))
+        rest = s.recv(16)  # b"" when the daemon closed the connection
+        s.close()
+        return rep, rest
+
+    def framed(obj) -> bytes:
+        body = p.encoder.encode(obj)
+        return len(body).to_bytes(4, "big") + body
+
+    cases = {
+        "malformed": b"\x00\x00\x00\x03\xc1\xc1\xc1",
+        "not a map": framed([1, 2, 3]),
+        "unknown method": framed({"op": "explode", "rid": 7}),
+        "wrong type": framed({"op": "send", "rid": 8, "to": 5, "body": "x"}),
+        "unknown field": framed({"op": "ping", "rid": 9, "extra": 1}),
+    }
+    for name, payload in cases.items():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon.socket)
+        s.sendall(payload + framed({"op": "ping", "rid": 99}))
+        replies = []
+        for _ in range(2):
+            head = s.recv(4, socket.MSG_WAITALL)
+            replies.append(p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)))
+        s.close()
+        assert isinstance(replies[0], p.Error) and replies[0].code == "bad_request", name
+        assert isinstance(replies[1], p.Pong), f"{name}: connection not served after the error"
+
+    rep, rest = raw((2 << 20).to_bytes(4, "big") + b"x" * 100)
+    assert rep.code == "too_large" and "max_frame_bytes" in rep.message and rest == b""
+
+    with daemon.client() as c:
+        for to, body, code in [("Nobody", "x", "unknown_agent"), ("Agent-1", "", "bad_request")]:
+            with pytest.raises(CoordError) as e:
+                c.send(to, body)
+            assert e.value.code == code and e.value.message
+        with pytest.raises(CoordError) as e:
+            c.get(999)
+        assert e.value.code == "unknown_message"
+        assert c.ping().protocol == 1
+
+
+def test_socket_and_directory_modes(daemon: Daemon):
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(daemon.socket)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(daemon.db).st_mode) == 0o600
+
+
+def test_second_daemon_on_the_same_socket_is_refused(daemon: Daemon):
+    second = Daemon(daemon.tmp, daemon.agents)
+    second.log = daemon.tmp / "second.log"
+    second.start(expect_ready=False)
+    assert second.proc.wait(20) != 0
+    assert "already serving" in second.logtext()
+    with daemon.client() as c:
+        assert c.ping().protocol == 1
+
+
+def test_stale_socket_is_replaced(daemon: Daemon):
+    daemon.kill()
+    assert os.path.exists(daemon.socket)  # left behind by the dead daemon
+    daemon.start()
+    with daemon.client() as c:
+        assert c.ping()
+
+
+def test_bad_config_names_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import write_config
+
+    cases = [
+        ({"daemon": {"sockett": "/x"}}, [{"id": "A"}], "sockett"),
+        ({"retention": {"max_messages": -1}}, [{"id": "A"}], "retention.max_messages"),
+        ({}, [{"id": "A", "inbox": "/x"}], "inbox"),
+        ({}, [{"id": "-A"}], "agents[0].id"),
+        ({}, [{"id": "A", "transport": "carrier-pigeon"}], "transport"),
+    ]
+    for sections, agents, key in cases:
+        path = write_config(tmp_path / "bad.toml", sections, agents)
+        out = subprocess.run([sys.executable, "-m", "coordd", "check-config", str(path)], capture_output=True, text=True)
+        assert out.returncode != 0 and key in out.stderr, out.stderr
