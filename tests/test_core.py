@@ -357,3 +357,125 @@ def test_bad_config_names_the_key(tmp_path):
         path = write_config(tmp_path / "bad.toml", sections, agents)
         out = subprocess.run([sys.executable, "-m", "coordd", "check-config", str(path)], capture_output=True, text=True)
         assert out.returncode != 0 and key in out.stderr, out.stderr
+
+
+def test_embedded_default_serves_eight_agents_at_the_xdg_socket(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "XDG_DATA_HOME": str(tmp_path / "data")}  # fmt: skip
+    env.pop("COORDD_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "coordd", "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        sock = str(run / "coordd" / "coordd.sock")
+
+        def agents():
+            try:
+                with Client(sock) as c:
+                    return c.agents()
+            except CoordError:
+                return None
+
+        listed = wait_until(agents, 20, "the default daemon")
+        assert [a.id for a in listed] == [f"Agent-{n}" for n in range(1, 9)]
+        assert {a.transport for a in listed} == {"inbox"}
+        os.environ["COORDD_SOCKET"] = sock
+        try:
+            with Client() as c:  # COORDD_SOCKET picks the socket
+                c.send("Agent-8", "via the environment", wait=True)
+        finally:
+            del os.environ["COORDD_SOCKET"]
+        assert (tmp_path / "data" / "coordd" / "agent_workspaces" / "Agent-8" / "inbox").is_dir()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+async def test_async_client_many_in_flight(daemon: Daemon):
+    import asyncio
+
+    from coordctl import AsyncClient
+
+    async with AsyncClient(daemon.socket) as c:
+        ids = await asyncio.gather(*(c.send(f"Agent-{1 + i % 4}", f"a{i}") for i in range(100)))
+        assert len(set(ids)) == 100
+        assert (await c.ping()).protocol == 1
+        with pytest.raises(CoordError) as e:
+            await c.send("Agent-9", "x")
+        assert e.value.code == "unknown_agent"
+        await c.send("Agent-1", "last", wait=True)
+        assert (await c.get(ids[0])).message.id == ids[0]
+
+
+def test_other_uid_is_refused():
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    tmp = Path(tempfile.mkdtemp(prefix="coordd-uid-"))  # pytest's tmp_path is 0700: nobody could not reach it
+    tmp.chmod(0o755)
+    daemon = Daemon(tmp).start()
+    try:
+        # Open the directory and socket up so that only SO_PEERCRED stands in the way.
+        os.chmod(os.path.dirname(daemon.socket), 0o755)
+        os.chmod(daemon.socket, 0o666)
+        nobody = pwd.getpwnam("nobody")
+        reply = _ping_as(daemon.socket, nobody.pw_uid, nobody.pw_gid)
+        assert reply.startswith(f"forbidden uid {nobody.pw_uid}"), reply
+        with daemon.client() as c:
+            assert c.ping()
+    finally:
+        daemon.kill()
+        shutil.rmtree(tmp)
+
+
+def _ping_as(path: str, uid: int, gid: int) -> str:
+    """Fork, become uid/gid, ping the daemon; return the reply's code and message (or the exception)."""
+    import socket
+
+    from coordctl import protocol as p
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec needed, so the venv need not be readable by that uid
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            try:
+                s.sendall(p.frame(p.Ping(rid=1)))
+            except BrokenPipeError:
+                pass  # the daemon refuses at once, before reading: its error is waiting to be read
+            head = s.recv(4, socket.MSG_WAITALL)
+            rep = p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL))
+            out = f"{rep.code} {rep.message}" if isinstance(rep, p.Error) else repr(rep)
+        except BaseException as e:
+            out = repr(e)
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_db_file_stops_growing_under_steady_load(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], retention={"max_messages": 300, "prune_chunk": 100})
+    sizes = []
+    with d.client() as c:
+        for round_ in range(12):
+            c.batch([{"to": "A", "body": f"round {round_} message {i} " + "x" * 200} for i in range(300)])
+            wait_until(lambda: c.status().queued == 0, what="deliveries")
+            c.send("A", "flush", wait=True)
+            wait_until(lambda: c.status().rows <= 300, what="pruning")
+            sizes.append(os.path.getsize(d.db))
+    assert max(sizes[6:]) <= max(sizes[:6]) * 1.1, sizes

@@ -1,0 +1,61 @@
+"""Config: the example documents every key, defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from coordd import config
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+
+
+def test_example_parses_and_documents_every_key():
+    raw = tomllib.loads(EXAMPLE.read_text())
+    config.parse(tomllib.loads(EXAMPLE.read_text()), str(EXAMPLE))
+    for section in ("daemon", "store", "retention", "queue", "delivery"):
+        struct = type(getattr(config.Config(), section))
+        keys = {f.name for f in msgspec.structs.fields(struct)}
+        assert keys == set(raw[section]), f"[{section}] in config.example.toml differs from the code"
+    documented = set().union(*(a.keys() for a in raw["agents"])) - {"transport"}
+    assert documented == {f.name for f in msgspec.structs.fields(config.InboxAgent)}
+
+
+def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):
+    monkeypatch.delenv("COORDD_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    cfg = config.load(None)
+    assert [a.id for a in cfg.agents] == [f"Agent-{n}" for n in range(1, 9)]
+    assert cfg.daemon.socket == str(tmp_path / "run" / "coordd" / "coordd.sock")
+    assert cfg.store.path == str(tmp_path / "state" / "coordd" / "coordd.db")
+    assert cfg.agents[0].inbox_dir == str(tmp_path / "data" / "coordd" / "agent_workspaces" / "Agent-1" / "inbox")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[daemon]\nsockett = '/x'\n", "sockett"),
+        ("[store]\nsynchronous = 'sometimes'\n", "$.store.synchronous"),
+        ("[queue]\nmax_total = 0\n", "queue.max_total"),
+        ("[[agents]]\nid = 'A'\n[[agents]]\nid = 'A'\n", "agents[1].id"),
+        ("[[agents]]\nid = 'A'\ngroups = ['bad group']\n", "agents[0].groups"),
+        ("[[agents]]\nid = 'A'\ntransport = 'pigeon'\n", "transport"),
+        ("[daemon\n", "invalid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, key):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert key in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read config"):
+        config.load(str(tmp_path / "nope.toml"))
