@@ -34,7 +34,8 @@ ERROR_CODES = (
     "shutting_down",  # the daemon is stopping and takes no new work
     "not_delivered",  # wait=true and the message failed or was not delivered in time
     "forbidden",  # the peer's uid is not allowed to use this daemon
-    "unavailable",  # client side only: the daemon could not be reached
+    "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
+    "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
 )
 
 
@@ -118,7 +119,11 @@ class Agents(_Req, tag="agents"):
     pass
 
 
-Request = Union[Ping, Send, Batch, Broadcast, StatusRequest, History, Get, Retry, Cancel, Agents]
+class Reload(_Req, tag="reload"):
+    """Re-read the config file (as SIGHUP does); the reply says what changed."""
+
+
+Request = Union[Ping, Send, Batch, Broadcast, StatusRequest, History, Get, Retry, Cancel, Agents, Reload]
 
 
 # --- replies -----------------------------------------------------------------
@@ -221,9 +226,21 @@ class StatusInfo(_Rep, tag="status"):
     max_age_days: float
     queued: int
     agents: list[AgentStatus]
+    orphaned: int = 0  # queued messages for agents no longer configured; re-adding the agent delivers them
+    orphaned_agents: list[str] = []
+    config_error: str | None = None  # why the last reload failed (the previous config still serves)
 
 
-Reply = Union[Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo]
+class Reloaded(_Rep, tag="reloaded"):
+    config: str  # the file read, or "<embedded default>"
+    added: list[str] = []
+    removed: list[str] = []  # their queued messages stay queued, counted as orphaned
+    changed: list[str] = []  # their queues carry over to the new transport
+    restart_needed: list[str] = []  # changed keys that take effect only at the next start
+    orphaned: int = 0
+
+
+Reply = Union[Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo, Reloaded]
 
 
 # --- framing -----------------------------------------------------------------

@@ -1,0 +1,255 @@
+"""The asyncio client: one connection, many requests in flight.
+
+Requests are written as they come; a background task reads replies and hands
+each to the future waiting on its ``rid``, so concurrent calls share the
+connection without waiting for each other. Same methods as ``Client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from coordctl import protocol
+from coordctl.client import (
+    CoordError,
+    DaemonUnavailable,
+    error_for,
+    expect,
+    raise_for,
+    to_new_messages,
+    unreachable,
+)
+from coordctl.paths import default_socket_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+
+class AsyncClient:
+    """An asyncio connection to coordd; connects on first use and again on
+    the next call after the connection breaks.
+
+    ``timeout`` (seconds) bounds each wait for a reply; ``None``: no limit.
+    A call that times out or is cancelled leaves the connection usable: its
+    reply, if it ever comes, is dropped.
+    """
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
+        self._rid = 0
+        self._pending: dict[int, asyncio.Future[protocol.Reply]] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+
+    # --- connection ------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect now rather than on the first call (idempotent)."""
+        async with self._connect_lock:  # concurrent first calls share one connection
+            if self._writer is not None:
+                return
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+            except OSError as e:
+                raise unreachable(self.socket_path, e) from e
+            self._reader, self._writer = reader, writer
+            self._read_task = asyncio.create_task(self._read_replies(reader), name="coordctl-replies")
+
+    async def close(self) -> None:
+        writer, task = self._writer, self._read_task
+        self._reader = self._writer = self._read_task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):  # already broken: closing is all we wanted
+                await writer.wait_closed()
+        self._fail_pending(lambda: DaemonUnavailable("client closed"))
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        make_error: Callable[[], CoordError]
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER_SIZE)
+                body = await reader.readexactly(int.from_bytes(header, "big"))
+                reply = protocol.reply_decoder.decode(body)
+                future = self._pending.pop(reply.rid, None)
+                if future is not None:
+                    if not future.done():
+                        future.set_result(reply)
+                elif type(reply) is protocol.Error and reply.rid == 0:
+                    # A connection-level error (too_large, forbidden, ...): the
+                    # daemon closes now, so every request in flight has failed.
+                    make_error = functools.partial(error_for, reply)
+                    break
+                # else: a late reply to a call that timed out or was cancelled.
+        except (asyncio.IncompleteReadError, OSError):
+            make_error = functools.partial(
+                DaemonUnavailable, "connection closed by coordd (is it stopping or restarting?)"
+            )
+        except msgspec.DecodeError as e:
+            make_error = functools.partial(CoordError, "protocol_error", f"undecodable reply from coordd: {e}")
+        if self._reader is reader:  # not already replaced by close() or a reconnect
+            assert self._writer is not None
+            self._writer.close()
+            self._reader = self._writer = self._read_task = None
+        self._fail_pending(make_error)
+
+    def _fail_pending(self, make_error: Callable[[], CoordError]) -> None:
+        # One exception object per waiter: tracebacks are attached per raise.
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(make_error())
+
+    # --- the generic request/reply --------------------------------------------
+
+    async def call(self, req: protocol.Request) -> protocol.Reply:
+        """Send one request and await its reply; an Error reply is raised as CoordError.
+
+        Assigns ``req.rid``.
+        """
+        reply = (await self._exchange([req], self.timeout))[0]
+        if type(reply) is protocol.Error:
+            raise_for(reply)
+        return reply
+
+    async def pipeline(self, requests: Iterable[protocol.Request]) -> list[protocol.Reply]:
+        """Send many requests at once; returns the replies in request order,
+        Error replies returned rather than raised."""
+        return await self._exchange(list(requests), self.timeout)
+
+    async def _exchange(self, reqs: list[protocol.Request], timeout: float | None) -> list[protocol.Reply]:
+        if not reqs:
+            return []
+        if self._writer is None:
+            await self.connect()
+        writer = self._writer
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        rids, futures = [], []
+        for req in reqs:
+            self._rid += 1
+            req.rid = self._rid
+            rids.append(self._rid)
+            futures.append(self._pending.setdefault(self._rid, loop.create_future()))
+            writer.write(protocol.frame(req))
+        try:
+            # If the connection is gone, so is the transport: the reply task
+            # then fails our futures, with the daemon's reason if it sent one
+            # before closing (too_large, forbidden, unavailable).
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            async with asyncio.timeout(timeout):
+                if len(futures) == 1:
+                    return [await futures[0]]
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise DaemonUnavailable(f"no reply from coordd at {self.socket_path} within {timeout:g} s") from None
+        finally:
+            for rid in rids:
+                self._pending.pop(rid, None)
+
+    # --- the operations (see Client for what each does) -------------------------
+
+    async def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        req = protocol.Send(
+            to=to, body=body, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
+        )  # fmt: skip
+        if not wait:
+            return expect(await self.call(req), protocol.Sent).id
+        # The daemon bounds a wait; our reply timeout must outlast it.
+        reply_timeout = None if self.timeout is None or timeout is None else self.timeout + timeout
+        reply = (await self._exchange([req], reply_timeout))[0]
+        if type(reply) is protocol.Error:
+            raise_for(reply)
+        return expect(reply, protocol.Sent).id
+
+    async def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[int]:
+        req = protocol.Batch(messages=to_new_messages(messages))
+        return expect(await self.call(req), protocol.Ids).ids
+
+    async def broadcast(
+        self,
+        body: str,
+        *,
+        group: str | None = None,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+    ) -> list[int]:
+        req = protocol.Broadcast(
+            body=body, group=group, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key,
+        )  # fmt: skip
+        return expect(await self.call(req), protocol.Ids).ids
+
+    async def status(self) -> protocol.StatusInfo:
+        return expect(await self.call(protocol.StatusRequest()), protocol.StatusInfo)
+
+    async def history(
+        self,
+        *,
+        agent: str | None = None,
+        sender: str | None = None,
+        status: protocol.Status | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        contains: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> protocol.Page:
+        req = protocol.History(
+            agent=agent, sender=sender, status=status, since=since, until=until,
+            contains=contains, limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return expect(await self.call(req), protocol.Page)
+
+    async def get(self, message_id: int) -> protocol.Message:
+        return expect(await self.call(protocol.Get(message_id=message_id)), protocol.Message)
+
+    async def retry(self, message_id: int) -> int:
+        return expect(await self.call(protocol.Retry(message_id=message_id)), protocol.Sent).id
+
+    async def cancel(self, message_id: int) -> int:
+        return expect(await self.call(protocol.Cancel(message_id=message_id)), protocol.Sent).id
+
+    async def agents(self) -> list[protocol.AgentInfo]:
+        return expect(await self.call(protocol.Agents()), protocol.AgentList).agents
+
+    async def ping(self) -> protocol.Pong:
+        return expect(await self.call(protocol.Ping()), protocol.Pong)
+
+    async def reload(self) -> protocol.Reloaded:
+        return expect(await self.call(protocol.Reload()), protocol.Reloaded)

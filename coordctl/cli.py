@@ -1,0 +1,459 @@
+"""The ``coordctl`` command line: one subcommand per protocol request.
+
+Exit codes: 0 ok; 1 the daemon refused (``error [code]: message`` on stderr);
+2 usage; 3 the daemon is not reachable (one line on stderr saying how to start
+it). With ``--json`` each command prints one JSON document: the daemon's
+reply with every field (defaults included), minus the wire-only ``rid`` and
+``type``.
+
+Imports are kept to what every command needs, so that it starts fast: no
+asyncio, no json module (msgspec.json), no datetime outside ISO parsing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, get_args
+
+import click
+import msgspec
+
+from coordctl import __version__, human, protocol
+from coordctl.client import Client, CoordError, DaemonUnavailable, expect
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import BinaryIO
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+# Seconds to wait for a connect or a reply before giving up (exit 3): a wedged
+# daemon must not hang the agents that call us. `send --wait` waits longer.
+IO_TIMEOUT = 60.0
+BODY_WIDTH = 60  # characters of a message's first line shown in tables
+STATUSES = get_args(protocol.Status)
+
+
+class BadInput(click.ClickException):
+    """Input that is not the user's command line (a batch file line) but is a usage error all the same."""
+
+    exit_code = EXIT_USAGE
+
+
+class CoordGroup(click.Group):
+    """Turns client errors into an exit code and one line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DaemonUnavailable as e:
+            click.echo(f"error [unavailable]: {e.message}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
+        except CoordError as e:
+            click.echo(f"error [{e.code}]: {e.describe()}", err=True)
+            ctx.exit(EXIT_REFUSED)
+
+
+class State:
+    """What the global options decide, handed to every subcommand."""
+
+    def __init__(self, socket_path: str | None, as_json: bool) -> None:
+        self.socket_path = socket_path
+        self.json = as_json
+
+    def client(self, timeout: float | None = IO_TIMEOUT) -> Client:
+        client = Client(self.socket_path, timeout=timeout)
+        click.get_current_context().call_on_close(client.close)
+        return client
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+class TimeSpec(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return human.parse_time(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+# --- output --------------------------------------------------------------------
+
+
+def plain(obj: object) -> object:
+    """Builtins for JSON output: every field, defaults too (the wire omits
+    them), but not the wire-only ``rid`` and ``type``."""
+    if isinstance(obj, msgspec.Struct):
+        return {f: plain(getattr(obj, f)) for f in obj.__struct_fields__ if f != "rid"}
+    if isinstance(obj, list):
+        return [plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
+def emit_json(obj: object) -> None:
+    click.echo(msgspec.json.encode(plain(obj)))
+
+
+def read_body(message: str) -> str:
+    """The message argument, or all of stdin for ``-``."""
+    if message != "-":
+        return message
+    try:
+        return sys.stdin.buffer.read().decode()
+    except UnicodeDecodeError as e:
+        raise BadInput(f"stdin is not UTF-8: {e}") from None
+
+
+def health(healthy: bool, reason: str | None) -> str:
+    return "ok" if healthy else f"down: {reason or 'unknown'}"
+
+
+def opt(value: str | None) -> str:
+    return "-" if value is None else value
+
+
+# --- commands --------------------------------------------------------------------
+
+priority_option = click.option(
+    "--priority", type=click.Choice(["regular", "urgent"]), default="regular", show_default=True,
+    help="Urgent messages are delivered before regular ones.",
+)  # fmt: skip
+sender_option = click.option("--sender", help="Who the message is from, as the recipient will see it.")
+kind_option = click.option("--kind", help="A free-form message kind, e.g. task or review.")
+tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
+
+
+@click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket", "socket_path", metavar="PATH", envvar="COORDD_SOCKET",
+    help="The daemon's socket  [default: $COORDD_SOCKET, else $XDG_RUNTIME_DIR/coordd/coordd.sock]",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.version_option(__version__, "-V", "--version", prog_name="coordctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """Talk to coordd, the message-delivery daemon for AI coding agents."""
+    ctx.obj = State(socket_path, as_json)
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("message")
+@priority_option
+@sender_option
+@kind_option
+@tag_option
+@click.option("--key", help="Idempotency key: sending again with the same key returns the first id.")
+@click.option("--wait", is_flag=True, help="Return once delivered; exit 1 if delivery fails or times out.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+    help="How long --wait waits  [default: the daemon's wait_timeout_s]",
+)  # fmt: skip
+@pass_state
+def send(
+    state: State, agent: str, message: str, priority: str, sender: str | None, kind: str | None,
+    tags: tuple[str, ...], key: str | None, wait: bool, timeout: float | None,
+) -> None:  # fmt: skip
+    """Queue MESSAGE (- reads stdin) for AGENT; prints its id."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
+    req = protocol.Send(
+        to=agent, body=read_body(message), priority=priority, sender=sender, kind=kind,  # type: ignore[arg-type]
+        tags=list(tags), key=key, wait=wait, timeout=timeout,
+    )  # fmt: skip
+    # With --wait the daemon bounds the wait (timeout or its default), so do not cut it short.
+    reply = expect(state.client(timeout=None if wait else IO_TIMEOUT).call(req), protocol.Sent)
+    if state.json:
+        emit_json(reply)
+    elif wait:
+        click.echo(f"{reply.id} {reply.status}")
+    else:
+        click.echo(reply.id)
+    if reply.duplicate and not state.json:
+        click.echo(f"note: key {key!r} was used before; {reply.id} is the original message", err=True)
+    if wait and reply.status != "delivered":  # the daemon says so with an error; this is belt and braces
+        click.echo(f"error [not_delivered]: message {reply.id} is {reply.status}", err=True)
+        click.get_current_context().exit(EXIT_REFUSED)
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@pass_state
+def batch(state: State, file: BinaryIO) -> None:
+    """Queue the messages in FILE (- reads stdin) in one commit; prints their ids.
+
+    FILE is JSON Lines, one message per line:
+    {"to": ..., "body": ..., "priority"?, "sender"?, "kind"?, "tags"?, "key"?}
+    """
+    messages = []
+    for lineno, line in enumerate(file, 1):
+        if not line.strip():
+            continue
+        try:
+            messages.append(msgspec.json.decode(line, type=protocol.NewMessage))
+        except msgspec.DecodeError as e:
+            raise BadInput(f"{file.name}, line {lineno}: {e}") from None
+    ids = state.client().batch(messages) if messages else []
+    print_ids(state, ids)
+
+
+@cli.command()
+@click.argument("message")
+@click.option("--group", metavar="G", help="Only the agents in group G  [default: every agent]")
+@priority_option
+@sender_option
+@kind_option
+@tag_option
+@click.option("--key", help="Idempotency key; each agent's copy uses KEY:AGENT.")
+@pass_state
+def broadcast(
+    state: State, message: str, group: str | None, priority: str, sender: str | None, kind: str | None,
+    tags: tuple[str, ...], key: str | None,
+) -> None:  # fmt: skip
+    """Queue MESSAGE (- reads stdin) for every agent; prints the ids."""
+    ids = state.client().broadcast(
+        read_body(message), group=group, priority=priority, sender=sender, kind=kind,  # type: ignore[arg-type]
+        tags=tags, key=key,
+    )  # fmt: skip
+    print_ids(state, ids)
+
+
+def print_ids(state: State, ids: list[int]) -> None:
+    if state.json:
+        emit_json({"ids": ids})
+    else:
+        for i in ids:
+            click.echo(i)
+
+
+@cli.command()
+@pass_state
+def status(state: State) -> None:
+    """Show the daemon and every agent's queue."""
+    info = state.client().status()
+    if state.json:
+        emit_json(info)
+    else:
+        click.echo(format_status(info))
+    click.get_current_context().exit(status_exit_code(info))
+
+
+def status_exit_code(info: protocol.StatusInfo) -> int:
+    """The exit code of `status`. Always 0 for now: the planned exit code 4
+    (some agent unhealthy) belongs here and only here."""
+    return EXIT_OK
+
+
+def format_status(info: protocol.StatusInfo) -> str:
+    lines = [
+        f"coordd {info.version}  pid {info.pid}  up {human.duration(info.uptime)}  socket {info.socket}",
+        f"store {info.db_path}  {human.size(info.db_bytes)}, {info.rows} rows"
+        f"  retention {info.max_messages} messages / {info.max_age_days:g} days  queued {info.queued}",
+    ]
+    if info.config_error:
+        lines.append(f"config: the last reload failed, the previous config still serves: {info.config_error}")
+    if info.orphaned:
+        names = ", ".join(info.orphaned_agents)
+        lines.append(f"orphaned: {info.orphaned} queued for agents no longer configured ({names})")
+    lines.append("")
+    if not info.agents:
+        lines.append("no agents configured")
+        return "\n".join(lines)
+    headers = ("AGENT", "TRANSPORT", "HEALTH", "QUEUED", "IN FLIGHT", "DELIVERED", "FAILED", "OLDEST", "LAST ERROR")
+    rows = [
+        (
+            a.id,
+            a.transport,
+            health(a.healthy, a.reason),
+            str(a.queued),
+            str(a.in_flight),
+            str(a.delivered),
+            str(a.failed),
+            "-" if a.oldest_queued_age is None else human.duration(a.oldest_queued_age),
+            "-" if a.last_error is None else human.first_line(a.last_error, BODY_WIDTH),
+        )
+        for a in info.agents
+    ]
+    lines.append(human.table(headers, rows))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--agent", help="Only messages to this agent.")
+@click.option("--sender", help="Only messages from this sender.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only messages in this state.")
+@click.option("--since", type=TimeSpec(), help="Not older than TIME: unix seconds, 2026-11-23T10:00, or 10m/2h/1d ago.")
+@click.option("--until", type=TimeSpec(), help="Older than TIME (same forms as --since).")
+@click.option("--grep", metavar="TEXT", help="Only messages whose body contains TEXT.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."
+)
+@click.option("--cursor", type=int, metavar="C", help="Continue from where a previous page stopped.")
+@pass_state
+def history(
+    state: State, agent: str | None, sender: str | None, status: str | None, since: float | None,
+    until: float | None, grep: str | None, limit: int, cursor: int | None,
+) -> None:  # fmt: skip
+    """List messages, newest first."""
+    page = state.client().history(
+        agent=agent, sender=sender, status=status, since=since, until=until,  # type: ignore[arg-type]
+        contains=grep, limit=limit, cursor=cursor,
+    )  # fmt: skip
+    if state.json:
+        emit_json(page)
+        return
+    if page.messages:
+        headers = ("ID", "TIME", "FROM", "TO", "PRIORITY", "STATUS", "BODY")
+        rows = [
+            (
+                str(m.id),
+                human.timestamp(m.created),
+                opt(m.sender),
+                m.to,
+                m.priority,
+                m.status,
+                human.first_line(m.body, BODY_WIDTH),
+            )
+            for m in page.messages
+        ]
+        click.echo(human.table(headers, rows))
+    else:
+        click.echo("no messages", err=True)
+    if page.cursor is not None:
+        click.echo(f"next page: --cursor {page.cursor}", err=True)
+
+
+@cli.command()
+@click.argument("message_id", metavar="ID", type=int)
+@pass_state
+def show(state: State, message_id: int) -> None:
+    """Show message ID: every field, the whole body, and its delivery attempts."""
+    reply = state.client().get(message_id)
+    if state.json:
+        emit_json(reply)
+    else:
+        click.echo(format_message(reply))
+
+
+def format_message(reply: protocol.Message) -> str:
+    m = reply.message
+    fields: Sequence[tuple[str, str]] = [
+        ("id", str(m.id)),
+        ("to", m.to),
+        ("from", opt(m.sender)),
+        ("status", m.status),
+        ("priority", m.priority),
+        ("kind", opt(m.kind)),
+        ("tags", ", ".join(m.tags) or "-"),
+        ("key", opt(m.key)),
+        ("created", human.timestamp(m.created)),
+        ("delivered", human.timestamp(m.delivered)),
+        ("attempts", str(m.attempts)),
+        ("error", opt(m.error)),
+    ]
+    width = max(len(name) for name, _ in fields) + 2
+    lines = [f"{name + ':':<{width}}{value}" for name, value in fields]
+    lines += ["", m.body.rstrip("\n"), ""]
+    if reply.attempts:
+        rows = [
+            (
+                str(a.number),
+                human.timestamp(a.started),
+                f"{(a.finished - a.started) * 1000:.1f} ms",
+                "ok" if a.ok else f"failed: {opt(a.error)}",
+            )
+            for a in reply.attempts
+        ]
+        lines.append(human.table(("ATTEMPT", "STARTED", "TOOK", "RESULT"), rows))
+    else:
+        lines.append("no delivery attempts yet")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("message_id", metavar="ID", type=int)
+@pass_state
+def retry(state: State, message_id: int) -> None:
+    """Queue failed message ID again."""
+    print_sent(state, state.client().call(protocol.Retry(message_id=message_id)))
+
+
+@cli.command()
+@click.argument("message_id", metavar="ID", type=int)
+@pass_state
+def cancel(state: State, message_id: int) -> None:
+    """Cancel message ID, which must still be queued."""
+    print_sent(state, state.client().call(protocol.Cancel(message_id=message_id)))
+
+
+def print_sent(state: State, reply: protocol.Reply) -> None:
+    sent = expect(reply, protocol.Sent)
+    if state.json:
+        emit_json(sent)
+    else:
+        click.echo(f"{sent.id} {sent.status}")
+
+
+@cli.command()
+@pass_state
+def agents(state: State) -> None:
+    """List the configured agents."""
+    found = state.client().agents()
+    if state.json:
+        emit_json({"agents": found})
+        return
+    rows = [(a.id, a.transport, ",".join(a.groups) or "-", health(a.healthy, a.reason)) for a in found]
+    click.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
+
+
+@cli.command()
+@pass_state
+def ping(state: State) -> None:
+    """Check that the daemon answers; prints its version and the round-trip time."""
+    client = state.client()
+    client.connect()  # time the round trip, not the connect
+    start = time.perf_counter()
+    pong = client.ping()
+    rtt_ms = (time.perf_counter() - start) * 1000
+    if state.json:
+        emit_json({"version": pong.version, "protocol": pong.protocol, "rtt_ms": round(rtt_ms, 3)})
+    else:
+        click.echo(f"coordd {pong.version}  protocol {pong.protocol}  round trip {rtt_ms:.3f} ms")
+    if pong.protocol != protocol.PROTOCOL_VERSION:
+        click.echo(f"warning: coordctl speaks protocol {protocol.PROTOCOL_VERSION}", err=True)
+
+
+@cli.command()
+@pass_state
+def reload(state: State) -> None:
+    """Make the daemon re-read its config file, as SIGHUP does; prints what changed."""
+    done = state.client().reload()
+    if state.json:
+        emit_json(done)
+        return
+    click.echo(f"reloaded {done.config}")
+    for label, names in (
+        ("added", done.added),
+        ("removed", done.removed),
+        ("changed", done.changed),
+        ("needs a restart", done.restart_needed),
+    ):
+        if names:
+            click.echo(f"{label}: {', '.join(names)}")
+    if done.orphaned:
+        click.echo(f"orphaned: {done.orphaned} queued messages wait for agents no longer configured")
+
+
+def main() -> None:
+    cli(prog_name="coordctl")

@@ -1,0 +1,418 @@
+"""The blocking client: one AF_UNIX connection, one request at a time.
+
+Kept free of asyncio (see ``aclient`` for that) so that scripts and the CLI
+start fast. ``send`` is the hot path: it reuses one write buffer and one read
+buffer, so a call costs one ``sendall`` and usually one ``recv_into``.
+
+A Client is not thread-safe; give each thread its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from coordctl import protocol
+from coordctl.paths import default_socket_path
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import NoReturn, TypeVar
+
+    R = TypeVar("R", bound=protocol.Reply)
+
+_HEADER = struct.Struct(">I")
+_READ_CHUNK = 64 * 1024
+_MAX_IDLE_BUFFER = 1 << 20
+# Pipelined requests go out in windows of at most this many bytes, and each
+# window's replies are read before the next is written. A window fits in the
+# kernel's socket buffer, so sendall cannot block on a daemon that has itself
+# stopped reading because our unread replies filled its write buffer.
+_PIPELINE_WINDOW = 64 * 1024
+
+START_HINT = "is coordd running? start it with `coordd run` or `systemctl --user start coordd`"
+
+
+class CoordError(Exception):
+    """The daemon refused a request (or, client side, could not be used).
+
+    ``code`` is one of ``protocol.ERROR_CODES``, or ``"protocol_error"`` when
+    the daemon's reply made no sense to the client.
+    """
+
+    def __init__(self, code: str, message: str, message_id: int | None = None) -> None:
+        super().__init__(code, message, message_id)
+        self.code = code
+        self.message = message
+        self.message_id = message_id
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.describe()}"
+
+    def describe(self) -> str:
+        """The message, naming the message id if the daemon's text does not already."""
+        if self.message_id is None or f"message {self.message_id}" in self.message:
+            return self.message
+        return f"{self.message} (message {self.message_id})"
+
+
+class DaemonUnavailable(CoordError):
+    """The daemon could not be reached, or the connection to it broke."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
+        self.args = (message,)  # so that pickling round-trips through __init__
+
+
+def unreachable(path: str, exc: OSError) -> DaemonUnavailable:
+    """The error for a failed connect, saying how to start the daemon."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return DaemonUnavailable(f"cannot connect to coordd at {path} ({reason}); {START_HINT}")
+
+
+def error_for(reply: protocol.Error) -> CoordError:
+    if reply.code == "unavailable":  # the daemon is at max_connections: as good as unreachable
+        return DaemonUnavailable(reply.message)
+    return CoordError(reply.code, reply.message, reply.message_id)
+
+
+def raise_for(reply: protocol.Error) -> NoReturn:
+    raise error_for(reply)
+
+
+def expect(reply: protocol.Reply, cls: type[R]) -> R:
+    """``reply``, checked to be the reply type its request calls for."""
+    if type(reply) is not cls:
+        raise CoordError("protocol_error", f"expected a {cls.__name__} reply, got {type(reply).__name__}")
+    return reply
+
+
+def to_new_messages(messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[protocol.NewMessage]:
+    """Validate batch items client-side, so a typo fails before anything is sent."""
+    out = []
+    for i, m in enumerate(messages):
+        if type(m) is not protocol.NewMessage:
+            try:
+                m = msgspec.convert(m, protocol.NewMessage)
+            except msgspec.ValidationError as e:
+                raise CoordError("bad_request", f"messages[{i}]: {e}") from None
+        out.append(m)
+    return out
+
+
+class Client:
+    """A blocking connection to coordd. Connects on first use, and again on the
+    next call after any connection error. A call that fails is not retried,
+    since the daemon may have acted on it, with one exception: a request
+    written to a connection the daemon had already closed (say it restarted
+    since the last call) is sent again on a new one, as it cannot have been read.
+
+    ``timeout`` (seconds) bounds the connect and each wait for a reply; the
+    default ``None`` waits as long as it takes and is also the fastest, as a
+    socket with a timeout polls before every read and write.
+    """
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout  # seconds for connect and for each reply; None: no limit
+        self._sock: socket.socket | None = None
+        self._rid = 0
+        self._wbuf = bytearray(_HEADER.size)
+        self._rbuf = bytearray(_READ_CHUNK)
+        self._rview = memoryview(self._rbuf)
+        self._rpos = 0  # start of unread data in _rbuf
+        self._rend = 0  # end of unread data in _rbuf
+
+    # --- connection ------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect now rather than on the first call (idempotent)."""
+        if self._sock is None:
+            self._connect()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            raise unreachable(self.socket_path, e) from e
+        self._sock = sock
+        self._rpos = self._rend = 0
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the generic request/reply --------------------------------------------
+
+    def call(self, req: protocol.Request) -> protocol.Reply:
+        """Send one request and return its reply; an Error reply is raised as CoordError.
+
+        Assigns ``req.rid``. The building block of every method below.
+        """
+        return self._call(req, self.timeout)
+
+    def _call(self, req: protocol.Request, timeout: float | None) -> protocol.Reply:
+        self._rid = rid = self._rid + 1
+        req.rid = rid
+        buf = self._wbuf
+        protocol.encoder.encode_into(req, buf, _HEADER.size)
+        _HEADER.pack_into(buf, 0, len(buf) - _HEADER.size)
+        try:
+            sock = self._write(buf, timeout)
+            reply: protocol.Reply = protocol.reply_decoder.decode(self._read_frame())
+            if timeout != self.timeout:
+                sock.settimeout(self.timeout)
+        except BaseException as e:
+            err = self._broken(e)
+            if err is e:
+                raise
+            raise err from e
+        if reply.rid != rid:
+            self._mismatch(reply)
+        if type(reply) is protocol.Error:
+            raise_for(reply)
+        return reply
+
+    def _broken(self, e: BaseException) -> BaseException:
+        """The exception to raise for a failure mid-call (even ^C): the
+        connection is dropped, since the stream may now be out of step."""
+        waited = self._sock.gettimeout() if self._sock is not None else self.timeout
+        self.close()
+        if isinstance(e, TimeoutError):
+            return DaemonUnavailable(f"no reply from coordd at {self.socket_path} within {waited:g} s")
+        if isinstance(e, OSError):
+            return DaemonUnavailable(f"connection to coordd at {self.socket_path} lost ({e.strerror or e})")
+        if isinstance(e, msgspec.DecodeError):
+            return CoordError("protocol_error", f"undecodable reply from coordd: {e}")
+        return e
+
+    def _mismatch(self, reply: protocol.Reply) -> NoReturn:
+        # The stream is out of step with us: start afresh on the next call.
+        self.close()
+        if type(reply) is protocol.Error and reply.rid == 0:
+            raise_for(reply)  # a connection-level error (too_large, forbidden, ...)
+        raise CoordError("protocol_error", f"reply rid {reply.rid} matches no request in flight")
+
+    def _write(self, data: bytearray, timeout: float | None, *, one_frame: bool = True) -> socket.socket:
+        """Send ``data`` (whole frames), connecting first if need be."""
+        reused = self._sock is not None
+        sock = self._sock or self._connect()
+        if timeout != self.timeout:
+            sock.settimeout(timeout)
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The daemon may have closed on us with its reason (too_large,
+            # forbidden, unavailable) already waiting to be read.
+            self._raise_pending_error()
+            if not (reused and one_frame):
+                raise
+            # Else the daemon closed this idle connection (it restarted, say)
+            # before our one frame was all written, so it cannot have acted on
+            # it: sending it again on a new connection duplicates nothing.
+            # (Of several frames, the first ones may have been acted on.)
+            self.close()
+            return self._write(data, timeout)
+        return sock
+
+    def _raise_pending_error(self) -> None:
+        try:
+            reply = protocol.reply_decoder.decode(self._read_frame())
+        except (OSError, CoordError, msgspec.DecodeError):
+            return
+        if type(reply) is protocol.Error:
+            self.close()
+            raise_for(reply)
+
+    # --- framing ---------------------------------------------------------------
+
+    def _read_frame(self) -> memoryview:
+        """The next frame's body, as a view valid until the next read."""
+        if self._rend - self._rpos < _HEADER.size:
+            self._fill(_HEADER.size)
+        (n,) = _HEADER.unpack_from(self._rbuf, self._rpos)
+        if self._rend - self._rpos < _HEADER.size + n:
+            self._fill(_HEADER.size + n)
+        start = self._rpos + _HEADER.size
+        self._rpos = end = start + n
+        return self._rview[start:end]
+
+    def _fill(self, need: int) -> None:
+        """Read until at least ``need`` unread bytes are buffered."""
+        pos, end = self._rpos, self._rend
+        if pos == end:
+            pos = end = 0
+            if len(self._rbuf) > _MAX_IDLE_BUFFER:  # a huge reply is gone: give its memory back
+                self._rbuf = bytearray(_READ_CHUNK)
+                self._rview = memoryview(self._rbuf)
+        elif pos + need > len(self._rbuf):
+            # Not enough room after the partial frame: move it to the front of
+            # a buffer big enough for the whole frame.
+            pending = bytes(self._rview[pos:end])
+            if need > len(self._rbuf):
+                self._rbuf = bytearray(max(need, _READ_CHUNK))
+                self._rview = memoryview(self._rbuf)
+            pos, end = 0, len(pending)
+            self._rview[:end] = pending
+        while end - pos < need:
+            n = self._sock.recv_into(self._rview[end:])  # type: ignore[union-attr]
+            if not n:
+                self._rpos = self._rend = 0
+                what = "mid-reply" if end > pos else "before replying"
+                self.close()
+                raise DaemonUnavailable(f"connection closed by coordd {what} (is it stopping or restarting?)")
+            end += n
+        self._rpos, self._rend = pos, end
+
+    # --- pipelining --------------------------------------------------------------
+
+    def pipeline(self, requests: Iterable[protocol.Request]) -> list[protocol.Reply]:
+        """Send many requests without waiting for each reply.
+
+        Returns the replies in request order; Error replies are returned, not
+        raised (connection-level failures still raise). Assigns each ``rid``.
+        """
+        reqs = list(requests)
+        replies: list[protocol.Reply | None] = [None] * len(reqs)
+        i = 0
+        while i < len(reqs):
+            out = bytearray()
+            index: dict[int, int] = {}
+            while i < len(reqs) and len(out) < _PIPELINE_WINDOW:
+                self._rid += 1
+                reqs[i].rid = self._rid
+                index[self._rid] = i
+                body = protocol.encoder.encode(reqs[i])
+                out += _HEADER.pack(len(body))
+                out += body
+                i += 1
+            self._exchange(out, index, replies)
+        return replies  # type: ignore[return-value]
+
+    def _exchange(self, out: bytearray, index: dict[int, int], replies: list[protocol.Reply | None]) -> None:
+        try:
+            self._write(out, self.timeout, one_frame=False)
+            while index:
+                reply = protocol.reply_decoder.decode(self._read_frame())
+                slot = index.pop(reply.rid, None)
+                if slot is None:
+                    self._mismatch(reply)
+                replies[slot] = reply
+        except BaseException as e:
+            err = self._broken(e)
+            if err is e:
+                raise
+            raise err from e
+
+    # --- the operations ----------------------------------------------------------
+
+    def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Queue one message; returns its id once the daemon has committed it.
+
+        With ``wait=True`` returns only once it is delivered; a failure or a
+        ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
+        """
+        req = protocol.Send(
+            to=to, body=body, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
+        )  # fmt: skip
+        if wait:
+            return expect(self._call(req, self._wait_timeout(timeout)), protocol.Sent).id
+        return expect(self._call(req, self.timeout), protocol.Sent).id
+
+    def _wait_timeout(self, wait: float | None) -> float | None:
+        # The daemon bounds a wait; our reply timeout must outlast it.
+        if self.timeout is None or wait is None:
+            return None
+        return self.timeout + wait
+
+    def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[int]:
+        """Queue many messages in one request (one commit); returns their ids in order."""
+        return expect(self.call(protocol.Batch(messages=to_new_messages(messages))), protocol.Ids).ids
+
+    def broadcast(
+        self,
+        body: str,
+        *,
+        group: str | None = None,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+    ) -> list[int]:
+        """Queue the message for every agent (or every agent in ``group``)."""
+        req = protocol.Broadcast(
+            body=body, group=group, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key,
+        )  # fmt: skip
+        return expect(self.call(req), protocol.Ids).ids
+
+    def status(self) -> protocol.StatusInfo:
+        return expect(self.call(protocol.StatusRequest()), protocol.StatusInfo)
+
+    def history(
+        self,
+        *,
+        agent: str | None = None,
+        sender: str | None = None,
+        status: protocol.Status | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        contains: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> protocol.Page:
+        """One page of messages, newest first; pass ``page.cursor`` back for older ones."""
+        req = protocol.History(
+            agent=agent, sender=sender, status=status, since=since, until=until,
+            contains=contains, limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return expect(self.call(req), protocol.Page)
+
+    def get(self, message_id: int) -> protocol.Message:
+        return expect(self.call(protocol.Get(message_id=message_id)), protocol.Message)
+
+    def retry(self, message_id: int) -> int:
+        """Queue a failed message again."""
+        return expect(self.call(protocol.Retry(message_id=message_id)), protocol.Sent).id
+
+    def cancel(self, message_id: int) -> int:
+        """Cancel a message that is still queued."""
+        return expect(self.call(protocol.Cancel(message_id=message_id)), protocol.Sent).id
+
+    def agents(self) -> list[protocol.AgentInfo]:
+        return expect(self.call(protocol.Agents()), protocol.AgentList).agents
+
+    def ping(self) -> protocol.Pong:
+        return expect(self.call(protocol.Ping()), protocol.Pong)
+
+    def reload(self) -> protocol.Reloaded:
+        """Make the daemon re-read its config file (as SIGHUP does); says what changed."""
+        return expect(self.call(protocol.Reload()), protocol.Reloaded)
