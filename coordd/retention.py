@@ -30,10 +30,15 @@ async def run(store: Store, config: Retention) -> None:
             await asyncio.wait_for(store.overflow.wait(), config.prune_interval_s)
         store.overflow.clear()
         pruned = 0
-        while n := store.prune_chunk(config.max_messages, max_age_s, config.prune_chunk):
+        while True:
+            await store.writable()  # also yields to the loop between chunks
+            n = store.prune_chunk(config.max_messages, max_age_s, config.prune_chunk)
+            if not n:
+                break
             pruned += n
             store.pruned += n
-            await asyncio.sleep(0)  # noqa: sleep-ok: a yield to the loop between chunks, not a wait
+            await asyncio.sleep(0)  # noqa: sleep-ok: a yield to other work between chunks, not a wait
         if pruned:
             log.info("pruned %d finished messages (%d rows left)", pruned, store.rows)
+            await store.writable()
             store.reclaim_if_sparse()

@@ -16,6 +16,7 @@ reader see committed rows while the writer writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -30,6 +31,16 @@ from coordctl import protocol as p
 log = logging.getLogger("coordd.store")
 
 SCHEMA_VERSION = 1
+
+# Checkpoint the WAL after this many changed rows or commits, whichever comes first, and after a
+# second without commits. SQLite's own autocheckpoint would run on the writer, i.e. on the event
+# loop, where one costs 1-3 ms here (it fsyncs); ours runs on aiosqlite's thread (_checkpoint_loop).
+CHECKPOINT_ROWS = 4000
+CHECKPOINT_COMMITS = 500
+CHECKPOINT_IDLE_S = 1.0
+# Bookkeeping writes (delivery outcomes) wait this long to gather into one transaction of their
+# own, so a send's acknowledgement never waits behind them.
+DEFERRED_S = 0.005
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -141,8 +152,16 @@ class Store:
         self.commits = 0
         self.last_batch = 0
         self._next_id = 1
-        self._pending: list[tuple[Write, asyncio.Future]] = []
+        self._pending: list[tuple[Write, asyncio.Future]] = []  # acknowledgements wait for these
+        self._deferred: list[tuple[Write, asyncio.Future]] = []  # nobody waits for these in a hurry
         self._flush_handle: asyncio.Handle | None = None
+        self._deferred_handle: asyncio.Handle | None = None
+        self._checkpointer: asyncio.Task | None = None
+        self._checkpoint_due = asyncio.Event()
+        self._checkpointed_at = (0, 0)  # (total_changes, commits) at the last checkpoint
+        self._held = False  # flushes wait while a RESTART checkpoint runs
+        self._writable = asyncio.Event()  # set while not held
+        self._writable.set()
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -158,6 +177,7 @@ class Store:
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             db.execute("PRAGMA busy_timeout = 5000")
             db.execute("PRAGMA journal_size_limit = 67108864")  # truncate the WAL back to 64 MiB after checkpoints
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop: _checkpoint_loop
             self._migrate(db)
             self._next_id = (db.execute("SELECT max(id) FROM messages").fetchone()[0] or 0) + 1
             self.rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
@@ -167,6 +187,9 @@ class Store:
         self.db = db
         self.reader = await aiosqlite.connect(self.path)
         await self.reader.execute("PRAGMA query_only = 1")
+        # Its own connection (and thread): a reader's half-read cursor would make it fail as "locked".
+        self._checkpoint_db = await aiosqlite.connect(self.path)
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -185,10 +208,56 @@ class Store:
             db.execute("COMMIT")
             log.info("migrated %s to schema version %d", self.path, i + 1)
 
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint on aiosqlite's thread, in two steps, so the loop never waits for one.
+
+        PASSIVE copies the bulk of the WAL into the database while writes go on. But the
+        WAL only starts over from its beginning when a write finds it fully copied, which
+        never happens while writes keep coming; so RESTART then copies the few new frames
+        with flushes held back meanwhile. Held back, not blocked: requests keep being
+        read and their writes gather for the next group commit.
+        """
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checkpoint_due.wait(), CHECKPOINT_IDLE_S)
+            self._checkpoint_due.clear()
+            if self.commits == self._checkpointed_at[1]:
+                continue
+            self._checkpointed_at = (self.db.total_changes, self.commits)
+            try:
+                await self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed: %s", e)
+                continue
+            self._held = True
+            self._writable.clear()
+            try:
+                async with self._checkpoint_db.execute("PRAGMA wal_checkpoint(RESTART)") as cur:
+                    busy, frames, copied = await cur.fetchone()
+                log.debug("checkpoint: busy=%d, %d frames in the WAL, %d copied", busy, frames, copied)
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed: %s", e)
+            finally:
+                self._held = False
+                self._writable.set()
+                self._resume()
+
+    def _note_commit(self) -> None:
+        self.commits += 1
+        changed, (last_changed, last_commits) = self.db.total_changes, self._checkpointed_at
+        if changed - last_changed >= CHECKPOINT_ROWS or self.commits - last_commits >= CHECKPOINT_COMMITS:
+            self._checkpoint_due.set()
+
     async def close(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            await self._checkpoint_db.close()
+        for handle in (self._flush_handle, self._deferred_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush()
+        self._flush_deferred()
         if self.reader is not None:
             await self.reader.close()
             self.reader = None
@@ -217,17 +286,44 @@ class Store:
     def _uncount(self, n: int) -> None:
         self.rows -= n
 
-    def write(self, ops: Write) -> asyncio.Future:
-        """Queue a write for the next group commit; the future resolves once it is committed."""
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((ops, fut))
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+    def write(self, ops: Write, *, deferred: bool = False) -> asyncio.Future:
+        """Queue a write for the next group commit; the future resolves once it is committed.
+
+        Deferred writes gather for DEFERRED_S and commit in a transaction of their own,
+        after the pending ones: for bookkeeping that no reply is waiting on.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if deferred:
+            self._deferred.append((ops, fut))
+            if self._deferred_handle is None and not self._held:
+                self._deferred_handle = loop.call_later(DEFERRED_S, self._flush_deferred)
+        else:
+            self._pending.append((ops, fut))
+            if self._flush_handle is None and not self._held:
+                self._flush_handle = loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
         self._flush_handle = None
-        batch, self._pending = self._pending, []
+        if not self._held:  # else a checkpoint is finishing; it flushes when done
+            batch, self._pending = self._pending, []
+            self._commit_group(batch)
+
+    def _flush_deferred(self) -> None:
+        self._deferred_handle = None
+        if not self._held:
+            batch, self._deferred = self._deferred, []
+            self._commit_group(batch)
+
+    def _resume(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pending and self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        if self._deferred and self._deferred_handle is None:
+            self._deferred_handle = loop.call_later(DEFERRED_S, self._flush_deferred)
+
+    def _commit_group(self, batch: list[tuple[Write, asyncio.Future]]) -> None:
         if not batch:
             return
         try:
@@ -262,7 +358,7 @@ class Store:
             if db.in_transaction:  # SQLite rolls back by itself on some errors (e.g. disk full)
                 db.execute("ROLLBACK")
             raise
-        self.commits += 1
+        self._note_commit()
 
     # --- reads on the loop thread (cheap, indexed, needed to decide an answer) ---
 
@@ -336,8 +432,16 @@ class Store:
 
     # --- retention, on the writer, in small chunks ---------------------------------
 
+    async def writable(self) -> None:
+        """Wait until the writer may commit directly (no checkpoint is finishing)."""
+        await self._writable.wait()
+
     def prune_chunk(self, max_messages: int, max_age_s: float, chunk: int) -> int:
-        """Delete up to `chunk` of the oldest finished messages that are over a bound; return how many."""
+        """Delete up to `chunk` of the oldest finished messages that are over a bound; return how many.
+
+        Call after `await writable()`. Select and delete run in one step, so a message
+        cannot be retried (failed -> queued) in between.
+        """
         db = self.db
         over = self.rows - max_messages
         ids: list[int] = []
