@@ -35,7 +35,7 @@ demo: install
 	export XDG_RUNTIME_DIR=$$d/run XDG_STATE_HOME=$$d/state XDG_DATA_HOME=$$d/data; \
 	unset COORDD_SOCKET COORDD_CONFIG; \
 	$(BIN)/coordd run 2>$$d/coordd.log & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid; echo "--- coordd log"; cat $$d/coordd.log' EXIT; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid; echo "--- coordd log"; cat $$d/coordd.log; rm -rf $$d' EXIT; \
 	SECONDS=0; until $(BIN)/coordctl ping >/dev/null 2>&1; do \
 		kill -0 $$pid || exit 1; [ $$SECONDS -lt 15 ] || { echo "coordd did not come up"; exit 1; }; done; \
 	echo "\$$ coordctl ping"; $(BIN)/coordctl ping; \
