@@ -2,8 +2,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests drive for real: a virtual X server with terminal windows, tmux, systemd-analyze.
-APT_PKGS := xvfb xterm xclip tmux systemd x11-utils
+# Debian packages the tests drive for real: a virtual X server with terminal windows, tmux, systemd-analyze,
+# and promtool (package prometheus) to lint the metrics.
+APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus
 
 .PHONY: install install-test deps demo test bench clean
 

@@ -48,6 +48,7 @@ class AsyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
+        self._streams: dict[int, asyncio.Queue] = {}  # watch rid -> its events; None or an exception ends it
 
     # --- connection ------------------------------------------------------------
 
@@ -74,7 +75,7 @@ class AsyncClient:
             writer.close()
             with contextlib.suppress(OSError):  # already broken: closing is all we wanted
                 await writer.wait_closed()
-        self._fail_pending(lambda: DaemonUnavailable("client closed"))
+        self._fail_pending(lambda: DaemonUnavailable("client closed"), ended=None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -89,6 +90,12 @@ class AsyncClient:
                 header = await reader.readexactly(protocol.HEADER_SIZE)
                 body = await reader.readexactly(int.from_bytes(header, "big"))
                 reply = protocol.reply_decoder.decode(body)
+                stream = self._streams.get(reply.rid)
+                if stream is not None:  # an event of a watch
+                    stream.put_nowait(reply)
+                    continue
+                if type(reply) is protocol.Watching:  # its events may follow at once: route them from now on
+                    self._streams[reply.rid] = asyncio.Queue()
                 future = self._pending.pop(reply.rid, None)
                 if future is not None:
                     if not future.done():
@@ -111,12 +118,15 @@ class AsyncClient:
             self._reader = self._writer = self._read_task = None
         self._fail_pending(make_error)
 
-    def _fail_pending(self, make_error: Callable[[], CoordError]) -> None:
+    def _fail_pending(self, make_error: Callable[[], CoordError], ended: object = ...) -> None:
         # One exception object per waiter: tracebacks are attached per raise.
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(make_error())
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():  # a watch ends quietly when we close, with the error when the daemon did
+            stream.put_nowait(make_error() if ended is ... else ended)
 
     # --- the generic request/reply --------------------------------------------
 
@@ -253,3 +263,62 @@ class AsyncClient:
 
     async def reload(self) -> protocol.Reloaded:
         return expect(await self.call(protocol.Reload()), protocol.Reloaded)
+
+    async def metrics(self) -> str:
+        return expect(await self.call(protocol.Metrics()), protocol.MetricsText).text
+
+    async def watch(
+        self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()
+    ) -> Subscription:
+        """Subscribe to events; returns once subscribed. Unlike Client.watch, the connection stays
+        usable for other calls meanwhile. ``async for event in sub``; ``await sub.aclose()`` (or
+        ``async with sub``) ends the watch. Consume promptly: events the daemon sent are held
+        here until read."""
+        req = protocol.Watch(agents=list(agents), events=list(events))
+        expect(await self.call(req), protocol.Watching)
+        stream = self._streams.get(req.rid)
+        if stream is None:  # the connection broke right after the reply
+            raise DaemonUnavailable("connection closed by coordd (is it stopping or restarting?)")
+        return Subscription(self, req.rid, stream)
+
+    async def _unwatch(self, rid: int) -> None:
+        if self._streams.pop(rid, None) is not None:
+            expect(await self.call(protocol.Unwatch(watch=rid)), protocol.Unwatched)
+
+
+class Subscription:
+    """A watch on an AsyncClient: an async iterator of ``Event`` and ``Missed``."""
+
+    def __init__(self, client: AsyncClient, rid: int, stream: asyncio.Queue) -> None:
+        self.client = client
+        self.rid = rid
+        self._stream = stream
+        self._done = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> protocol.Event | protocol.Missed:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._stream.get()
+        if item is None or isinstance(item, BaseException):
+            self._done = True
+            if item is None:
+                raise StopAsyncIteration
+            raise item
+        if type(item) is protocol.Error:
+            raise_for(item)
+        return item
+
+    async def aclose(self) -> None:
+        """End the watch; the client's connection stays open for other calls."""
+        if not self._done:
+            self._done = True
+            await self.client._unwatch(self.rid)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

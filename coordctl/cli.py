@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok; 1 the daemon refused (``error [code]: message`` on stderr);
 2 usage; 3 the daemon is not reachable (one line on stderr saying how to start
-it). With ``--json`` each command prints one JSON document: the daemon's
+it); 4 (`status` only) some agent's transport is down or it has failed messages. With ``--json`` each command prints one JSON document: the daemon's
 reply with every field (defaults included), minus the wire-only ``rid`` and
 ``type``.
 
@@ -30,6 +30,7 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_UNHEALTHY = 4  # `status`: an agent is down or has failed messages
 
 # Seconds to wait for a connect or a reply before giving up (exit 3): a wedged
 # daemon must not hang the agents that call us. `send --wait` waits longer.
@@ -240,7 +241,7 @@ def print_ids(state: State, ids: list[int]) -> None:
 @cli.command()
 @pass_state
 def status(state: State) -> None:
-    """Show the daemon and every agent's queue."""
+    """Show the daemon and every agent's queue; exit 4 if an agent is down or has failed messages."""
     info = state.client().status()
     if state.json:
         emit_json(info)
@@ -250,17 +251,21 @@ def status(state: State) -> None:
 
 
 def status_exit_code(info: protocol.StatusInfo) -> int:
-    """The exit code of `status`. Always 0 for now: the planned exit code 4
-    (some agent unhealthy) belongs here and only here."""
-    return EXIT_OK
+    """The exit code of `status`: 4 when any agent is unhealthy or has failed messages, for scripts and timers."""
+    return EXIT_UNHEALTHY if any(not a.healthy or a.failed for a in info.agents) else EXIT_OK
 
 
 def format_status(info: protocol.StatusInfo) -> str:
+    from coordctl.events import latency
+
     lines = [
         f"coordd {info.version}  pid {info.pid}  up {human.duration(info.uptime)}  socket {info.socket}",
         f"store {info.db_path}  {human.size(info.db_bytes)}, {info.rows} rows"
         f"  retention {info.max_messages} messages / {info.max_age_days:g} days  queued {info.queued}",
     ]
+    if info.metrics_url or info.metrics_error or info.watchers:
+        served = info.metrics_url or (f"not served: {info.metrics_error}" if info.metrics_error else "socket only")
+        lines.append(f"metrics {served}  watchers {info.watchers}")
     if info.config_error:
         lines.append(f"config: the last reload failed, the previous config still serves: {info.config_error}")
     if info.orphaned:
@@ -270,23 +275,41 @@ def format_status(info: protocol.StatusInfo) -> str:
     if not info.agents:
         lines.append("no agents configured")
         return "\n".join(lines)
-    headers = ("AGENT", "TRANSPORT", "HEALTH", "QUEUED", "IN FLIGHT", "DELIVERED", "FAILED", "OLDEST", "LAST ERROR")
+    headers = ("AGENT", "TRANSPORT", "HEALTH", "QUEUED", "IN FLIGHT", "DELIVERED", "FAILED", "P50", "P99", "OLDEST",
+               "LAST ERROR")  # fmt: skip
     rows = [
         (
             a.id,
             a.transport,
-            health(a.healthy, a.reason),
+            human.first_line(health(a.healthy, a.reason), 40),
             str(a.queued),
             str(a.in_flight),
             str(a.delivered),
             str(a.failed),
+            latency(a.latency_p50),
+            latency(a.latency_p99),
             "-" if a.oldest_queued_age is None else human.duration(a.oldest_queued_age),
-            "-" if a.last_error is None else human.first_line(a.last_error, BODY_WIDTH),
+            "-" if a.last_error is None else human.first_line(a.last_error, 300),  # the last column: room for why
         )
         for a in info.agents
     ]
     lines.append(human.table(headers, rows))
+    lines.append("(P50, P99: time from accepted to delivered over the last 5 minutes)")
+    lines += attention(info)
     return "\n".join(lines)
+
+
+def attention(info: protocol.StatusInfo) -> list[str]:
+    """What makes `status` exit 4, each with what to do about it."""
+    out = []
+    for a in info.agents:
+        if not a.healthy:
+            out.append(f"{a.id} is down ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
+                       "coordd retries by itself once the transport works again")  # fmt: skip
+        if a.failed:
+            out.append(f"{a.id} has {a.failed} failed messages: `coordctl history --agent {a.id} --status failed`, "
+                       "then `coordctl retry ID` once the cause is fixed")  # fmt: skip
+    return ["", "attention:", *(f"  {line}" for line in out)] if out else []
 
 
 @cli.command()
@@ -300,18 +323,48 @@ def format_status(info: protocol.StatusInfo) -> str:
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."
 )
 @click.option("--cursor", type=int, metavar="C", help="Continue from where a previous page stopped.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Show the page oldest first, then what happens from now on, as `watch` does, until ^C.")  # fmt: skip
 @pass_state
 def history(
     state: State, agent: str | None, sender: str | None, status: str | None, since: float | None,
-    until: float | None, grep: str | None, limit: int, cursor: int | None,
+    until: float | None, grep: str | None, limit: int, cursor: int | None, follow: bool,
 ) -> None:  # fmt: skip
-    """List messages, newest first."""
+    """List messages, newest first (with --follow: oldest first, then live)."""
+    stream = None
+    if follow:
+        if until is not None or cursor is not None or grep is not None:
+            raise click.UsageError("--follow goes on from now: it does not combine with --until, --cursor or --grep")
+        # Subscribe before the page is read, so that nothing happens unseen in between.
+        stream = state.client().watch(agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []))
     page = state.client().history(
         agent=agent, sender=sender, status=status, since=since, until=until,  # type: ignore[arg-type]
         contains=grep, limit=limit, cursor=cursor,
     )  # fmt: skip
-    if state.json:
+    if stream is not None:
+        from coordctl import events
+
+        page.messages.reverse()
+        print_page(state, page)
+        events.print_stream(stream, state.json, events.follow_filter(page, sender))
+    elif state.json:
         emit_json(page)
+    else:
+        print_page(state, page)
+
+
+# `history --status S --follow`: the events that put a message in status S.
+FOLLOW_EVENTS: dict[str | None, list[protocol.EventType]] = {
+    "queued": ["accepted", "retried"], "delivering": ["delivering"], "delivered": ["delivered"],
+    "failed": ["failed"], "cancelled": ["cancelled"],
+}  # fmt: skip
+
+
+def print_page(state: State, page: protocol.Page) -> None:
+    """A page as a table; with --json (only `history --follow` comes here so) one message per line, JSON Lines."""
+    if state.json:
+        for m in page.messages:
+            emit_json(m)
         return
     if page.messages:
         headers = ("ID", "TIME", "FROM", "TO", "PRIORITY", "STATUS", "BODY")
@@ -405,10 +458,18 @@ def print_sent(state: State, reply: protocol.Reply) -> None:
         click.echo(f"{sent.id} {sent.status}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def agents(ctx: click.Context) -> None:
+    """List the configured agents (or: agents import-coords FILE)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_agents)
+
+
+@agents.command("list")
 @pass_state
-def agents(state: State) -> None:
-    """List the configured agents."""
+def list_agents(state: State) -> None:
+    """List the configured agents (the default)."""
     found = state.client().agents()
     if state.json:
         emit_json({"agents": found})
@@ -453,6 +514,99 @@ def reload(state: State) -> None:
             click.echo(f"{label}: {', '.join(names)}")
     if done.orphaned:
         click.echo(f"orphaned: {done.orphaned} queued messages wait for agents no longer configured")
+
+
+# --- observability ---------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--agent", "agents", multiple=True, metavar="A", help="Only events of agent A; repeat for more.")
+@click.option("--event", "kinds", multiple=True, type=click.Choice(get_args(protocol.EventType)),
+              help="Only events of this type; repeat for more.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (as `coordctl --json watch`).")
+@pass_state
+def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json: bool) -> None:
+    """Print what happens to messages as it happens, until ^C.
+
+    Events: accepted, delivering, delivered, retried (an attempt failed, or `retry`),
+    failed (for good), cancelled. A watcher that reads too slowly is told how many
+    events it missed; delivery never waits for it.
+    """
+    from coordctl import events
+
+    stream = state.client().watch(agents=agents, events=kinds)  # type: ignore[arg-type]
+    events.print_stream(stream, as_json or state.json)
+
+
+@cli.command()
+@pass_state
+def metrics(state: State) -> None:
+    """Print every metric in the Prometheus text format (what `[metrics] listen` serves over HTTP)."""
+    text = state.client().metrics()
+    if state.json:
+        emit_json({"text": text})
+    else:
+        click.echo(text, nl=False)
+
+
+# --- gui agents --------------------------------------------------------------------
+
+
+@agents.command("import-coords")
+@click.argument("file", type=click.Path(dir_okay=False))
+def import_coords(file: str) -> None:
+    """Print [[agents]] tables for the active agents of the old tool's coordinates FILE."""
+    from coordctl import coords  # its json import is for this command only
+
+    try:
+        click.echo(coords.to_toml(coords.load(file)), nl=False)
+    except coords.CoordsError as e:
+        raise BadInput(str(e)) from None
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("message", required=False)
+@pass_state
+def onboard(state: State, agent: str, message: str | None) -> None:
+    """Run gui AGENT's onboarding sequence now, pasting MESSAGE ("-": stdin; default: gui.onboarding_message)."""
+    body = read_body(message) if message is not None else None
+    done = expect(state.client().call(protocol.Onboard(agent=agent, message=body)), protocol.Onboarded)
+    if state.json:
+        emit_json(done)
+    else:
+        click.echo(f"onboarded {done.agent}: {done.steps} steps")
+
+
+@cli.group()
+def coords() -> None:
+    """Screen coordinates for gui agents."""
+
+
+@coords.command("capture")
+@click.argument("agent")
+@click.option("--onboarding", is_flag=True, help="Print onboarding_x/onboarding_y instead of x/y.")
+@click.option("--delay", type=click.IntRange(min=0), default=5, show_default=True, metavar="S",
+              help="Seconds to move the mouse into place before it is read.")  # fmt: skip
+@pass_state
+def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
+    """Read the mouse position (on coordd's display) and print it as AGENT's TOML lines."""
+    what = "onboarding input" if onboarding else "chat input"
+    client = state.client()
+    client.ping()  # fail now, not after the countdown, when coordd is not running
+    if delay:
+        click.echo(f"Point the mouse at {agent}'s {what}:", err=True, nl=False)
+        for left in range(delay, 0, -1):
+            click.echo(f" {left}", err=True, nl=False)
+            time.sleep(1)  # noqa: sleep-ok: a countdown for a person moving the mouse
+        click.echo("", err=True)
+    at = expect(client.call(protocol.Pointer()), protocol.PointerAt)
+    keys = ("onboarding_x", "onboarding_y") if onboarding else ("x", "y")
+    if state.json:
+        emit_json({"agent": agent, keys[0]: at.x, keys[1]: at.y})
+        return
+    click.echo(f"# {agent}: {what} ({at.screen_width}x{at.screen_height} screen)")
+    click.echo(f"{keys[0]} = {at.x}\n{keys[1]} = {at.y}")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from coordctl import protocol
 from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
     from typing import NoReturn, TypeVar
 
     R = TypeVar("R", bound=protocol.Reply)
@@ -416,3 +416,38 @@ class Client:
     def reload(self) -> protocol.Reloaded:
         """Make the daemon re-read its config file (as SIGHUP does); says what changed."""
         return expect(self.call(protocol.Reload()), protocol.Reloaded)
+
+    def metrics(self) -> str:
+        """Every metric, in the Prometheus text format (what the HTTP endpoint serves, if configured)."""
+        return expect(self.call(protocol.Metrics()), protocol.MetricsText).text
+
+    def watch(
+        self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()
+    ) -> Iterator[protocol.Event | protocol.Missed]:
+        """Events as they happen (``Event``; ``Missed`` when this watcher fell behind and events were dropped).
+
+        Returns once the daemon has subscribed, so every event after that is seen.
+        The connection then carries only the stream, waiting as long as it takes
+        between events: make other calls on another Client. Ending the iteration
+        (``break``, ``close()``) closes the connection, which ends the watch.
+        """
+        req = protocol.Watch(agents=list(agents), events=list(events))
+        expect(self.call(req), protocol.Watching)
+        return self._stream(req.rid)
+
+    def _stream(self, rid: int) -> Iterator[protocol.Event | protocol.Missed]:
+        try:
+            if self._sock is not None:
+                self._sock.settimeout(None)  # a quiet hour between events is fine
+            while True:
+                try:
+                    reply: protocol.Reply = protocol.reply_decoder.decode(self._read_frame())
+                except (OSError, msgspec.DecodeError) as e:
+                    raise self._broken(e) from e
+                if reply.rid != rid:
+                    self._mismatch(reply)
+                if type(reply) is protocol.Error:
+                    raise_for(reply)
+                yield reply  # type: ignore[misc]
+        finally:
+            self.close()

@@ -21,6 +21,7 @@ HEADER_SIZE = 4
 Priority = Literal["regular", "urgent"]
 Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
 TERMINAL_STATUSES = ("delivered", "failed", "cancelled")
+EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled"]
 
 # Stable error codes: clients branch on these, so never rename one.
 ERROR_CODES = (
@@ -31,10 +32,12 @@ ERROR_CODES = (
     "queue_full",  # a per-agent or total queue limit would be exceeded
     "too_large",  # the frame exceeds the daemon's max_frame_bytes
     "storage_error",  # the database refused the write; nothing was stored
+    "storage_full",  # the disk holding the database is full; nothing was stored; retry once space is freed
     "shutting_down",  # the daemon is stopping and takes no new work
     "not_delivered",  # wait=true and the message failed or was not delivered in time
     "forbidden",  # the peer's uid is not allowed to use this daemon
     "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
+    "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
     "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
 )
 
@@ -123,7 +126,38 @@ class Reload(_Req, tag="reload"):
     """Re-read the config file (as SIGHUP does); the reply says what changed."""
 
 
-Request = Union[Ping, Send, Batch, Broadcast, StatusRequest, History, Get, Retry, Cancel, Agents, Reload]
+class Onboard(_Req, tag="onboard"):
+    """Run a gui agent's onboarding sequence now (not queued); the reply comes once it ran."""
+
+    agent: str
+    message: str | None = None  # None: the configured gui.onboarding_message
+
+
+class Pointer(_Req, tag="pointer"):
+    """Where the mouse is on the daemon's X display (for `coordctl coords capture`)."""
+
+
+class Watch(_Req, tag="watch"):
+    """Stream events as they happen: a `watching` reply, then `event` and `missed` replies, all with this rid."""
+
+    agents: list[str] = []  # only events of these agents; []: every agent
+    events: list[EventType] = []  # only events of these types; []: every type
+
+
+class Unwatch(_Req, tag="unwatch"):
+    """End a watch on this connection (closing the connection ends them all)."""
+
+    watch: int  # the rid of the watch request
+
+
+class Metrics(_Req, tag="metrics"):
+    """Every metric, in the Prometheus text format (as the HTTP endpoint serves it)."""
+
+
+Request = Union[
+    Ping, Send, Batch, Broadcast, StatusRequest, History, Get, Retry, Cancel, Agents, Reload, Onboard, Pointer,
+    Watch, Unwatch, Metrics,
+]  # fmt: skip
 
 
 # --- replies -----------------------------------------------------------------
@@ -212,6 +246,8 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     cancelled: int = 0
     oldest_queued_age: float | None = None
     last_error: str | None = None
+    latency_p50: float | None = None  # seconds from accepted to delivered, over the last 5 minutes
+    latency_p99: float | None = None
 
 
 class StatusInfo(_Rep, tag="status"):
@@ -229,6 +265,9 @@ class StatusInfo(_Rep, tag="status"):
     orphaned: int = 0  # queued messages for agents no longer configured; re-adding the agent delivers them
     orphaned_agents: list[str] = []
     config_error: str | None = None  # why the last reload failed (the previous config still serves)
+    metrics_url: str | None = None  # where the Prometheus endpoint listens ([metrics] listen)
+    metrics_error: str | None = None  # why it does not, though configured
+    watchers: int = 0  # active watch subscriptions
 
 
 class Reloaded(_Rep, tag="reloaded"):
@@ -240,7 +279,56 @@ class Reloaded(_Rep, tag="reloaded"):
     orphaned: int = 0
 
 
-Reply = Union[Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo, Reloaded]
+class Onboarded(_Rep, tag="onboarded"):
+    agent: str
+    steps: int  # GUI steps run
+
+
+class PointerAt(_Rep, tag="pointer"):
+    x: int
+    y: int
+    screen_width: int
+    screen_height: int
+
+
+class Watching(_Rep, tag="watching"):
+    buffer: int  # events held for this watch while the client is behind; past it they are counted as missed
+
+
+class Event(_Rep, tag="event"):
+    """Something happened to a message. Pushed to a watch, with the watch's rid."""
+
+    event: EventType
+    id: int  # the message
+    agent: str  # its recipient
+    time: float  # when it happened (accepted: when the message was stored)
+    sender: str | None = None
+    priority: Priority = "regular"
+    attempt: int = 0  # the attempt's number (delivering, delivered, retried, failed)
+    error: str | None = None  # retried, failed: why the attempt failed (retried by a retry request: nil)
+    retry_in: float | None = None  # retried after a failed attempt: seconds until the next one
+    latency: float | None = None  # delivered: seconds from accepted to delivered
+    preview: str | None = None  # accepted: the body's first line, at most 80 characters
+
+
+class Missed(_Rep, tag="missed"):
+    """The watch fell behind and `count` events were dropped here, between the events before and after it."""
+
+    count: int
+
+
+class Unwatched(_Rep, tag="unwatched"):
+    watch: int  # no more events come for this rid
+
+
+class MetricsText(_Rep, tag="metrics"):
+    text: str  # Prometheus text exposition format 0.0.4
+
+
+Reply = Union[
+    Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo, Reloaded, Onboarded, PointerAt,
+    Watching, Event, Missed, Unwatched, MetricsText,
+]  # fmt: skip
 
 
 # --- framing -----------------------------------------------------------------

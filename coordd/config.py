@@ -6,6 +6,7 @@ errors carry the path (``$.agents[2].inbox_dir``), which ConfigError keeps.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -37,6 +38,9 @@ class Daemon(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     allow_uids: list[int] = []  # peers allowed besides the daemon's own uid
     allow_gids: list[int] = []
+    idle_timeout_s: float = 600.0  # close a connection with nothing in flight and no traffic this long; 0: never
+    max_write_buffer_bytes: int = 4 << 20  # replies buffered for a client; past it, its requests wait until it reads
+    control_chars: Literal["allow", "reject"] = "allow"  # in message bodies (tab and newline always allowed)
 
 
 class Store(_Section):
@@ -63,6 +67,54 @@ class Delivery(_Section):
     unhealthy_recheck_ms: int = 1000  # how often a down transport is probed again
 
 
+class Metrics(_Section):
+    listen: str = ""  # "host:port" of the Prometheus HTTP endpoint; "": none (`coordctl metrics` still works)
+    allow_remote: bool = False  # allow a listen address that is not loopback
+    watch_buffer: int = 1000  # events held per watcher that falls behind; past it they are counted as missed
+
+
+class _Step(msgspec.Struct, tag_field="do", forbid_unknown_fields=True, kw_only=True):
+    """One step of a GUI onboarding sequence."""
+
+
+class ClickStep(_Step, tag="click"):
+    at: Literal["onboarding", "chat"] = "onboarding"  # onboarding_x/_y (x/y when unset), or x/y
+
+
+class HotkeyStep(_Step, tag="hotkey"):
+    keys: str  # "ctrl+n", "enter"
+
+
+class PasteStep(_Step, tag="paste"):
+    text: str = "{message}"  # {message}: the onboarding message; {agent}: the agent's id
+
+
+class SubmitStep(_Step, tag="submit"):
+    urgent: bool = False  # press urgent_submit_key instead of submit_key
+
+
+class WaitStep(_Step, tag="wait"):
+    ms: int
+
+
+Step = Union[ClickStep, HotkeyStep, PasteStep, SubmitStep, WaitStep]
+DEFAULT_SEQUENCE: list[Step] = [ClickStep(), PasteStep(), SubmitStep()]
+
+
+class Gui(_Section):
+    """Settings shared by every gui agent: one mouse, one keyboard, one clipboard."""
+
+    pause_ms: int = 0  # pyautogui.PAUSE: its pause after every call (its own default is 100 ms)
+    failsafe: bool = True  # pyautogui's fail-safe: the mouse in a screen corner pauses GUI delivery
+    header: str = "[A2A] {sender} -> {to} | {PRIORITY}"
+    restore_clipboard: bool = True
+    confirm_paste: bool = True  # wait until the application fetched the pasted text
+    paste_timeout_ms: int = 2000
+    coords_file: str = ""
+    onboarding_message: str = "You are {agent}. Messages from the other agents arrive in this chat."
+    sequences: dict[str, list[Step]] = {}
+
+
 class _Agent(msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, kw_only=True):
     id: str
     groups: list[str] = []
@@ -71,10 +123,58 @@ class _Agent(msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, 
 class InboxAgent(_Agent, tag="inbox"):
     inbox_dir: str = ""  # default: <workspace>/agent_workspaces/<id>/inbox
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
-    chunk: int = 64  # messages written per trip to the file-writing thread
+    chunk: int = 16  # files written per turn of the event loop
 
 
-Agent = Union[InboxAgent]
+class GuiAgent(_Agent, tag="gui", dict=True):
+    """An agent reached by clicking its chat input and pasting (an IDE chat window).
+
+    Coordinates are screen pixels (negative x: a monitor left of the primary); x and y
+    may come from gui.coords_file instead. Delays are what the target application
+    needs between steps; see config.example.toml for what each is for. Loading
+    attaches the config's [gui] section as the attribute `gui` (not a key).
+    """
+
+    x: int | None = None
+    y: int | None = None
+    onboarding_x: int | None = None
+    onboarding_y: int | None = None
+    paste_hotkey: str = "ctrl+v"
+    submit_key: str = "enter"
+    urgent_submit_key: str = "ctrl+enter"
+    click_settle_ms: int = 10
+    paste_settle_ms: int = 10
+    submit_settle_ms: int = 10
+    onboarding: str = "default"  # a sequence name from [gui.sequences], or "default"
+    header: str | None = None  # this agent's header template; unset: gui.header
+    coalesce: bool = False
+    coalesce_max_messages: int = 10
+    coalesce_max_bytes: int = 16384
+
+
+class TmuxAgent(_Agent, tag="tmux"):
+    """An agent in a tmux pane: its text is pasted (bracketed paste), then Enter submits it."""
+
+    target: str  # "session:window.pane" or a pane id "%3"
+    socket_name: str = ""  # tmux -L; with neither socket key, tmux's default server
+    socket_path: str = ""  # tmux -S
+    header: str = "[A2A] {sender} -> {to} | {PRIORITY}"  # first line of the pasted text; "" for none
+    enter_delay_ms: int = 5  # between the paste and the Enter key
+    submit_check: bool = True  # after Enter, confirm the text left the input line
+    submit_timeout_ms: int = 1000
+    idle_quiet_ms: int = 0  # deliver once the pane's screen has not changed for this long; 0: off
+    idle_prompt: str = ""  # deliver once the cursor's line matches this regex; "": off
+    idle_max_wait_ms: int = 30_000
+    idle_timeout: Literal["deliver", "fail"] = "deliver"  # what happens when the pane is not idle in time
+
+
+class DiscardAgent(_Agent, tag="discard"):
+    """For benchmarks and soak tests only: every message counts as delivered at once and goes nowhere."""
+
+    chunk: int = 256  # messages taken per delivery call
+
+
+Agent = Union[InboxAgent, GuiAgent, TmuxAgent, DiscardAgent]
 
 
 class Config(_Section):
@@ -83,6 +183,8 @@ class Config(_Section):
     retention: Retention = msgspec.field(default_factory=Retention)
     queue: Queue = msgspec.field(default_factory=Queue)
     delivery: Delivery = msgspec.field(default_factory=Delivery)
+    gui: Gui = msgspec.field(default_factory=Gui)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
     agents: list[Agent] = []
 
 
@@ -104,6 +206,10 @@ def parse(raw: dict, source: str) -> Config:
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {e}") from None
     _fill_defaults(cfg)
+    if cfg.gui.coords_file or any(isinstance(a, GuiAgent) for a in cfg.agents):
+        from coordd.gui_config import apply_gui  # coordinates from gui.coords_file, gui checks
+
+        apply_gui(cfg, source)
     _validate(cfg, source)
     return cfg
 
@@ -157,6 +263,12 @@ def _validate(cfg: Config, src: str) -> None:
         _positive(src, key, value)
     if cfg.daemon.shutdown_grace_ms < 0:
         raise ConfigError(f"{src}: `daemon.shutdown_grace_ms` must be 0 or more")
+    if not 0 <= cfg.daemon.idle_timeout_s < float("inf"):
+        raise ConfigError(f"{src}: `daemon.idle_timeout_s` must be 0 (never) or a number of seconds")
+    _positive(src, "daemon.max_write_buffer_bytes", cfg.daemon.max_write_buffer_bytes)
+    _positive(src, "metrics.watch_buffer", cfg.metrics.watch_buffer)
+    if cfg.metrics.listen:
+        _validate_listen(src, cfg.metrics)
     seen: set[str] = set()
     for i, a in enumerate(cfg.agents):
         if not AGENT_ID.match(a.id):
@@ -170,7 +282,67 @@ def _validate(cfg: Config, src: str) -> None:
         for g in a.groups:
             if not AGENT_ID.match(g):
                 raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}")
-        if isinstance(a, InboxAgent):
+        if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
+        elif isinstance(a, TmuxAgent):
+            _validate_tmux(src, f"agents[{i}]", a)
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """("127.0.0.1", 9464) from "127.0.0.1:9464"; an IPv6 address in brackets: "[::1]:9464". ValueError if neither."""
+    host, sep, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or ":" in host and not listen.startswith("[") or not port.isdigit() or int(port) > 65535:
+        raise ValueError(listen)
+    return host, int(port)
+
+
+def _validate_listen(src: str, m: Metrics) -> None:
+    try:
+        host, _ = split_listen(m.listen)
+    except ValueError:
+        raise ConfigError(f"{src}: `metrics.listen` = {m.listen!r} is not host:port: use e.g. \"127.0.0.1:9464\" "
+                          "(\"[::1]:9464\" for IPv6; port 0: any free port)") from None  # fmt: skip
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not m.allow_remote:
+        raise ConfigError(f"{src}: `metrics.listen` = {m.listen!r} is not a loopback address: metrics name your agents "
+                          "and show their traffic, so they stay on this machine unless you set "
+                          "`metrics.allow_remote = true` (or use 127.0.0.1)")  # fmt: skip
+
+
+# A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
+TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)$", re.ASCII)
+TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
+                      "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
+
+
+def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
+    if not TMUX_TARGET.match(a.target) or len(a.target) > 200:
+        raise ConfigError(f"{src}: `{where}.target` = {a.target!r} is not a tmux pane target: use "
+                          "session:window.pane (letters, digits, '_', '-', '+'; '=' for exact) or a pane id like %3")  # fmt: skip
+    if a.socket_name and a.socket_path:
+        raise ConfigError(f"{src}: `{where}`: set `socket_name` (tmux -L) or `socket_path` (tmux -S), not both")
+    if a.socket_name and not AGENT_ID.match(a.socket_name):
+        raise ConfigError(f"{src}: `{where}.socket_name` = {a.socket_name!r}: use letters, digits, '_', '.', '-'")
+    if a.socket_path and not os.path.isabs(a.socket_path):
+        raise ConfigError(f"{src}: `{where}.socket_path` = {a.socket_path!r} must be an absolute path")
+    try:
+        a.header.format(**TMUX_HEADER_FIELDS)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{src}: `{where}.header` = {a.header!r}: {e!r}; fields: "
+                          f"{', '.join('{' + k + '}' for k in TMUX_HEADER_FIELDS)}") from None  # fmt: skip
+    try:
+        re.compile(a.idle_prompt)
+    except re.error as e:
+        raise ConfigError(f"{src}: `{where}.idle_prompt` = {a.idle_prompt!r} is not a regex: {e}") from None
+    for key in ("enter_delay_ms", "idle_quiet_ms"):
+        if getattr(a, key) < 0:
+            raise ConfigError(f"{src}: `{where}.{key}` must be 0 or more")
+    for key in ("submit_timeout_ms", "idle_max_wait_ms"):
+        _positive(src, f"{where}.{key}", getattr(a, key))

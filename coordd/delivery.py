@@ -18,6 +18,7 @@ from collections import deque
 
 from coordd import store as s
 from coordd.config import Delivery as DeliveryConfig
+from coordd.observer import NO_HOOKS, Hooks
 from coordd.store import Record, Store
 from coordd.transports import DeliveryError, Transport, TransportDown
 
@@ -25,9 +26,9 @@ log = logging.getLogger("coordd.delivery")
 
 
 class AgentQueue:
-    def __init__(self, agent_id: str, transport: Transport) -> None:
+    def __init__(self, agent_id: str, transport: Transport | None) -> None:
         self.id = agent_id
-        self.transport = transport
+        self.transport = transport  # None while the agent is not configured (its queue is orphaned)
         self.urgent: deque[Record] = deque()
         self.regular: deque[Record] = deque()
         self.in_flight: list[Record] = []
@@ -35,6 +36,9 @@ class AgentQueue:
         self.resume_at = 0.0  # loop time before which the worker must not deliver (backoff)
         self.down: str | None = None  # why the transport is down, while it is
         self.last_error: str | None = None
+        self.task: asyncio.Task | None = None  # the worker
+        self.busy = asyncio.Lock()  # held by the worker for each delivery call
+        self.retired = False  # the agent left the config: the worker stops after its delivery in progress
 
     def __len__(self) -> int:
         """Messages waiting to be taken (not counting those in flight)."""
@@ -77,9 +81,14 @@ class Delivery:
         self.config = config
         self.store = store
         self.queues = {agent_id: AgentQueue(agent_id, t) for agent_id, t in transports.items()}
+        # Queued messages of agents no longer configured, kept in order (and in the database) for
+        # when the agent comes back. A reload moves queues between the two dicts.
+        self.orphans: dict[str, AgentQueue] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiters: dict[int, list[asyncio.Future]] = {}
+        self.unrecorded: set[int] = set()  # delivered or failed, outcome not yet committed
         self.stopping = False
+        self.observer: Hooks = NO_HOOKS  # metrics and watch events; the daemon installs its Observer
 
     # --- what the request handlers use -----------------------------------------
 
@@ -87,10 +96,26 @@ class Delivery:
         return sum(q.depth() for q in self.queues.values())
 
     def enqueue(self, rec: Record) -> None:
-        self.queues[rec.agent].push(rec)
+        q = self.queue_of(rec.agent)
+        if q is None:  # its agent left the config before this start
+            q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
+        q.push(rec)
+
+    def queue_of(self, agent: str) -> AgentQueue | None:
+        q = self.queues.get(agent)
+        return q if q is not None else self.orphans.get(agent)
+
+    def all_queues(self) -> list[AgentQueue]:
+        return [*self.queues.values(), *self.orphans.values()]
+
+    def orphaned(self) -> dict[str, int]:
+        """Messages still queued for agents no longer configured, by agent."""
+        return {q.id: q.depth() for q in self.orphans.values() if q.depth()}
 
     def in_flight(self, message_id: int) -> bool:
-        return any(r.id == message_id for q in self.queues.values() for r in q.in_flight)
+        if message_id in self.unrecorded:
+            return True
+        return any(r.id == message_id for q in self.all_queues() for r in q.in_flight)
 
     def wait_for(self, message_id: int) -> asyncio.Future:
         """A future resolved with (status, error) once the message is delivered, failed or cancelled."""
@@ -107,7 +132,7 @@ class Delivery:
 
     async def worker(self, q: AgentQueue) -> None:
         loop = asyncio.get_running_loop()
-        while not self.stopping:
+        while not self.stopping and not q.retired:
             q.wakeup.clear()
             delay = q.resume_at - loop.time()
             if not q or delay > 0:
@@ -118,16 +143,22 @@ class Delivery:
             if q.down:
                 q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
                 continue
-            await self._deliver(q, loop)
+            async with q.busy:
+                if q and not (q.retired or self.stopping):  # either may have changed while waiting for the lock
+                    await self._deliver(q, loop)
+            # One chunk per turn of the loop: sends, and other agents, get their turn in between.
+            await asyncio.sleep(0)  # noqa: sleep-ok: a yield to the loop, not a wait
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
-        batch = q.take(q.transport.max_batch)
+        transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with
+        batch = q.take(transport.max_batch)
         q.in_flight = batch
+        self.observer.delivering(q.id, batch)
         started = time.time()
-        lock = self.locks.setdefault(q.transport.exclusive, asyncio.Lock()) if q.transport.exclusive else None
+        lock = self.locks.setdefault(transport.exclusive, asyncio.Lock()) if transport.exclusive else None
         try:
             async with lock or contextlib.nullcontext():
-                await q.transport.deliver(batch)
+                await transport.deliver(batch)
             done, error = len(batch), None
         except DeliveryError as e:
             done, error = e.delivered, e.reason
@@ -138,7 +169,7 @@ class Delivery:
             q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
             return
         except Exception as e:  # a transport bug must not kill the worker: count it as a failed attempt
-            log.exception("transport %s failed on agent %s", q.transport.name, q.id)
+            log.exception("transport %s failed on agent %s", transport.name, q.id)
             done, error = 0, f"internal error: {e!r}"
         q.in_flight = []
         self._record(q, batch, done, error, started, loop)
@@ -151,8 +182,9 @@ class Delivery:
             attempts.append((rec.id, rec.attempts, started, finished, 1, None))
             delivered.append((finished, rec.attempts, rec.id))
         ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
-        for rec in batch[:done]:
-            self.settle(rec.id, "delivered")
+        outcomes = [(rec.id, "delivered", None) for rec in batch[:done]]
+        if done:
+            self.observer.delivered(q.id, batch[:done], finished)
         if error is not None:
             rec = batch[done]
             rec.attempts += 1
@@ -162,28 +194,39 @@ class Delivery:
             if rec.tries >= self.config.max_attempts:
                 log.warning("message %d to %s failed after %d attempts: %s", rec.id, q.id, rec.tries, error)
                 ops.append((s.MARK_FAILED, (rec.attempts, error, rec.id), False))
-                self.settle(rec.id, "failed", error)
+                outcomes.append((rec.id, "failed", error))
                 q.put_back(batch[done + 1 :])
+                self.observer.failed(q.id, rec, error)
             else:
                 ops.append((s.MARK_ATTEMPTED, (rec.attempts, error, rec.id), False))
                 q.put_back(batch[done:])
                 backoff = self.config.backoff_initial_ms * 2 ** (rec.tries - 1)
                 q.resume_at = loop.time() + min(backoff, self.config.backoff_max_ms) / 1000
-        self.store.write(ops).add_done_callback(_log_failed_write)
+                self.observer.retried(q.id, rec, error, min(backoff, self.config.backoff_max_ms) / 1000)
+        # Outcomes are bookkeeping: they commit in their own transaction, shortly, so that no
+        # send's acknowledgement waits behind them. Until then the messages show as delivering,
+        # and waiters hear the outcome only once it is stored.
+        for message_id, _, _ in outcomes:
+            self.unrecorded.add(message_id)
+        waited_on = any(message_id in self.waiters for message_id, _, _ in outcomes)  # then commit now
+        self.store.write(ops, deferred=not waited_on).add_done_callback(lambda f: self._recorded(f, outcomes))
+
+    def _recorded(self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            # The delivery happened but its outcome is not stored: the message stays
+            # queued in the database and is delivered again after a restart (at-least-once).
+            log.error("could not record a delivery outcome: %s", fut.exception())
+        for message_id, status, error in outcomes:
+            self.unrecorded.discard(message_id)
+            self.settle(message_id, status, error)
 
     def stop(self) -> None:
         """Start no new deliveries; the ones in progress finish. Waiters hear the message is still queued."""
         self.stopping = True
-        for q in self.queues.values():
+        for q in self.all_queues():
             q.wakeup.set()
         for waiters in self.waiters.values():
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(("queued", "the daemon is shutting down"))
 
-
-def _log_failed_write(fut: asyncio.Future) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        # The delivery happened but its outcome is not stored: the message stays
-        # queued in the database and is delivered again after a restart (at-least-once).
-        log.error("could not record a delivery outcome: %s", fut.exception())

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from coordctl import protocol as p
 from coordd import __version__
 from coordd import store as s
 from coordd.config import Config
 from coordd.delivery import Delivery
-from coordd.store import Record, Store, StorageError
+from coordd.observer import NO_HOOKS, Hooks
+from coordd.store import Record, Store, StorageError, StorageFull
 
 MAX_NAME = 64  # sender, kind, tag
 MAX_KEY = 256
 MAX_TAGS = 16
 MAX_PAGE = 1000
+MAX_WAIT_S = 3600.0
+MAX_ID = (1 << 63) - 1  # SQLite's largest integer
+# Control characters: C0 but tab and newline, DEL, C1. In a terminal they are keystrokes, not text.
+BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # senders, kinds, tags: a line of a header, so no newline
 
 
 class Refused(Exception):
@@ -41,18 +49,35 @@ class Handlers:
         self.delivery = delivery
         self.socket_path = socket_path
         self.started = time.monotonic()
+        self.observer: Hooks = NO_HOOKS  # metrics and watch events; the daemon installs its Observer
+        self.configure(config)
+        self.reloader: Callable[[], Awaitable[p.Reloaded]] | None = None  # set by the daemon
+        self.config_error: str | None = None  # why the last reload failed
+        self.accepting = True
+        self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
+        self._unstored_keys: dict[str, tuple[int, asyncio.Future]] = {}
+
+    def configure(self, config: Config) -> None:
+        """Serve `config` from now on (at start, and at each reload)."""
+        self.config = config
         self.agents = {a.id: a for a in config.agents}
         self.groups: dict[str, list[str]] = {}
         for a in config.agents:
             for g in a.groups:
                 self.groups.setdefault(g, []).append(a.id)
-        self.accepting = True
-        self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
-        self._unstored_keys: dict[str, tuple[int, asyncio.Future]] = {}
+        self.observer.configure(config)
+
+    def knows(self, agent: str) -> bool:
+        """A configured agent, or one whose queued messages wait for it to be configured again."""
+        return agent in self.agents or agent in self.delivery.orphans
 
     async def handle(self, req: p.Request) -> p.Reply:
-        if not self.accepting and not isinstance(req, (p.Ping, p.StatusRequest, p.History, p.Get, p.Agents)):
+        if not self.accepting and not isinstance(req, (p.Ping, p.StatusRequest, p.History, p.Get, p.Agents, p.Metrics)):
             raise Refused("shutting_down", "coordd is shutting down and takes no new work: retry once it is back")
+        for field in ("message_id", "cursor"):
+            value = getattr(req, field, None)
+            if value is not None and not -MAX_ID <= value <= MAX_ID:
+                raise Refused("bad_request", f"{field} {value} is out of range: ids are 64-bit integers")
         match req:
             case p.Send():
                 return await self.send(req)
@@ -72,8 +97,16 @@ class Handlers:
                 return await self.status()
             case p.Agents():
                 return p.AgentList(agents=[self._agent_info(a) for a in self.config.agents])
+            case p.Metrics():
+                return p.MetricsText(text=self.observer.exposition())
             case p.Ping():
                 return p.Pong(version=__version__, protocol=p.PROTOCOL_VERSION)
+            case p.Reload() if self.reloader is not None:
+                return await self.reloader()
+            case p.Onboard() | p.Pointer():
+                from coordd.gui_requests import handle_gui  # loaded on first use: no GUI code otherwise
+
+                return await handle_gui(self, req)
         raise Refused("bad_request", f"unhandled request {type(req).__name__}")  # pragma: no cover
 
     # --- send, batch, broadcast --------------------------------------------------
@@ -82,6 +115,8 @@ class Handlers:
         msg = p.NewMessage(
             to=req.to, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=req.tags, key=req.key
         )  # fmt: skip
+        if req.wait and req.timeout is not None and not 0 < req.timeout <= MAX_WAIT_S:
+            raise Refused("bad_request", f"timeout must be more than 0 and at most {MAX_WAIT_S:g} seconds, got {req.timeout}")
         [message_id], stored = await self._store([msg], where="")
         if req.wait:
             return await self._await_outcome(message_id, req.timeout or self.config.daemon.wait_timeout_s)
@@ -150,6 +185,13 @@ class Handlers:
             raise Refused("unknown_agent", f"{where}to: no agent named {m.to!r}; configured agents: {names}")
         if not m.body.strip():
             raise Refused("bad_request", f"{where}body is empty: give the message some text")
+        if self.config.daemon.control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
+            raise Refused("bad_request", f"{where}body has the control character U+{ord(bad[0]):04X} at offset "
+                          f"{bad.start()}, refused by daemon.control_chars = \"reject\": remove it from the text")  # fmt: skip
+        for field, value in (("sender", m.sender), ("kind", m.kind), *(("tags", t) for t in m.tags)):
+            if value is not None and (bad := NAME_CONTROL.search(value)):
+                raise Refused("bad_request", f"{where}{field} has the control character U+{ord(bad[0]):04X}: "
+                              "names are one line of plain text")  # fmt: skip
         for field, value, limit in (("sender", m.sender, MAX_NAME), ("kind", m.kind, MAX_NAME), ("key", m.key, MAX_KEY)):
             if value is not None and not 0 < len(value) <= limit:
                 raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
@@ -185,6 +227,9 @@ class Handlers:
                 self._unstored_keys[rec.key] = (rec.id, fut)
         try:
             await fut
+        except StorageFull as e:
+            raise Refused("storage_full", f"the disk holding {self.store.path} is full, nothing was stored ({e}): "
+                          "free some space there and retry; coordd goes on by itself") from None  # fmt: skip
         except StorageError as e:
             raise Refused("storage_error", f"the database refused the write, nothing was stored ({e}); "
                           f"check the disk holding {self.store.path} and retry") from None  # fmt: skip
@@ -193,6 +238,7 @@ class Handlers:
                 self._unstored[rec.agent] -= 1
                 if rec.key is not None:
                     self._unstored_keys.pop(rec.key, None)
+        self.observer.accepted(fresh)
         for rec in fresh:
             self.delivery.enqueue(rec)
 
@@ -220,17 +266,31 @@ class Handlers:
     async def history(self, req: p.History) -> p.Page:
         if not 1 <= req.limit <= MAX_PAGE:
             raise Refused("bad_request", f"limit must be 1 to {MAX_PAGE}, got {req.limit}")
-        if req.agent is not None and req.agent not in self.agents:
+        if req.agent is not None and req.agent not in self.agents and req.agent not in self.delivery.orphans:
             raise Refused("unknown_agent", f"agent: no agent named {req.agent!r}; configured agents: {', '.join(self.agents)}")
         delivering = req.status == "delivering"
         if delivering:
             req.status = "queued"
-        page = await self.store.history(req)
+        page = await self.store.history(req, self.config.daemon.max_frame_bytes)
         for m in page.messages:
             if m.status == "queued" and self.delivery.in_flight(m.id):
                 m.status = "delivering"
         if delivering:
             page.messages = [m for m in page.messages if m.status == "delivering"]
+        return self._fit(page)
+
+    def _fit(self, page: p.Page) -> p.Page:
+        """As many messages as fit in one frame of daemon.max_frame_bytes (at least one); the cursor goes on from there."""
+        budget = self.config.daemon.max_frame_bytes - 1024  # the page's own fields
+        msgs = page.messages
+        if sum(len(m.body) * 4 + 1024 for m in msgs) <= budget:  # surely fits: skip the encoding
+            return page
+        size = 0
+        for n, m in enumerate(msgs):
+            size += len(p.encoder.encode(m))
+            if size > budget and n:
+                page.messages, page.cursor = msgs[:n], msgs[n - 1].id
+                break
         return page
 
     async def get(self, message_id: int) -> p.Message:
@@ -255,11 +315,17 @@ class Handlers:
                 cancelled=counts.get((a.id, "cancelled"), 0),
                 oldest_queued_age=now - oldest if oldest is not None else None, last_error=q.last_error,
             ))  # fmt: skip
+        for st in agents:
+            st.latency_p50, st.latency_p99 = self.observer.percentiles(st.id, now)
         r = self.config.retention
+        orphaned = self.delivery.orphaned()
         return p.StatusInfo(
+            metrics_url=self.observer.metrics_url, metrics_error=self.observer.metrics_error,
+            watchers=self.observer.watchers(),
             version=__version__, pid=os.getpid(), uptime=time.monotonic() - self.started, socket=self.socket_path,
             db_path=self.store.path, db_bytes=self.store.size_bytes(), rows=self.store.rows,
             max_messages=r.max_messages, max_age_days=r.max_age_days, queued=self.delivery.queued(), agents=agents,
+            orphaned=sum(orphaned.values()), orphaned_agents=sorted(orphaned), config_error=self.config_error,
         )  # fmt: skip
 
     def _agent_info(self, a) -> p.AgentInfo:
@@ -279,6 +345,7 @@ class Handlers:
             raise Refused("unknown_agent", f"message {message_id} is for {rec.agent!r}, which is no longer configured")
         await self._write(message_id, [(s.MARK_REQUEUED, (message_id,), False)])
         rec.error = None
+        self.observer.retried(rec.agent, rec, None, None)
         self.delivery.enqueue(rec)
         return p.Sent(id=message_id, status="queued")
 
@@ -287,9 +354,9 @@ class Handlers:
         if found is None:
             raise Refused("unknown_message", f"no message {message_id}: it never existed or retention pruned it")
         rec, status = found
-        q = self.delivery.queues.get(rec.agent)
+        q = self.delivery.queue_of(rec.agent)  # an orphaned queue too: a re-added agent must not get it
         queued = q.remove(message_id) if q is not None else None
-        orphan = q is None and status == "queued"  # queued for an agent no longer configured
+        orphan = rec.agent not in self.agents and status == "queued" and not self.delivery.in_flight(message_id)
         if queued is None and not orphan:
             now = self._status_of(message_id)
             raise Refused("bad_state", f"message {message_id} is {now}; only queued messages can be cancelled")
@@ -300,10 +367,14 @@ class Handlers:
                 q.put_back([queued])
             raise
         self.delivery.settle(message_id, "cancelled")
+        self.observer.cancelled(rec)
         return p.Sent(id=message_id, status="cancelled")
 
     async def _write(self, message_id: int, ops: s.Write) -> None:
         try:
             await self.store.write(ops)
+        except StorageFull as e:
+            raise Refused("storage_full", f"the disk holding {self.store.path} is full ({e}); nothing changed: "
+                          "free some space there and retry", message_id) from None  # fmt: skip
         except StorageError as e:
             raise Refused("storage_error", f"the database refused the write ({e}); nothing changed", message_id) from None

@@ -3,6 +3,10 @@
 A lock file beside the socket (flock, held for the daemon's life) decides who
 owns the socket, so two daemons starting at once cannot both bind. The loser
 exits with a clear message; the winner removes a socket file a dead daemon left.
+
+Under socket activation systemd owns the socket: `adopt` takes the inherited
+listening socket as it is (no chmod, no unlink, ever), and the lock file goes
+beside the path that socket is bound to, so two daemons still cannot serve it.
 """
 
 from __future__ import annotations
@@ -65,3 +69,31 @@ def bind(socket_path: str) -> socket.socket:
         raise ListenerError(f"cannot listen on {socket_path}: {e.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def adopt(fds: list[tuple[int, str]]) -> socket.socket:
+    """The listening socket among those systemd passed (the one named "coordd" if several)."""
+    fd, name = next(((fd, n) for fd, n in fds if n == "coordd"), fds[0])
+    for other, _ in fds:
+        if other != fd:
+            os.close(other)  # coordd serves one socket; a stray one must not stay open unserved
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise ListenerError(f"inherited fd {fd} ({name}) is not a socket: {e.strerror}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        raise ListenerError(
+            f"inherited fd {fd} ({name}) is not a listening Unix stream socket: coordd.socket needs "
+            "ListenStream=<path> and Accept=no"
+        )
+    sock.setblocking(False)
+    return sock
+
+
+def adopted_path(sock: socket.socket, fallback: str) -> str:
+    """The file-system path an inherited socket is bound to (fallback for an abstract or unnamed one)."""
+    name = sock.getsockname()
+    return name if isinstance(name, str) and name.startswith("/") else fallback

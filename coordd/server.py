@@ -1,34 +1,65 @@
-"""The Unix-socket server: framing, the frame-size cap, peer credentials, pipelining.
+"""The Unix-socket server: framing, the frame-size cap, peer credentials, pipelining, bounds.
 
 One Connection per client, an asyncio.Protocol: bytes are parsed into frames as
 they arrive, each request runs as its own task (so a slow one, such as a send
 with wait, never holds up the others on the connection) and its reply carries
 the request's rid. The frame-size cap is checked on the 4-byte prefix before
-any body byte is buffered. A client that stops reading its replies is paused
-(we stop reading its requests) instead of buffering without bound.
+any body byte is buffered.
+
+What one client can cost is bounded, so that no client can starve the others:
+- at most MAX_IN_FLIGHT requests per connection are handled at once; further
+  frames wait unparsed and the socket is not read meanwhile;
+- once daemon.max_write_buffer_bytes of replies wait for a client to read them,
+  its requests are not read and its further replies wait (in `outbox`, at most
+  MAX_IN_FLIGHT of them) until it reads; if it reads nothing for
+  daemon.idle_timeout_s meanwhile it is dropped;
+- a connection with no request in flight and no traffic for daemon.idle_timeout_s
+  is closed (clients reconnect on their next call);
+- past daemon.max_connections a new connection gets `unavailable` and is closed.
+A client that shuts down its write side still gets the replies to what it sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+import resource
 import socket
 import struct
+import time
 
 import msgspec
 
 from coordctl import protocol as p
+from coordd import events
 from coordd.handlers import Handlers, Refused
+from coordd.observer import NO_HOOKS, Hooks
 
 log = logging.getLogger("coordd.server")
 
-WRITE_HIGH_WATER = 1 << 20  # per connection: past this, stop reading its requests until it drains
+MAX_IN_FLIGHT = 64  # requests handled at once per connection
+FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a Unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit, so that max_connections clients fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + FD_MARGIN:
+        log.warning("the open-file limit (%d) is too low for daemon.max_connections = %d: raise `ulimit -n` "
+                    "(LimitNOFILE= under systemd) or lower daemon.max_connections", soft, max_connections)  # fmt: skip
 
 
 class Server:
@@ -41,9 +72,22 @@ class Server:
         self.allowed_gids = allowed_gids
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        raise_fd_limit(max_connections)
+        self.observer: Hooks = NO_HOOKS  # metrics; the daemon installs its Observer
+        self.bus = events.EventBus()  # watch subscriptions; the daemon installs the one its Observer feeds
 
     def protocol(self) -> Connection:
         return Connection(self)
+
+    # Read live from the config, so a reload applies them.
+    @property
+    def idle_timeout(self) -> float:
+        return self.handlers.config.daemon.idle_timeout_s
+
+    @property
+    def max_write_buffer(self) -> int:
+        return self.handlers.config.daemon.max_write_buffer_bytes
 
     async def drain(self) -> None:
         """Wait for the requests already being handled to reply."""
@@ -53,6 +97,29 @@ class Server:
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.transport.close()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    def watch_idle(self) -> None:
+        """Make sure an idle sweep is scheduled while there are connections (no task of its own)."""
+        if self._sweep_handle is None and self.idle_timeout > 0:
+            period = min(max(self.idle_timeout / 4, 0.05), 5.0)
+            self._sweep_handle = asyncio.get_running_loop().call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        limit = self.idle_timeout
+        if limit <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        for conn in list(self.connections):
+            if conn.paused and now - conn.last_active > limit:
+                conn.drop(f"its replies unread for over {limit:g} s (daemon.idle_timeout_s)")
+            elif not conn.pending and not conn.watches and now - conn.last_active > limit:
+                conn.drop(f"idle for over {limit:g} s (daemon.idle_timeout_s)", debug=True)
+        if self.connections:
+            self.watch_idle()
 
 
 class Connection(asyncio.Protocol):
@@ -61,7 +128,13 @@ class Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closing = False
-        self.paused = False
+        self.paused = False  # the client is not reading its replies fast enough
+        self.outbox: deque[bytes] = deque()  # replies waiting while paused
+        self.reading = True
+        self.eof = False  # the client shut down its write side: reply to what is here, then close
+        self.pending = 0  # requests being handled
+        self.last_active = 0.0
+        self.watches: dict[int, events.Subscriber] = {}  # by the watch request's rid
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -69,34 +142,58 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         srv = self.server
         srv.connections.add(self)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.last_active = asyncio.get_running_loop().time()
+        transport.set_write_buffer_limits(high=srv.max_write_buffer)
         sock = transport.get_extra_info("socket")
         _, uid, gid = peer_credentials(sock)
         if uid not in srv.allowed_uids and gid not in srv.allowed_gids:
             log.warning("refused a connection from uid %d gid %d", uid, gid)
-            self.refuse("forbidden", f"uid {uid} may not use this coordd (it serves its own uid and the allow-lists)")
+            self.refuse("forbidden", f"uid {uid} may not use this coordd: it serves its own uid and those in "
+                        "daemon.allow_uids / daemon.allow_gids (add it there, or run coordctl as the daemon's user)")  # fmt: skip
         elif len(srv.connections) > srv.max_connections:
             self.refuse("unavailable", f"coordd already has {srv.max_connections} connections "
                         "(daemon.max_connections): close idle clients and retry")  # fmt: skip
+        else:
+            srv.watch_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.closing = True
+        for sub in self.watches.values():
+            self.server.bus.unsubscribe(sub)
+        self.watches.clear()
 
     def pause_writing(self) -> None:
         self.paused = True
-        self.transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
-        if not self.closing:
-            self.transport.resume_reading()
+        self.last_active = asyncio.get_running_loop().time()  # the client is reading
+        while self.outbox and not self.paused and not self.closing:
+            self.transport.write(self.outbox.popleft())  # may pause again
+        for sub in list(self.watches.values()):
+            sub.drain()
+        self._parse()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._parse()
+        return not self.closing  # keep the transport open until the replies are written
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._parse()
+
+    # --- framing and flow control ----------------------------------------------------
+
+    def _may_take(self) -> bool:
+        return not self.closing and not self.paused and self.pending < MAX_IN_FLIGHT
+
+    def _parse(self) -> None:
         buf = self.buf
-        buf += data
         start = 0
-        while not self.closing and len(buf) - start >= p.HEADER_SIZE:
+        while self._may_take() and len(buf) - start >= p.HEADER_SIZE:
             size = int.from_bytes(buf[start : start + p.HEADER_SIZE], "big")
             if size > self.server.max_frame:
                 self.refuse("too_large", f"frame of {size} bytes is over the limit of {self.server.max_frame} "
@@ -109,20 +206,41 @@ class Connection(asyncio.Protocol):
             start = end
         if start:
             del buf[:start]
+        if self.eof and not self.pending and not self.outbox and self._may_take():
+            self.closing = True
+            self.transport.close()  # every whole frame is answered; what is left is half a frame at most
+            return
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.eof or self.closing:
+            return
+        want = self._may_take()
+        if want != self.reading:
+            self.reading = want
+            (self.transport.resume_reading if want else self.transport.pause_reading)()
 
     # --- requests and replies --------------------------------------------------------
 
     def dispatch(self, body: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         try:
             req = p.request_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             self.reply(p.Error(rid=_salvage_rid(body), code="bad_request", message=f"cannot decode request: {e}"))
+            self.server.observer.rejected("bad_request")
             return
-        task = asyncio.get_running_loop().create_task(self.answer(req))
+        started = time.perf_counter()
+        if isinstance(req, (p.Watch, p.Unwatch)):  # answered at once, so `watching` goes out before any event
+            self.reply(rep := events.answer(self.server.bus, self, self.watches, req, self.server.handlers.knows))
+            self.server.observer.answered(req, started, getattr(rep, "code", None))
+            return
+        self.pending += 1
+        task = asyncio.get_running_loop().create_task(self.answer(req, started))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
 
-    async def answer(self, req: p.Request) -> None:
+    async def answer(self, req: p.Request, started: float) -> None:
         try:
             rep = await self.server.handlers.handle(req)
         except Refused as e:
@@ -130,18 +248,44 @@ class Connection(asyncio.Protocol):
         except Exception as e:
             log.exception("request %s failed", type(req).__name__)
             rep = p.Error(code="bad_request", message=f"internal error handling {type(req).__name__}: {e!r}")
+        finally:
+            self.pending -= 1
         rep.rid = req.rid
         self.reply(rep)
+        self.server.observer.answered(req, started, rep.code if type(rep) is p.Error else None)
+        if not self.closing:
+            self._parse()  # frames may be waiting for a free slot, or an EOF for the last reply
 
     def reply(self, rep: p.Reply) -> None:
-        if not self.closing:
-            self.transport.write(p.frame(rep))
+        if self.closing:
+            return
+        data = p.frame(rep)
+        if self.paused or self.outbox:  # behind: the reply waits its turn (resume_writing sends it)
+            self.outbox.append(data)
+            return
+        self.last_active = asyncio.get_running_loop().time()
+        self.transport.write(data)
+
+    def push(self, data: bytes) -> bool:
+        """Write a frame the client did not ask for (a watch event) unless it is behind: its write buffer
+        is over the high-water mark (then resume_writing drains the watches). False: not written."""
+        if self.closing or self.paused:
+            return False
+        self.transport.write(data)
+        return True
 
     def refuse(self, code: str, message: str) -> None:
         """Send one error and close: for faults after which the stream cannot be trusted or served."""
         self.reply(p.Error(code=code, message=message))
+        self.server.observer.rejected(code)
         self.closing = True
-        self.transport.close()  # flushes the buffered error first
+        self.transport.close()  # flushes the buffered error first; the idle sweep aborts it if never read
+
+    def drop(self, why: str, debug: bool = False) -> None:
+        """Close at once, discarding unsent replies: for a client that does not read, or has gone quiet."""
+        (log.debug if debug else log.warning)("closing a connection: %s", why)
+        self.closing = True
+        self.transport.abort()
 
 
 _rid_only = msgspec.msgpack.Decoder(dict)
@@ -153,4 +297,4 @@ def _salvage_rid(body: bytes) -> int:
         rid = _rid_only.decode(body).get("rid", 0)
     except Exception:
         return 0
-    return rid if isinstance(rid, int) else 0
+    return rid if type(rid) is int else 0  # not a bool: a reply's rid must decode as an int

@@ -41,6 +41,12 @@ CHECKPOINT_IDLE_S = 1.0
 # Bookkeeping writes (delivery outcomes) wait this long to gather into one transaction of their
 # own, so a send's acknowledgement never waits behind them.
 DEFERRED_S = 0.005
+# A deferred write the disk had no room for is tried again after this long (the writes stay in order).
+DEFERRED_RETRY_S = 0.5
+# SQLite's primary result codes for a full disk and an I/O error (extended codes carry them in the low byte).
+SQLITE_FULL, SQLITE_IOERR = 13, 10
+FAILURE_LOG_S = 10.0
+HISTORY_BATCH = 16  # rows fetched per step of a history page
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -97,6 +103,21 @@ Write = list[tuple[str, Any, bool]]
 
 class StorageError(Exception):
     """The database refused a write; nothing in that write was stored."""
+
+
+class StorageFull(StorageError):
+    """The disk holding the database is full; writes succeed again once space is freed."""
+
+
+def storage_error(e: sqlite3.Error) -> StorageError:
+    """The StorageError for an sqlite3 error: StorageFull when the disk is full."""
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    return (StorageFull if code == SQLITE_FULL else StorageError)(str(e))
+
+
+def _transient(e: sqlite3.Error) -> bool:
+    """Errors that say nothing about the write itself: it may well succeed later."""
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_FULL, SQLITE_IOERR)
 
 
 class Record(msgspec.Struct):
@@ -162,14 +183,32 @@ class Store:
         self._held = False  # flushes wait while a RESTART checkpoint runs
         self._writable = asyncio.Event()  # set while not held
         self._writable.set()
+        self._retrying = False  # deferred writes are waiting for the disk
+        self._failure_logged = -FAILURE_LOG_S
+        self._failures_unlogged = 0
 
     # --- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open (or create) the database. A file that is not a coordd database is an error, never replaced."""
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        """Open (or create) the database. A file that is not a coordd database is an error, never replaced.
+
+        An existing file must pass SQLite's quick_check: a corrupt database stops the start
+        with an error rather than serving (and later failing) half a history.
+        """
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            if os.path.lexists(self.path) and not os.path.isfile(self.path):
+                raise StorageError(f"store.path {self.path} exists but is not a regular file: "
+                                   "point store.path at a file")  # fmt: skip
+            existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        except OSError as e:
+            raise StorageError(f"cannot use store.path {self.path}: {e.strerror}") from None
+        db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if existed:  # read-only checks first: a file that is not ours must not be touched
+                self._check_integrity(db)
+                self._schema_version(db)
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -182,7 +221,13 @@ class Store:
             self._next_id = (db.execute("SELECT max(id) FROM messages").fetchone()[0] or 0) + 1
             self.rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            raise StorageError(f"cannot open database {self.path}: {e}") from None
+            if db is not None:
+                db.close()
+            raise StorageError(f"cannot open database {self.path}: {e}. coordd never replaces it: move it aside "
+                               "(keep it for recovery, e.g. sqlite3 .recover) or set store.path to another file") from None  # fmt: skip
+        except StorageError:
+            db.close()
+            raise
         os.chmod(self.path, 0o600)
         self.db = db
         self.reader = await aiosqlite.connect(self.path)
@@ -191,14 +236,15 @@ class Store:
         self._checkpoint_db = await aiosqlite.connect(self.path)
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
 
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StorageError(f"database {self.path} is corrupt ({'; '.join(problems)}). coordd never replaces it: "
+                               "move it aside (keep it for recovery, e.g. sqlite3 .recover) or set store.path "
+                               "to another file")  # fmt: skip
+
     def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path} has schema version {version}, newer than this coordd ({SCHEMA_VERSION}): upgrade coordd"
-            )
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StorageError(f"{self.path} is an SQLite database but not a coordd one: choose another store.path")
+        version = self._schema_version(db)
         for i in range(version, SCHEMA_VERSION):
             db.execute("BEGIN")
             for stmt in MIGRATIONS[i].split(";"):
@@ -207,6 +253,17 @@ class Store:
             db.execute(f"PRAGMA user_version = {i + 1}")
             db.execute("COMMIT")
             log.info("migrated %s to schema version %d", self.path, i + 1)
+
+    def _schema_version(self, db: sqlite3.Connection) -> int:
+        """The file's coordd schema version (0: a new, empty database); an error for anything else."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}, newer than this coordd ({SCHEMA_VERSION}): upgrade coordd"
+            )
+        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StorageError(f"{self.path} is an SQLite database but not a coordd one: choose another store.path")
+        return version
 
     async def _checkpoint_loop(self) -> None:
         """Checkpoint on aiosqlite's thread, in two steps, so the loop never waits for one.
@@ -257,12 +314,17 @@ class Store:
             if handle is not None:
                 handle.cancel()
         self._flush()
-        self._flush_deferred()
+        self._deferred_handle = None
+        batch, self._deferred = self._deferred, []
+        self._commit_group(batch, retry=False)
         if self.reader is not None:
             await self.reader.close()
             self.reader = None
         if self.db is not None:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:  # everything is committed in the WAL; the next start checkpoints it
+                log.warning("final WAL checkpoint failed: %s", e)
             self.db.close()
             self.db = None
 
@@ -314,7 +376,7 @@ class Store:
         self._deferred_handle = None
         if not self._held:
             batch, self._deferred = self._deferred, []
-            self._commit_group(batch)
+            self._commit_group(batch, retry=True)
 
     def _resume(self) -> None:
         loop = asyncio.get_running_loop()
@@ -323,25 +385,54 @@ class Store:
         if self._deferred and self._deferred_handle is None:
             self._deferred_handle = loop.call_later(DEFERRED_S, self._flush_deferred)
 
-    def _commit_group(self, batch: list[tuple[Write, asyncio.Future]]) -> None:
+    def _commit_group(self, batch: list[tuple[Write, asyncio.Future]], retry: bool = False) -> None:
+        """Commit a group of writes in one transaction and resolve their futures.
+
+        retry: for deferred bookkeeping (delivery outcomes). When the disk is full or
+        failing, the group goes back to the head of the deferred writes and is tried again
+        after DEFERRED_RETRY_S, so outcomes are recorded once space is freed instead of lost.
+        """
         if not batch:
             return
         try:
             self._commit([ops for ops, _ in batch])
-        except sqlite3.Error:
+        except sqlite3.Error as e:
+            if retry and _transient(e):
+                if not self._retrying:
+                    log.error("cannot record %d delivery outcomes (%s); retrying every %g s", len(batch), e,
+                              DEFERRED_RETRY_S)  # fmt: skip
+                self._retrying = True
+                self._deferred[:0] = batch
+                if self._deferred_handle is not None:
+                    self._deferred_handle.cancel()
+                self._deferred_handle = asyncio.get_running_loop().call_later(DEFERRED_RETRY_S, self._flush_deferred)
+                return
             # One bad write must not fail its neighbours: commit each alone to find it.
             for ops, fut in batch:
                 try:
                     self._commit([ops])
                 except sqlite3.Error as e:
-                    log.error("write failed: %s", e)
-                    fut.set_exception(StorageError(str(e)))
+                    self._log_failure(e)
+                    fut.set_exception(storage_error(e))
                 else:
                     fut.set_result(None)
             return
+        if retry and self._retrying:
+            log.warning("delivery outcomes are recorded again")
+            self._retrying = False
         self.last_batch = len(batch)
         for _, fut in batch:
             fut.set_result(None)
+
+    def _log_failure(self, e: sqlite3.Error) -> None:
+        """Log a failed write, at most once per FAILURE_LOG_S: a full disk fails every send."""
+        now = time.monotonic()
+        if now - self._failure_logged < FAILURE_LOG_S:
+            self._failures_unlogged += 1
+            return
+        more = f" (and {self._failures_unlogged} more since the last report)" if self._failures_unlogged else ""
+        log.error("write failed: %s%s", e, more)
+        self._failure_logged, self._failures_unlogged = now, 0
 
     def _commit(self, writes: list[Write]) -> None:
         db = self.db
@@ -387,7 +478,12 @@ class Store:
             attempts = [p.Attempt(number=a[0], started=a[1], finished=a[2], ok=bool(a[3]), error=a[4]) async for a in cur]
         return p.Message(message=info_from_row(row), attempts=attempts)
 
-    async def history(self, q: p.History) -> p.Page:
+    async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:
+        """A page of q.limit messages at most, newest first; it stops early once the bodies pass max_bytes.
+
+        Rows are fetched HISTORY_BATCH at a time, so a page of large bodies never holds
+        more than about max_bytes plus one batch in memory.
+        """
         where, args = [], []
         for column, value in (("agent", q.agent), ("sender", q.sender), ("status", q.status)):
             if value is not None:
@@ -410,11 +506,18 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(q.limit + 1)  # one extra row tells whether another page exists
+        rows: list[tuple] = []
+        size = 0
         async with self.reader.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        more = len(rows) > q.limit
+            while len(rows) <= q.limit and size <= max_bytes:
+                batch = await cur.fetchmany(min(HISTORY_BATCH, q.limit + 1 - len(rows)))
+                if not batch:
+                    break
+                rows += batch
+                size += sum(len(r[7]) for r in batch)
+        more = len(rows) > q.limit or size > max_bytes
         messages = [info_from_row(r) for r in rows[: q.limit]]
-        return p.Page(messages=messages, cursor=messages[-1].id if more else None)
+        return p.Page(messages=messages, cursor=messages[-1].id if more and messages else None)
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Stored messages by (agent, status)."""
@@ -457,17 +560,24 @@ class Store:
         if not ids:
             return 0
         marks = ",".join("?" * len(ids))
-        self._commit([[
-            (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
-            (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
-        ]])  # fmt: skip
+        try:
+            self._commit([[
+                (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
+                (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
+            ]])  # fmt: skip
+        except sqlite3.Error as e:  # a delete needs room in the WAL too: the next pass tries again
+            log.warning("pruning failed: %s", e)
+            return 0
         self.rows -= len(ids)
         return len(ids)
 
     def reclaim_if_sparse(self, pages: int = 1024) -> None:
         """When over a quarter of the file is free pages, hand some back to the file system."""
-        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        total = self.db.execute("PRAGMA page_count").fetchone()[0]
-        if free * 4 > total:
-            self.db.execute(f"PRAGMA incremental_vacuum({pages})")
+        try:
+            free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+            total = self.db.execute("PRAGMA page_count").fetchone()[0]
+            if free * 4 > total:
+                self.db.execute(f"PRAGMA incremental_vacuum({pages})")
+        except sqlite3.Error as e:
+            log.warning("handing free pages back failed: %s", e)
 

@@ -16,12 +16,17 @@ EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 def test_example_parses_and_documents_every_key():
     raw = tomllib.loads(EXAMPLE.read_text())
     config.parse(tomllib.loads(EXAMPLE.read_text()), str(EXAMPLE))
-    for section in ("daemon", "store", "retention", "queue", "delivery"):
+    for section in ("daemon", "store", "retention", "queue", "delivery", "gui", "metrics"):
         struct = type(getattr(config.Config(), section))
         keys = {f.name for f in msgspec.structs.fields(struct)}
         assert keys == set(raw[section]), f"[{section}] in config.example.toml differs from the code"
-    documented = set().union(*(a.keys() for a in raw["agents"])) - {"transport"}
-    assert documented == {f.name for f in msgspec.structs.fields(config.InboxAgent)}
+    documented: dict[str, set[str]] = {}  # keys shown per transport
+    for a in raw["agents"]:
+        documented.setdefault(a.get("transport", "inbox"), set()).update(set(a) - {"transport"})
+    assert documented["inbox"] == {f.name for f in msgspec.structs.fields(config.InboxAgent)}
+    assert documented["tmux"] == {f.name for f in msgspec.structs.fields(config.TmuxAgent)}
+    assert documented["gui"] == {f.name for f in msgspec.structs.fields(config.GuiAgent)}
+    assert documented["discard"] == {f.name for f in msgspec.structs.fields(config.DiscardAgent)}
 
 
 def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):

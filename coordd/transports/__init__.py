@@ -53,10 +53,23 @@ class Transport:
 
 def make_transport(agent) -> Transport:
     """The transport for one configured agent, chosen by its `transport` key."""
-    from coordd.config import InboxAgent
+    from coordd import config
 
-    if isinstance(agent, InboxAgent):
+    # Imported on demand: pyautogui needs a DISPLAY, so it loads only when a gui agent exists.
+    if isinstance(agent, config.InboxAgent):
         from coordd.transports.inbox import InboxTransport
 
         return InboxTransport(agent)
+    if isinstance(agent, config.GuiAgent):
+        from coordd.transports.gui import GuiTransport
+
+        return GuiTransport(agent)
+    if isinstance(agent, config.TmuxAgent):
+        from coordd.transports.tmux import TmuxTransport
+
+        return TmuxTransport(agent)
+    if isinstance(agent, config.DiscardAgent):
+        from coordd.transports.discard import DiscardTransport
+
+        return DiscardTransport(agent)
     raise ValueError(f"no transport for {agent!r}")

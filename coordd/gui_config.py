@@ -1,0 +1,99 @@
+"""The gui part of loading a config: coordinates from gui.coords_file, and checks that name the key.
+
+Key names are checked for shape here; whether pyautogui knows a key is checked
+once it is loaded (it needs a display), when the first delivery runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from coordctl import coords
+from coordd.config import Config, ConfigError, GuiAgent, HotkeyStep, PasteStep, WaitStep
+
+HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
+                 "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
+KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*$")  # "ctrl+shift+v", "enter", "f5"
+
+
+def apply_gui(cfg: Config, source: str) -> None:
+    if cfg.gui.coords_file:
+        _merge_coords_file(cfg, source)
+    g = cfg.gui
+    _template(source, "gui.header", g.header, HEADER_FIELDS)
+    _template(source, "gui.onboarding_message", g.onboarding_message, {"agent": "Agent-1"})
+    _at_least(source, "gui.pause_ms", g.pause_ms, 0)
+    _at_least(source, "gui.paste_timeout_ms", g.paste_timeout_ms, 1)
+    for name, steps in g.sequences.items():
+        for i, step in enumerate(steps):
+            where = f"gui.sequences.{name}[{i}]"
+            if isinstance(step, HotkeyStep):
+                _keys(source, f"{where}.keys", step.keys)
+            elif isinstance(step, WaitStep):
+                _at_least(source, f"{where}.ms", step.ms, 0)
+            elif isinstance(step, PasteStep):
+                _template(source, f"{where}.text", step.text, {"agent": "Agent-1", "message": "hi"})
+    for i, a in enumerate(cfg.agents):
+        if isinstance(a, GuiAgent):
+            _check_agent(cfg, source, f"agents[{i}]", a)
+            a.gui = g  # what its transport needs of the shared settings
+
+
+def _merge_coords_file(cfg: Config, source: str) -> None:
+    path = os.path.expanduser(cfg.gui.coords_file)
+    if not os.path.isabs(path) and os.path.isfile(source):
+        path = os.path.join(os.path.dirname(os.path.abspath(source)), path)  # relative to the config file
+    try:
+        entries = coords.load(path)
+    except coords.CoordsError as e:
+        raise ConfigError(f"{source}: `gui.coords_file`: {e}") from None
+    configured = {a.id: a for a in cfg.agents}
+    for c in entries:
+        a = configured.get(c.id)
+        if a is None and c.active:  # an active agent of the file that the config does not list
+            cfg.agents.append(GuiAgent(id=c.id, x=c.x, y=c.y, onboarding_x=c.onboarding_x, onboarding_y=c.onboarding_y))
+        elif isinstance(a, GuiAgent):  # listed: the config's own values win
+            if a.x is None and a.y is None:
+                a.x, a.y = c.x, c.y
+            if a.onboarding_x is None and a.onboarding_y is None:
+                a.onboarding_x, a.onboarding_y = c.onboarding_x, c.onboarding_y
+
+
+def _check_agent(cfg: Config, src: str, where: str, a: GuiAgent) -> None:
+    if a.x is None or a.y is None:
+        raise ConfigError(f"{src}: `{where}` ({a.id}): a gui agent needs both `x` and `y` (the chat input's screen "
+                          "position; `coordctl coords capture` reads it), or an entry in `gui.coords_file`")  # fmt: skip
+    if (a.onboarding_x is None) != (a.onboarding_y is None):
+        raise ConfigError(f"{src}: `{where}` ({a.id}): set both `onboarding_x` and `onboarding_y`, or neither")
+    for key in ("paste_hotkey", "submit_key", "urgent_submit_key"):
+        _keys(src, f"{where}.{key}", getattr(a, key))
+    for key in ("click_settle_ms", "paste_settle_ms", "submit_settle_ms"):
+        _at_least(src, f"{where}.{key}", getattr(a, key), 0)
+    if a.header is not None:
+        _template(src, f"{where}.header", a.header, HEADER_FIELDS)
+    _at_least(src, f"{where}.coalesce_max_messages", a.coalesce_max_messages, 1)
+    _at_least(src, f"{where}.coalesce_max_bytes", a.coalesce_max_bytes, 1)
+    if a.onboarding != "default" and a.onboarding not in cfg.gui.sequences:
+        names = ", ".join(["default", *cfg.gui.sequences])
+        raise ConfigError(f"{src}: `{where}.onboarding` = {a.onboarding!r}: no such sequence in [gui.sequences]; "
+                          f"known: {names}")  # fmt: skip
+
+
+def _keys(src: str, key: str, value: str) -> None:
+    if not KEYS.match(value):
+        raise ConfigError(f"{src}: `{key}` = {value!r} is not a key combination: write key names joined by '+', "
+                          'lower case, e.g. "ctrl+shift+v" or "enter"')  # fmt: skip
+
+
+def _at_least(src: str, key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{src}: `{key}` must be {low} or more, got {value}")
+
+
+def _template(src: str, key: str, template: str, fields: dict) -> None:
+    try:
+        template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        known = ", ".join("{" + f + "}" for f in fields)
+        raise ConfigError(f"{src}: `{key}` = {template!r} is not a valid template ({e!r}); fields: {known}") from None

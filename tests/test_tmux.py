@@ -1,0 +1,315 @@
+"""The tmux transport against a real tmux server: panes run tmux_reader.py (or cat), coordd runs as a subprocess.
+
+How messages are told apart: each pane runs tmux_reader.py, a raw-mode input
+line with bracketed paste (like the agent CLIs it stands in for), which appends
+one JSON line per Enter to its file. So a multi-line message is one record, and
+the test checks per file: exactly that agent's messages, each sender's in order,
+none missing, none twice. test_cat_receives_hostile_text_literally covers a
+program without bracketed paste (`cat >> FILE`), where the file must hold the
+exact text.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from coordd import config
+from coordd.transports import tmux_control
+from coordd.transports.tmux import exact_target, printable, tail_fragment
+from tmux_fixtures import TmuxServer, records
+
+FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
+HOSTILE = [
+    "quotes ' \" `back` and ; semicolons ; ls",
+    "$(touch /tmp/coordd-tmux-test-pwned) ${HOME} $HOME ~ ~/x \\$ \\\\ \\n \\",
+    "-t %0 --help -- #{pane_id} #[fg=red] %if 1",
+    "unicode: ü 日本語 עברית 🎉 e\u0301 \u200b",
+    "{ braces } \\; ;; &&& ||| > /dev/null < x | cat",
+]
+
+
+@pytest.fixture
+def tmux_server():
+    servers: list[TmuxServer] = []
+
+    def make(socket_name: str = "") -> TmuxServer:
+        servers.append(TmuxServer(socket_name))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.kill()
+        shutil.rmtree(s.dir, ignore_errors=True)
+
+
+def tmux_agent(agent_id: str, server: TmuxServer, target: str, **keys) -> dict:
+    return {"id": agent_id, "transport": "tmux", "target": target, **server.agent_keys(), **keys}
+
+
+def header(sender: str, to: str, priority: str = "REGULAR") -> str:
+    return f"[A2A] {sender} -> {to} | {priority}"
+
+
+def log_errors(d) -> list[str]:
+    """The daemon's ERROR lines (a transport bug is logged with its traceback; a reply nobody collected too)."""
+    return [line[:800] for line in d.logtext().splitlines() if " ERROR " in line or "Traceback" in line]
+
+
+def delivered(c, n: int) -> bool:
+    return len(c.history(status="delivered", limit=1000).messages) >= n
+
+
+# --- config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [
+        ({"target": "-t"}, "agents[0].target"),
+        ({"target": "a:0.0; kill-server"}, "agents[0].target"),
+        ({"target": "a b:0"}, "agents[0].target"),
+        ({"target": "a:0.0", "socket_name": "x", "socket_path": "/tmp/x"}, "not both"),
+        ({"target": "a:0.0", "socket_name": "-x"}, "agents[0].socket_name"),
+        ({"target": "a:0.0", "socket_path": "rel/sock"}, "agents[0].socket_path"),
+        ({"target": "a:0.0", "header": "{body}"}, "agents[0].header"),
+        ({"target": "a:0.0", "idle_prompt": "(["}, "agents[0].idle_prompt"),
+        ({"target": "a:0.0", "enter_delay_ms": -1}, "agents[0].enter_delay_ms"),
+        ({"target": "a:0.0", "submit_timeout_ms": 0}, "agents[0].submit_timeout_ms"),
+        ({"target": "a:0.0", "idle_timeout": "shrug"}, "idle_timeout"),
+        ({"target": "a:0.0", "enter_delay": 5}, "enter_delay"),
+    ],
+)
+def test_config_errors_name_the_key(keys, error):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse({"agents": [{"id": "A", "transport": "tmux", **keys}]}, "c.toml")
+    assert error in str(e.value)
+
+
+@pytest.mark.parametrize("target", ["agents:0.1", "agents:editor.0", "%12", "$1:@2.%3", "=a:=b.0", "my-sess", "s:w"])
+def test_config_accepts_targets(target):
+    config.parse({"agents": [{"id": "A", "transport": "tmux", "target": target}]}, "c.toml")
+
+
+def test_exact_target_text_and_tail():
+    assert exact_target("a1:0.0") == "=a1:=0.0"
+    assert exact_target("a1:editor") == "=a1:=editor"
+    assert exact_target("%3") == "%3" and exact_target("$1:@2.1") == "$1:@2.1" and exact_target("a") == "=a"
+    assert printable("a\r\nb\rc\x1b[201~\x03\x7f\x85\t") == "a\nb\nc^[[201~^C^?<U+0085>\t"
+    assert tail_fragment("head\n  some   spaced\ttext \n\n  ") == "some spaced text"
+    assert tail_fragment("x" * 40) == "x" * 16 and tail_fragment(" \n\t") == ""
+
+
+# --- the control connection ---------------------------------------------------------
+
+
+async def test_control_mode_quoting_keeps_hostile_text_literal(tmux_server, tmp_path):
+    """Every string goes through tmux's command parser and comes back byte for byte (set-buffer, save-buffer)."""
+    server = tmux_server()
+    server.session("q", "cat")
+    texts = [*HOSTILE, "multi\nline\r\n\ttabbed", "\x1b[31mred\x1b[0m \x07 \x7f", "'", '"', "\\", "-", ";", "~", "$"]
+    conn = tmux_control.acquire(tmux_control.server_args("", server.socket_path))
+    try:
+        for n, text in enumerate(texts):
+            out = tmp_path / f"buf{n}"
+            await conn.run_many(("set-buffer", "-b", f"t{n}", "--", text), ("save-buffer", "-b", f"t{n}", str(out)))
+            assert out.read_bytes() == text.encode(), text
+        with pytest.raises(tmux_control.TmuxError, match="can't find pane"):
+            await conn.run("send-keys", "-t", "%999", "x")
+        assert await conn.run("display-message", "-p", "still #{session_name}") == ["still q"]
+    finally:
+        await tmux_control.release(conn)
+
+
+# --- delivery through the daemon ----------------------------------------------------------
+
+
+def test_four_agents_eight_concurrent_clients(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    agents = ["T1", "T2", "T3", "T4"]
+    files = {a: tmp_path / f"{a}.jsonl" for a in agents}
+    for n, a in enumerate(agents):
+        server.reader(f"s{n}", files[a])
+    d = make_daemon(agents=[tmux_agent(a, server, f"s{n}:0.0") for n, a in enumerate(agents)])
+    per_client, errors = 50, []
+
+    def body(c: int, i: int) -> str:
+        text = f"c{c} m{i} " + HOSTILE[i % len(HOSTILE)]
+        return text + f"\nsecond line of c{c} m{i}\n\n  indented after a blank line" if i % 3 == 0 else text
+
+    def client(c: int) -> None:
+        try:
+            with d.client() as cl:
+                for i in range(per_client):
+                    cl.send(agents[(c + i) % 4], body(c, i), sender=f"client-{c}")
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with d.client() as c:
+        wait_until(lambda: delivered(c, 8 * per_client), 60, "all 400 deliveries")
+        assert c.status().queued == 0
+    for k, a in enumerate(agents):
+        got = [r["text"] for r in records(files[a])]
+        for c in range(8):  # exactly this sender's messages to this agent, in the order it sent them
+            mine = [t for t in got if t.startswith(header(f"client-{c}", a) + "\n")]
+            assert mine == [f"{header(f'client-{c}', a)}\n{body(c, i)}" for i in range(per_client) if (c + i) % 4 == k]
+        assert len(got) == 8 * per_client // 4, f"{a}: foreign or malformed messages"
+    # One warm control-mode connection serves all four agents on this server; it ends with the daemon.
+    assert server.tmux("list-clients", "-F", "#{client_control_mode}").stdout.split() == ["1"]
+    assert d.stop() == 0
+    wait_until(lambda: server.tmux("list-clients").stdout == "", 5, "the control client to detach")
+    assert log_errors(d) == []
+
+
+def test_cat_receives_hostile_text_literally(make_daemon, tmux_server, tmp_path):
+    """A program without bracketed paste: each line of the paste and the Enter reach `cat` as typed lines."""
+    server = tmux_server()
+    out = tmp_path / "cat.txt"
+    out.touch()
+    pane = server.session("c", "sh", "-c", f"cat >> '{out}'")
+    bodies = [*HOSTILE, "two\nlines", "esc \x1b[201~ \x1b]0;title\x07 nul \x00 end"]
+    d = make_daemon(agents=[tmux_agent("C", server, pane, header="")])
+    with d.client() as c:
+        for body in bodies:
+            c.send("C", body, wait=True, timeout=10)
+    want = "".join(printable(b) + "\n" for b in bodies)
+    assert "^[[201~ ^[]0;title^G nul ^@ end" in want
+    wait_until(lambda: out.read_text(encoding="utf-8") == want, 5, "cat's file to hold exactly the texts")
+    assert not Path("/tmp/coordd-tmux-test-pwned").exists()
+
+
+def test_large_text_goes_through_a_temp_file(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "big.jsonl"
+    server.reader("big", out)
+    body = "\n".join(f"line {n}: " + "xyz ü 'q' $x " * 20 for n in range(300))  # ~ 90 KB
+    d = make_daemon(agents=[tmux_agent("B", server, "big:0", header="")])
+    with d.client() as c:
+        c.send("B", body, wait=True, timeout=30)
+        c.send("B", "small after big", wait=True, timeout=10)
+    assert [r["text"] for r in records(out)] == [body, "small after big"]
+    assert "buffer" not in server.tmux("list-buffers").stdout  # every per-message buffer was pasted and deleted
+
+
+def test_pane_killed_fails_with_reason_others_unaffected(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    a_file, b_file = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    server.reader("a", a_file)
+    server.reader("ab", b_file)  # "a" is a prefix of "ab": once "a" is gone, its target must not find "ab"
+    d = make_daemon(agents=[tmux_agent("A", server, "a:0.0"), tmux_agent("B", server, "ab:0.0")],
+                    delivery={**FAST_RETRY, "max_attempts": 3})  # fmt: skip
+    with d.client() as c:
+        c.send("A", "before", wait=True, timeout=10)
+        server.tmux("kill-session", "-t", "=a")
+        lost = c.send("A", "after the pane died")
+        for i in range(5):
+            c.send("B", f"b{i}", sender="x")
+        wait_until(lambda: c.get(lost).message.status == "failed", 10, "the message to the dead pane to fail")
+        msg = c.get(lost)
+        assert "tmux pane a:0.0 not found" in msg.message.error and "can't find session" in msg.message.error
+        assert len(msg.attempts) == 3
+        wait_until(lambda: len(records(b_file)) == 5, 10, "B's deliveries")
+        assert [s.healthy for s in c.status().agents] == [True, True]
+    assert [r["text"] for r in records(b_file)] == [f"{header('x', 'B')}\nb{i}" for i in range(5)]
+    assert [r["text"] for r in records(a_file)] == [f"{header('unknown', 'A')}\nbefore"]
+    assert log_errors(d) == []
+
+
+def test_server_gone_fails_then_reconnects(make_daemon, tmux_server, tmp_path):
+    server = tmux_server(socket_name=f"coordd-test-{os.getpid()}-{secrets.token_hex(4)}")  # unique: tests may run in parallel
+    out = tmp_path / "s.jsonl"
+    server.reader("s", out)
+    d = make_daemon(agents=[tmux_agent("S", server, "s:0.0", header="")], delivery={**FAST_RETRY, "max_attempts": 2})
+    with d.client() as c:
+        c.send("S", "one", wait=True, timeout=10)
+        server.kill()
+        lost = c.send("S", "while the server is down")
+        wait_until(lambda: c.get(lost).message.status == "failed", 10, "the message to fail")
+        assert "not reachable" in c.get(lost).message.error and "no server running" in c.get(lost).message.error
+        server.reader("s", out)  # a new server on the same socket name
+        c.send("S", "two", wait=True, timeout=10)
+    assert [r["text"] for r in records(out)] == ["one", "two"]
+    assert log_errors(d) == []
+
+
+def test_lost_enter_is_pressed_again_without_a_second_paste(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "e.jsonl"
+    pane = server.reader("e", out, "--ignore-enters", "1")
+    d = make_daemon(agents=[tmux_agent("E", server, "e:0.0", header="", submit_timeout_ms=200)], delivery=FAST_RETRY)
+    with d.client() as c:
+        mid = c.send("E", "first\nsecond", wait=True, timeout=10)
+        attempts = c.get(mid).attempts
+    assert [a.ok for a in attempts] == [False, True]
+    assert attempts[0].error.startswith("text left unsubmitted in tmux pane e:0.0")
+    assert [r["text"] for r in records(out)] == ["first\nsecond"]
+    assert server.capture(pane).count("second") == 1
+
+
+def test_text_never_submitted_fails(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "n.jsonl"
+    pane = server.reader("n", out, "--ignore-enters", "1000")
+    d = make_daemon(agents=[tmux_agent("N", server, "n:0.0", header="", submit_timeout_ms=100)],
+                    delivery={**FAST_RETRY, "max_attempts": 3})  # fmt: skip
+    with d.client() as c:
+        mid = c.send("N", "stuck text")
+        wait_until(lambda: c.get(mid).message.status == "failed", 10, "the message to fail")
+        assert c.get(mid).message.error.startswith("text left unsubmitted")
+    assert records(out) == [] and server.capture(pane).count("stuck text") == 1
+
+
+def test_wait_for_idle(make_daemon, tmux_server, tmp_path):
+    """Both panes are busy for 1.5 s after start; only the agent that waits for idle gets its message after."""
+    server = tmux_server()
+    waits, eager = tmp_path / "w.jsonl", tmp_path / "e.jsonl"
+    server.session("other", "cat")  # the daemon's control client attaches before the agents' sessions exist
+    d = make_daemon(agents=[tmux_agent("W", server, "w:0", header="", idle_quiet_ms=200, idle_prompt="^>$"),
+                            tmux_agent("E", server, "e:0", header="")])  # fmt: skip
+    server.reader("w", waits, "--busy-ms", "1500")
+    server.reader("e", eager, "--busy-ms", "1500")
+    with d.client() as c:
+        ids = [c.send("E", "eager"), c.send("W", "patient")]
+        wait_until(lambda: all(c.get(i).message.status == "delivered" for i in ids), 15, "both deliveries")
+    assert records(waits) == [{"text": "patient", "busy": False}]
+    assert records(eager) == [{"text": "eager", "busy": True}]  # so the check above can fail
+
+
+def test_not_idle_in_time_fails_when_asked_to(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "b.jsonl"
+    server.reader("b", out, "--busy-ms", "60000")
+    d = make_daemon(agents=[tmux_agent("B", server, "b:0", idle_quiet_ms=100, idle_max_wait_ms=300,
+                                       idle_timeout="fail")], delivery={**FAST_RETRY, "max_attempts": 2})  # fmt: skip
+    with d.client() as c:
+        mid = c.send("B", "never")
+        wait_until(lambda: c.get(mid).message.status == "failed", 10, "the message to fail")
+        assert c.get(mid).message.error == "tmux pane b:0 was not idle within 300 ms"
+    assert records(out) == []
+
+
+def test_copy_mode_pane_waits_until_left(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "m.jsonl"
+    server.reader("m", out)
+    server.tmux("copy-mode", "-t", "=m:0.0")
+    d = make_daemon(agents=[tmux_agent("M", server, "m:0.0", header="")], delivery=FAST_RETRY)
+    with d.client() as c:
+        mid = c.send("M", "after copy mode")
+        wait_until(lambda: c.get(mid).message.attempts >= 1, 10, "an attempt")
+        assert "copy mode" in c.get(mid).message.error and records(out) == []
+        server.tmux("send-keys", "-t", "=m:0.0", "-X", "cancel")
+        wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery once copy mode is left")
+    assert [r["text"] for r in records(out)] == ["after copy mode"]

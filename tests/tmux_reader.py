@@ -1,0 +1,92 @@
+"""A tiny agent input line for tmux tests: reads bracketed pastes and Enter, appends each submission to a file.
+
+Why not `cat >> FILE`: cat reads lines, so a multi-line message lands as several
+lines and messages cannot be told apart. Like the agent CLIs it stands in for,
+this program puts the terminal in raw mode and turns on bracketed paste; a paste
+(ESC[200~ ... ESC[201~) and typed characters go into the input line, shown on
+screen, and Enter (CR) submits it: the input is appended to FILE as one JSON
+line {"text": ..., "busy": ...}, then the input line is cleared ("> " prompt).
+
+    python tmux_reader.py FILE [--ignore-enters N] [--busy-ms MS]
+
+--ignore-enters N: the first N Enter presses do nothing (an Enter that got lost).
+--busy-ms MS: print a "working" line every 20 ms for MS ms before showing the
+prompt; a submission records whether it arrived while busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import time
+import tty
+
+START, END = b"\x1b[200~", b"\x1b[201~"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("file")
+    ap.add_argument("--ignore-enters", type=int, default=0)
+    ap.add_argument("--busy-ms", type=int, default=0)
+    args = ap.parse_args()
+    out = open(args.file, "a", encoding="utf-8")
+    tty.setraw(0)
+    os.write(1, b"\x1b[?2004h")  # ask the terminal (tmux) for bracketed paste
+    busy_until = time.monotonic() + args.busy_ms / 1000
+    ticks = 0
+    ignore = args.ignore_enters
+    line = bytearray()
+    pending = b""
+    in_paste = False
+    prompt_shown = False
+    while True:
+        busy = time.monotonic() < busy_until
+        if not busy and not prompt_shown:
+            os.write(1, b"> ")
+            prompt_shown = True
+        if busy and not select.select([0], [], [], 0.02)[0]:
+            ticks += 1
+            os.write(1, b"working %d\r\n" % ticks)
+            continue
+        data = os.read(0, 65536)
+        if not data:
+            return
+        pending += data
+        while pending:
+            if in_paste:
+                end = pending.find(END)
+                if end < 0:  # keep a possible partial end marker for the next read
+                    keep = next((k for k in range(len(END) - 1, 0, -1) if pending.endswith(END[:k])), 0)
+                    chunk, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                else:
+                    chunk, pending, in_paste = pending[:end], pending[end + len(END) :], False
+                chunk = chunk.replace(b"\r", b"\n")  # tmux pastes newlines as CR
+                line += chunk
+                os.write(1, chunk.replace(b"\n", b"\r\n"))
+                if end < 0:
+                    break
+            elif pending.startswith(START):
+                in_paste, pending = True, pending[len(START) :]
+            elif START.startswith(pending):  # a start marker cut in two: wait for the rest
+                break
+            elif pending[:1] == b"\r":
+                pending = pending[1:]
+                if ignore > 0:
+                    ignore -= 1
+                    continue
+                record = {"text": line.decode("utf-8", "replace"), "busy": time.monotonic() < busy_until}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                line.clear()
+                os.write(1, b"\r\n> " if prompt_shown else b"\r\n")
+            else:
+                line += pending[:1]
+                os.write(1, pending[:1])
+                pending = pending[1:]
+
+
+if __name__ == "__main__":
+    main()
