@@ -58,8 +58,12 @@ demo: install
 test: deps install-test
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
+# Every benchmark; each prints its table and writes perf/results/<name>.json. bench_gui needs Xvfb (make deps).
 bench: install
 	$(BIN)/python perf/bench.py
+	$(BIN)/python perf/bench_startup.py
+	$(BIN)/python perf/bench_tmux.py
+	$(BIN)/python perf/bench_gui.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
