@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python perf/bench_startup.py
 	$(BIN)/python perf/bench_tmux.py
 	$(BIN)/python perf/bench_gui.py
+	$(BIN)/python perf/bench_observability.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

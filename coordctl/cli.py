@@ -239,11 +239,12 @@ def print_ids(state: State, ids: list[int]) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as `coordctl --json status`).")
 @pass_state
-def status(state: State) -> None:
+def status(state: State, as_json: bool) -> None:
     """Show the daemon and every agent's queue; exit 4 if an agent is down or has failed messages."""
     info = state.client().status()
-    if state.json:
+    if state.json or as_json:
         emit_json(info)
     else:
         click.echo(format_status(info))
@@ -336,7 +337,8 @@ def history(
         if until is not None or cursor is not None or grep is not None:
             raise click.UsageError("--follow goes on from now: it does not combine with --until, --cursor or --grep")
         # Subscribe before the page is read, so that nothing happens unseen in between.
-        stream = state.client().watch(agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []))
+        stream = state.client().watch(agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []),
+                                      idle=sys.stdout.flush)  # fmt: skip
     page = state.client().history(
         agent=agent, sender=sender, status=status, since=since, until=until,  # type: ignore[arg-type]
         contains=grep, limit=limit, cursor=cursor,
@@ -534,7 +536,7 @@ def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json
     """
     from coordctl import events
 
-    stream = state.client().watch(agents=agents, events=kinds)  # type: ignore[arg-type]
+    stream = state.client().watch(agents=agents, events=kinds, idle=sys.stdout.flush)  # type: ignore[arg-type]
     events.print_stream(stream, as_json or state.json)
 
 

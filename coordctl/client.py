@@ -19,7 +19,7 @@ from coordctl import protocol
 from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import NoReturn, TypeVar
 
     R = TypeVar("R", bound=protocol.Reply)
@@ -422,7 +422,11 @@ class Client:
         return expect(self.call(protocol.Metrics()), protocol.MetricsText).text
 
     def watch(
-        self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()
+        self,
+        *,
+        agents: Iterable[str] = (),
+        events: Iterable[protocol.EventType] = (),
+        idle: Callable[[], object] | None = None,
     ) -> Iterator[protocol.Event | protocol.Missed]:
         """Events as they happen (``Event``; ``Missed`` when this watcher fell behind and events were dropped).
 
@@ -430,18 +434,29 @@ class Client:
         The connection then carries only the stream, waiting as long as it takes
         between events: make other calls on another Client. Ending the iteration
         (``break``, ``close()``) closes the connection, which ends the watch.
+        ``idle`` is called whenever the stream is about to wait for the daemon
+        (all events received so far are handled): e.g. to flush buffered output.
         """
         req = protocol.Watch(agents=list(agents), events=list(events))
         expect(self.call(req), protocol.Watching)
-        return self._stream(req.rid)
+        return self._stream(req.rid, idle)
 
-    def _stream(self, rid: int) -> Iterator[protocol.Event | protocol.Missed]:
+    def _frame_ready(self) -> bool:
+        have = self._rend - self._rpos
+        return have >= _HEADER.size and have >= _HEADER.size + _HEADER.unpack_from(self._rbuf, self._rpos)[0]
+
+    def _stream(self, rid: int, idle: Callable[[], object] | None) -> Iterator[protocol.Event | protocol.Missed]:
         try:
             if self._sock is not None:
                 self._sock.settimeout(None)  # a quiet hour between events is fine
             while True:
+                if idle is not None and not self._frame_ready():
+                    idle()
                 try:
                     reply: protocol.Reply = protocol.reply_decoder.decode(self._read_frame())
+                except DaemonUnavailable:
+                    raise DaemonUnavailable(f"coordd at {self.socket_path} closed the connection, which ends the "
+                                            "watch (is it stopping or restarting?)") from None  # fmt: skip
                 except (OSError, msgspec.DecodeError) as e:
                     raise self._broken(e) from e
                 if reply.rid != rid:

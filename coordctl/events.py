@@ -54,16 +54,24 @@ def event_line(ev: protocol.Event) -> str:
     return line
 
 
-def as_json(item: protocol.Event | protocol.Missed) -> bytes:
+def as_json(item: protocol.Event | protocol.Missed) -> str:
     if type(item) is protocol.Missed:
-        return msgspec.json.encode({"event": "missed", "count": item.count})
-    return msgspec.json.encode({f: getattr(item, f) for f in item.__struct_fields__ if f != "rid"})
+        return msgspec.json.encode({"event": "missed", "count": item.count}).decode()
+    fields = msgspec.structs.asdict(item)
+    del fields["rid"]
+    return msgspec.json.encode(fields).decode()
 
 
 def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
                  skip: Callable[[protocol.Event], bool] | None = None) -> None:  # fmt: skip
-    """Print each event as it comes, until ^C, the reader of a pipe leaving (both: a normal end),
-    or the daemon closing the connection (DaemonUnavailable: exit 3)."""
+    """Print each event as it comes, until ^C, the reader of a pipe leaving (both: a normal end), or
+    the daemon closing the connection (DaemonUnavailable: exit 3).
+
+    Give the Client.watch that makes `items` ``idle=sys.stdout.flush``: lines are then flushed
+    whenever the stream is about to wait, so a pipe gets each one as soon as it happened, and a
+    burst of events costs one write, not one per line.
+    """
+    out = sys.stdout
     try:
         for item in items:
             if type(item) is protocol.Missed:
@@ -72,7 +80,7 @@ def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
                 continue
             else:
                 text = as_json(item) if json else event_line(item)
-            click.echo(text)  # flushes: a pipe gets each line as it happens
+            out.write(text + "\n")
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # e.g. `coordctl watch | head`: stop quietly, and flush nothing more at exit

@@ -39,7 +39,7 @@ class Daemon(_Section):
     allow_uids: list[int] = []  # peers allowed besides the daemon's own uid
     allow_gids: list[int] = []
     idle_timeout_s: float = 600.0  # close a connection with nothing in flight and no traffic this long; 0: never
-    max_write_buffer_bytes: int = 4 << 20  # replies buffered for a client; past it, its requests wait until it reads
+    max_write_buffer_bytes: int = 1 << 20  # replies buffered for a client; past it, its requests wait until it reads
     control_chars: Literal["allow", "reject"] = "allow"  # in message bodies (tab and newline always allowed)
 
 

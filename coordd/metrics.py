@@ -149,7 +149,8 @@ class Collector:
                           (([a, t], st.latency) for (a, t), st in m.series.items()))  # fmt: skip
         yield _histograms("coordd_rpc_duration_seconds", "Time to answer a request, by its op", ["method"],
                           (([REQUEST_OPS[cls]], h) for cls, h in m.rpc.items()))  # fmt: skip
-        rejected = CounterMetricFamily("coordd_requests_rejected", "Requests answered with an error, by code", labels=["code"])
+        rejected = CounterMetricFamily("coordd_requests_rejected", "Requests answered with an error, by code",
+                                       labels=["code"])  # fmt: skip
         for code, n in m.rejected.items():
             rejected.add_metric([code], n)
         yield rejected
@@ -160,11 +161,12 @@ class Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         d, now = self.daemon, time.time()
-        labels = ["agent", "transport"]
-        depth = GaugeMetricFamily("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)", labels=labels)
-        oldest = GaugeMetricFamily("coordd_queue_oldest_age_seconds", "How long the oldest undelivered message has waited (0: none)", labels=labels)  # fmt: skip
-        flight = GaugeMetricFamily("coordd_deliveries_in_flight", "Messages being delivered now", labels=labels)
-        healthy = GaugeMetricFamily("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down", labels=labels)  # fmt: skip
+        depth, oldest, flight, healthy = (GaugeMetricFamily(name, doc, labels=["agent", "transport"]) for name, doc in (
+            ("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)"),
+            ("coordd_queue_oldest_age_seconds", "How long the oldest undelivered message has waited (0: none)"),
+            ("coordd_deliveries_in_flight", "Messages being delivered now"),
+            ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
+        ))  # fmt: skip
         for q in d.delivery.queues.values():
             key = [q.id, q.transport.name if q.transport is not None else "none"]
             created = q.oldest_created()
@@ -174,7 +176,8 @@ class Collector:
             healthy.add_metric(key, 0 if q.down else 1)
         yield from (depth, oldest, flight, healthy)
         for name, doc, value in (
-            ("coordd_orphaned_messages", "Messages queued for agents no longer configured", sum(d.delivery.orphaned().values())),
+            ("coordd_orphaned_messages", "Messages queued for agents no longer configured",
+             sum(d.delivery.orphaned().values())),
             ("coordd_connections", "Open client connections", len(d.server.connections)),
             ("coordd_watchers", "Active watch subscriptions", len(d.bus.subscribers)),
             ("coordd_store_rows", "Messages stored", d.store.rows),

@@ -2,9 +2,9 @@
 
 delivery.py, handlers.py and server.py call these hooks where outcomes happen.
 `Hooks` does nothing: those classes start with it, so they work on their own.
-The daemon installs an `Observer`, which counts into `Metrics` and, while anyone
-watches, publishes events on the `EventBus`; with nobody watching, no event is
-built at all.
+The daemon installs an `Observer` (`install`), which counts into `Metrics` and,
+while anyone watches, publishes events on the `EventBus`; with nobody watching,
+no event is built at all. `start_http` serves the metrics when configured.
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ async def start_http(observer: Observer, config: Config) -> asyncio.Server | Non
         server = await serve_http(observer.metrics, host, port)
     except OSError as e:
         observer.metrics_error = f"cannot listen on {listen}: {e.strerror or e}"
-        log.error("metrics: %s; serving without the HTTP endpoint (`coordctl metrics` still works)", observer.metrics_error)
+        log.error("metrics: %s; serving without the HTTP endpoint (`coordctl metrics` still works)",
+                  observer.metrics_error)  # fmt: skip
         return None
     port = server.sockets[0].getsockname()[1]  # port 0: the one the kernel chose
     observer.metrics_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"

@@ -13,6 +13,8 @@ What one client can cost is bounded, so that no client can starve the others:
   its requests are not read and its further replies wait (in `outbox`, at most
   MAX_IN_FLIGHT of them) until it reads; if it reads nothing for
   daemon.idle_timeout_s meanwhile it is dropped;
+- requests with large replies (HEAVY) run a few at a time in all, one per
+  connection, and only while their client reads;
 - a connection with no request in flight and no traffic for daemon.idle_timeout_s
   is closed (clients reconnect on their next call);
 - past daemon.max_connections a new connection gets `unavailable` and is closed.
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 import resource
 import socket
 import struct
 import time
+from collections import deque
 
 import msgspec
 
@@ -39,6 +41,11 @@ from coordd.observer import NO_HOOKS, Hooks
 log = logging.getLogger("coordd.server")
 
 MAX_IN_FLIGHT = 64  # requests handled at once per connection
+# Requests whose replies can be large and that read through the store's reader thread. At most
+# HEAVY_AT_ONCE run at once in all, one per connection, and never for a client that is not reading
+# its replies: so what waits for a stuck client is its write buffer and one reply at most.
+HEAVY = (p.History, p.Get, p.StatusRequest)
+HEAVY_AT_ONCE = 4
 FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
 
 
@@ -72,6 +79,7 @@ class Server:
         self.allowed_gids = allowed_gids
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
         self._sweep_handle: asyncio.TimerHandle | None = None
         raise_fd_limit(max_connections)
         self.observer: Hooks = NO_HOOKS  # metrics; the daemon installs its Observer
@@ -130,6 +138,9 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False  # the client is not reading its replies fast enough
         self.outbox: deque[bytes] = deque()  # replies waiting while paused
+        self.writable = asyncio.Event()  # clear while paused
+        self.writable.set()
+        self.heavy_turn = asyncio.Lock()  # one HEAVY request at a time per connection
         self.reading = True
         self.eof = False  # the client shut down its write side: reply to what is here, then close
         self.pending = 0  # requests being handled
@@ -165,6 +176,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.writable.clear()
         self._update_reading()
 
     def resume_writing(self) -> None:
@@ -172,8 +184,10 @@ class Connection(asyncio.Protocol):
         self.last_active = asyncio.get_running_loop().time()  # the client is reading
         while self.outbox and not self.paused and not self.closing:
             self.transport.write(self.outbox.popleft())  # may pause again
+        if not self.paused:
+            self.writable.set()
         for sub in list(self.watches.values()):
-            sub.drain()
+            sub.resume()
         self._parse()
 
     def eof_received(self) -> bool:
@@ -242,7 +256,7 @@ class Connection(asyncio.Protocol):
 
     async def answer(self, req: p.Request, started: float) -> None:
         try:
-            rep = await self.server.handlers.handle(req)
+            rep = await (self._heavy(req) if isinstance(req, HEAVY) else self.server.handlers.handle(req))
         except Refused as e:
             rep = p.Error(code=e.code, message=e.message, message_id=e.message_id)
         except Exception as e:
@@ -255,6 +269,16 @@ class Connection(asyncio.Protocol):
         self.server.observer.answered(req, started, rep.code if type(rep) is p.Error else None)
         if not self.closing:
             self._parse()  # frames may be waiting for a free slot, or an EOF for the last reply
+
+    async def _heavy(self, req: p.Request) -> p.Reply:
+        """Handle a request with a potentially large reply: only while this client reads, a few at a time."""
+        async with self.heavy_turn:
+            while True:
+                await self.writable.wait()
+                async with self.server.heavy:
+                    if self.paused:  # fell behind while queued: let the others go first
+                        continue
+                    return await self.server.handlers.handle(req)
 
     def reply(self, rep: p.Reply) -> None:
         if self.closing:
@@ -279,7 +303,10 @@ class Connection(asyncio.Protocol):
         self.reply(p.Error(code=code, message=message))
         self.server.observer.rejected(code)
         self.closing = True
-        self.transport.close()  # flushes the buffered error first; the idle sweep aborts it if never read
+        if self.transport.get_write_buffer_size():  # it is not reading: flushing would never end
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def drop(self, why: str, debug: bool = False) -> None:
         """Close at once, discarding unsent replies: for a client that does not read, or has gone quiet."""

@@ -46,7 +46,7 @@ DEFERRED_RETRY_S = 0.5
 # SQLite's primary result codes for a full disk and an I/O error (extended codes carry them in the low byte).
 SQLITE_FULL, SQLITE_IOERR = 13, 10
 FAILURE_LOG_S = 10.0
-HISTORY_BATCH = 16  # rows fetched per step of a history page
+HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -417,9 +417,12 @@ class Store:
                 else:
                     fut.set_result(None)
             return
-        if retry and self._retrying:
-            log.warning("delivery outcomes are recorded again")
-            self._retrying = False
+        if retry:
+            if self._retrying:
+                log.warning("delivery outcomes are recorded again")
+                self._retrying = False
+            if self.max_rows and self.rows > self.max_rows:
+                self.overflow.set()  # messages just became finished, so prunable: the pruner looks again
         self.last_batch = len(batch)
         for _, fut in batch:
             fut.set_result(None)
