@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import atexit
 import os
 import platform
 import shutil
@@ -150,7 +151,7 @@ def service(tmp: Path, cmd: list[str], ready, what: str):
         yield proc, value
     finally:
         stop(proc)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_later(tmp)
 
 
 # Where the daemon's files go: under $HOME like a real workspace (~/.local/share/coordd), not /tmp.
@@ -161,6 +162,12 @@ WORK_DIR = os.environ.get("COORDD_BENCH_DIR") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordd-bench"
 )
 os.makedirs(WORK_DIR, exist_ok=True)
+
+
+def remove_later(path) -> None:
+    """Temp dirs are removed when the run ends, not between rows: on a disk mounted with `discard`,
+    deleting thousands of inbox files slows the file creation of the next row for seconds."""
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -365,7 +372,7 @@ def sqlite_floor(n: int, reps: int) -> list[float]:
         db.close()
         return out[1:]
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_later(tmp)
 
 
 def bench_batch(cfg, ctx) -> list[dict]:
@@ -472,7 +479,7 @@ def bench_old_way(cfg, ctx) -> list[dict]:
             times = interleaved(cmds, cfg.old_runs, env=env, cwd=tmp)
     finally:
         stop(x)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_later(tmp)
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
     return [row(name, old, "ms", "the same process without pyautogui", new, old / new, runs_ms=times,
                 note=f"{cfg.old_runs} runs, under Xvfb; {OLD_TOOL}")]  # fmt: skip
