@@ -12,7 +12,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import click
 import msgspec
 
 from coordctl import human, protocol

@@ -126,13 +126,13 @@ class InboxAgent(_Agent, tag="inbox"):
     chunk: int = 16  # files written per turn of the event loop
 
 
-class GuiAgent(_Agent, tag="gui", dict=True):
+class GuiAgent(_Agent, tag="gui"):
     """An agent reached by clicking its chat input and pasting (an IDE chat window).
 
     Coordinates are screen pixels (negative x: a monitor left of the primary); x and y
     may come from gui.coords_file instead. Delays are what the target application
-    needs between steps; see config.example.toml for what each is for. Loading
-    attaches the config's [gui] section as the attribute `gui` (not a key).
+    needs between steps; see config.example.toml for what each is for. What all gui
+    agents share (pyautogui's pause, the header, the clipboard policy) is the [gui] section.
     """
 
     x: int | None = None

@@ -43,7 +43,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     _handle_signals(loop, notifier, stop, lambda: reloader and reloader.on_sighup())
     store = Store(config.store.path, config.store.synchronous)
     store.max_rows = config.retention.max_messages
-    transports = {a.id: make_transport(a) for a in config.agents}
+    transports = {a.id: make_transport(a, config) for a in config.agents}
     testhooks.install(store, transports)
     delivery = Delivery(config.delivery, store, transports)
     server = aserver = metrics_http = None

@@ -37,7 +37,6 @@ def apply_gui(cfg: Config, source: str) -> None:
     for i, a in enumerate(cfg.agents):
         if isinstance(a, GuiAgent):
             _check_agent(cfg, source, f"agents[{i}]", a)
-            a.gui = g  # what its transport needs of the shared settings
 
 
 def _merge_coords_file(cfg: Config, source: str) -> None:

@@ -37,10 +37,9 @@ from coordd.transports import Transport, make_transport
 log = logging.getLogger("coordd.reload")
 
 
-def _transport_key(agent: c.Agent) -> tuple:
-    """The part of an agent's config its transport is built from: its own keys but groups, and for a
-    gui agent the shared [gui] section it was handed (an attribute, so struct equality misses it)."""
-    return msgspec.structs.replace(agent, groups=[]), getattr(agent, "gui", None)
+def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
+    """What an agent's transport is built from: its own keys but groups, and for a gui agent [gui]."""
+    return msgspec.structs.replace(agent, groups=[]), config.gui if isinstance(agent, c.GuiAgent) else None
 
 
 class Reloader:
@@ -85,8 +84,8 @@ class Reloader:
         after = {a.id: a for a in new.agents}
         added = [i for i in after if i not in before]
         removed = [i for i in before if i not in after]
-        changed = [i for i in after if i in before and _transport_key(after[i]) != _transport_key(before[i])]
-        fresh = await self._start_transports({i: after[i] for i in added + changed})
+        changed = [i for i in after if i in before and _transport_key(after[i], new) != _transport_key(before[i], old)]
+        fresh = await self._start_transports({i: after[i] for i in added + changed}, new)
 
         # The switch: no await from here on.
         for agent_id in removed:
@@ -112,11 +111,11 @@ class Reloader:
         log.error("reload failed, still serving the previous config: %s", error)
         raise Refused("bad_config", f"{error} (coordd still serves the previous config: fix the file and reload again)")
 
-    async def _start_transports(self, agents: dict[str, c.Agent]) -> dict[str, Transport]:
+    async def _start_transports(self, agents: dict[str, c.Agent], config: c.Config) -> dict[str, Transport]:
         started: dict[str, Transport] = {}
         try:
             for agent_id, agent in agents.items():
-                t = make_transport(agent)
+                t = make_transport(agent, config)
                 await t.start()
                 started[agent_id] = t
         except Exception as e:

@@ -171,9 +171,10 @@ def remove_later(path) -> None:
 
 
 @contextlib.contextmanager
-def daemon(deliver: bool = True):
+def daemon(deliver: bool = True, extra_config: str = ""):
     """coordd with 8 inbox agents on a fresh temp dir. deliver=False puts every inbox under a regular
-    file, so each delivery fails at once and backs off: the accept path alone, for diagnosis."""
+    file, so each delivery fails at once and backs off: the accept path alone, for diagnosis.
+    extra_config: more TOML tables (e.g. [metrics]), placed before the agents."""
     from coordctl import Client, CoordError
 
     tmp = Path(tempfile.mkdtemp(prefix="coordd-bench-", dir=WORK_DIR))
@@ -181,7 +182,7 @@ def daemon(deliver: bool = True):
     (tmp / "blocked").touch()
     inbox = "" if deliver else f'inbox_dir = "{tmp / "blocked" / "inbox"}"\n'
     config.write_text(f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n'
-                      f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n'
+                      f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n{extra_config}'
                       + "".join(f'[[agents]]\nid = "{a}"\n{inbox}' for a in AGENTS))  # fmt: skip
 
     def answers() -> bool:

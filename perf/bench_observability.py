@@ -26,7 +26,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,31 +61,18 @@ while True:
 @contextlib.contextmanager
 def daemon(variant: str):
     """A coordd for one variant, with its observers running; stopped by pid, its temp dir removed."""
-    from coordctl import Client, CoordError, protocol
+    from coordctl import Client, protocol
 
-    tmp = Path(tempfile.mkdtemp(prefix="coordd-bench-obs-", dir=bench.WORK_DIR))
-    sock, config = str(tmp / "run" / "coordd.sock"), tmp / "coordd.toml"
     listen = "" if variant in UNOBSERVED else '[metrics]\nlisten = "127.0.0.1:0"\n'
-    config.write_text(f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n'
-                      f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n{listen}'
-                      + "".join(f'[[agents]]\nid = "{a}"\n' for a in bench.AGENTS))  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            with Client(sock, timeout=5) as c:
-                return c.ping() is not None
-        except CoordError:
-            return False
-
-    cmd = [sys.executable, "-m", "coordd", "run", "--config", str(config)]
     off = os.environ.pop("COORDD_BENCH_NO_OBSERVER", None)
     if variant in UNOBSERVED:
         os.environ["COORDD_BENCH_NO_OBSERVER"] = "1"  # bench.service hands os.environ to the daemon
     helpers: list[subprocess.Popen] = []
     stuck = None
     try:
-        with bench.service(tmp, cmd, answers, "coordd to answer ping") as (proc, _):
+        with bench.daemon(extra_config=listen) as d:
             os.environ.pop("COORDD_BENCH_NO_OBSERVER", None)
+            sock, tmp, proc = d.socket, d.tmp, d.proc
             with Client(sock) as c:
                 url = c.status().metrics_url
                 if url:

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import Daemon, wait_until
 
 
@@ -29,8 +27,8 @@ def test_every_command(daemon: Daemon, tmp_path):
     assert "protocol 1" in ok(daemon, "ping")
     first = int(ok(daemon, "send", "Agent-1", "hello from the CLI", "--sender", "Agent-2", "--wait").split()[0])
     piped = int(ok(daemon, "send", "Agent-2", "-", "--priority", "urgent", stdin="line one\nline two\n").strip())
-    assert (daemon.inbox("Agent-2") / f"{piped:012d}.md").exists() or wait_until(
-        lambda: (daemon.inbox("Agent-2") / f"{piped:012d}.md").exists(), what="piped message delivered")
+    assert "delivered" in ok(daemon, "show", str(first))  # --wait returned, so it is stored as delivered
+    wait_until(lambda: (daemon.inbox("Agent-2") / f"{piped:012d}.md").exists(), what="piped message delivered")
     batch = tmp_path / "batch.jsonl"
     batch.write_text('{"to": "Agent-3", "body": "b1"}\n\n{"to": "Agent-4", "body": "b2", "priority": "urgent"}\n')
     ids = [int(x) for x in ok(daemon, "batch", str(batch)).split()]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 
 import pytest
 
 from coordctl import Client, CoordError
-from conftest import Daemon, inbox_bodies, wait_until
+from conftest import Daemon, concurrently, inbox_bodies, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 
@@ -74,22 +73,13 @@ def test_history_pages_with_cursor(daemon: Daemon):
 
 def test_fifo_per_agent_with_8_concurrent_clients(daemon: Daemon):
     per_client, agents = 60, ["Agent-1", "Agent-2", "Agent-3", "Agent-4"]
-    errors = []
 
     def client(n: int) -> None:
-        try:
-            with daemon.client() as c:
-                for i in range(per_client):
-                    c.send(agents[i % 4], f"c{n}-{i}", sender=f"c{n}")
-        except Exception as e:  # surfaced below
-            errors.append(e)
+        with daemon.client() as c:
+            for i in range(per_client):
+                c.send(agents[i % 4], f"c{n}-{i}", sender=f"c{n}")
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    concurrently(8, client)
     with daemon.client() as c:
         wait_until(lambda: all_done(c, 8 * per_client), what="all deliveries")
         for agent in agents:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_until
+from conftest import Daemon, concurrently, wait_until
 from coordctl import Client, CoordError, coords, protocol
 from coordd import config
 from coordd.store import Record
@@ -203,11 +203,7 @@ def test_four_windows_eight_concurrent_senders(make_daemon, xserver, tmp_path):
                 with lock:
                     sent[message_id] = (sender, to, body)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrently(8, client)
     assert len(sent) == 400
     with d.client() as c:
         wait_until(lambda: delivered(c, 400), 90, "400 deliveries")

@@ -13,12 +13,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, inbox_bodies, wait_until
+from conftest import Daemon, inbox_bodies, tmpfs, wait_until
 from coordctl import CoordError
 from figures import record
 
@@ -30,16 +29,8 @@ def small_fs(tmp_path):
     """A 4 MiB tmpfs, unmounted at the end."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs for the database needs root")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)  # fmt: skip
-    if out.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {out.stderr.strip()}")
-    try:
+    with tmpfs(mnt, "size=4m,mode=0700"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(path: Path) -> int:

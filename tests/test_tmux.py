@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import concurrently, wait_until
 from coordd import config
 from coordd.transports import tmux_control
 from coordd.transports.tmux import exact_target, printable, tail_fragment
@@ -137,26 +136,18 @@ def test_four_agents_eight_concurrent_clients(make_daemon, tmux_server, tmp_path
     for n, a in enumerate(agents):
         server.reader(f"s{n}", files[a])
     d = make_daemon(agents=[tmux_agent(a, server, f"s{n}:0.0") for n, a in enumerate(agents)])
-    per_client, errors = 50, []
+    per_client = 50
 
     def body(c: int, i: int) -> str:
         text = f"c{c} m{i} " + HOSTILE[i % len(HOSTILE)]
         return text + f"\nsecond line of c{c} m{i}\n\n  indented after a blank line" if i % 3 == 0 else text
 
     def client(c: int) -> None:
-        try:
-            with d.client() as cl:
-                for i in range(per_client):
-                    cl.send(agents[(c + i) % 4], body(c, i), sender=f"client-{c}")
-        except Exception as e:  # surfaced below
-            errors.append(e)
+        with d.client() as cl:
+            for i in range(per_client):
+                cl.send(agents[(c + i) % 4], body(c, i), sender=f"client-{c}")
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    concurrently(8, client)
     with d.client() as c:
         wait_until(lambda: delivered(c, 8 * per_client), 60, "all 400 deliveries")
         assert c.status().queued == 0

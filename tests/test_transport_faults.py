@@ -10,13 +10,12 @@ once the transport is back its queue goes out, in order, each message once.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import Daemon, inbox_bodies, wait_until
+from conftest import Daemon, inbox_bodies, tmpfs, wait_until
 from coordctl import Client
 from figures import record
 
@@ -84,18 +83,10 @@ def test_inbox_back_resumes_its_queue_in_order(make_daemon):
 @pytest.fixture
 def read_only_inbox(make_daemon, tmp_path):
     """A daemon whose agent A's inbox is a read-only tmpfs (root writes through chmod, not through ro)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs on the inbox needs root")
     d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], delivery={**BACKOFF, "max_attempts": 10_000})
-    inbox = d.inbox("A")
-    inbox.mkdir(parents=True)
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(inbox)], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {out.stderr.strip()}")
-    try:
+    d.inbox("A").mkdir(parents=True)
+    with tmpfs(d.inbox("A"), "ro,size=1m"):
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(inbox)], check=False)
 
 
 def test_read_only_inbox_reports_why_and_resumes_when_writable(read_only_inbox):

@@ -51,24 +51,25 @@ class Transport:
         raise NotImplementedError
 
 
-def make_transport(agent) -> Transport:
-    """The transport for one configured agent, chosen by its `transport` key."""
-    from coordd import config
+def make_transport(agent, config) -> Transport:
+    """The transport for one configured agent, chosen by its `transport` key (config: the whole Config,
+    for the sections transports of one kind share, such as [gui])."""
+    from coordd import config as c
 
     # Imported on demand: pyautogui needs a DISPLAY, so it loads only when a gui agent exists.
-    if isinstance(agent, config.InboxAgent):
+    if isinstance(agent, c.InboxAgent):
         from coordd.transports.inbox import InboxTransport
 
         return InboxTransport(agent)
-    if isinstance(agent, config.GuiAgent):
+    if isinstance(agent, c.GuiAgent):
         from coordd.transports.gui import GuiTransport
 
-        return GuiTransport(agent)
-    if isinstance(agent, config.TmuxAgent):
+        return GuiTransport(agent, config.gui)
+    if isinstance(agent, c.TmuxAgent):
         from coordd.transports.tmux import TmuxTransport
 
         return TmuxTransport(agent)
-    if isinstance(agent, config.DiscardAgent):
+    if isinstance(agent, c.DiscardAgent):
         from coordd.transports.discard import DiscardTransport
 
         return DiscardTransport(agent)

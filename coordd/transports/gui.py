@@ -50,9 +50,9 @@ class GuiTransport(Transport):
     name = "gui"
     exclusive = "gui"  # one mouse, one keyboard, one clipboard
 
-    def __init__(self, agent: GuiAgent) -> None:
+    def __init__(self, agent: GuiAgent, settings: Gui) -> None:
         self.agent = agent
-        self.settings: Gui = getattr(agent, "gui", None) or Gui()
+        self.settings = settings  # the config's [gui]: shared by every gui agent
         self.max_batch = agent.coalesce_max_messages if agent.coalesce else 1
         self.where = f"({agent.x}, {agent.y})"
         self._keys_ok = False
