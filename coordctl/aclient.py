@@ -91,8 +91,12 @@ class AsyncClient:
                 body = await reader.readexactly(int.from_bytes(header, "big"))
                 reply = protocol.reply_decoder.decode(body)
                 stream = self._streams.get(reply.rid)
-                if stream is not None:  # an event of a watch
-                    stream.put_nowait(reply)
+                if stream is not None:  # events of a watch
+                    if type(reply) is protocol.Events:
+                        for ev in reply.events:
+                            stream.put_nowait(ev)
+                    else:
+                        stream.put_nowait(reply)
                     continue
                 if type(reply) is protocol.Watching:  # its events may follow at once: route them from now on
                     self._streams[reply.rid] = asyncio.Queue()

@@ -461,8 +461,11 @@ class Client:
                     raise self._broken(e) from e
                 if reply.rid != rid:
                     self._mismatch(reply)
-                if type(reply) is protocol.Error:
+                if type(reply) is protocol.Events:
+                    yield from reply.events
+                elif type(reply) is protocol.Error:
                     raise_for(reply)
-                yield reply  # type: ignore[misc]
+                else:
+                    yield reply  # type: ignore[misc]
         finally:
             self.close()

@@ -56,9 +56,7 @@ def event_line(ev: protocol.Event) -> str:
 def as_json(item: protocol.Event | protocol.Missed) -> str:
     if type(item) is protocol.Missed:
         return msgspec.json.encode({"event": "missed", "count": item.count}).decode()
-    fields = msgspec.structs.asdict(item)
-    del fields["rid"]
-    return msgspec.json.encode(fields).decode()
+    return msgspec.json.encode(msgspec.structs.asdict(item)).decode()
 
 
 def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,

@@ -295,8 +295,8 @@ class Watching(_Rep, tag="watching"):
     buffer: int  # events held for this watch while the client is behind; past it they are counted as missed
 
 
-class Event(_Rep, tag="event"):
-    """Something happened to a message. Pushed to a watch, with the watch's rid."""
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):  # gc=False: scalars only, no cycles
+    """Something happened to a message. Pushed to a watch in an `Events` batch."""
 
     event: EventType
     id: int  # the message
@@ -309,6 +309,12 @@ class Event(_Rep, tag="event"):
     retry_in: float | None = None  # retried after a failed attempt: seconds until the next one
     latency: float | None = None  # delivered: seconds from accepted to delivered
     preview: str | None = None  # accepted: the body's first line, at most 80 characters
+
+
+class Events(_Rep, tag="events"):
+    """Events of a watch (the watch's rid), in the order they happened: as many as waited, in one frame."""
+
+    events: list[Event]
 
 
 class Missed(_Rep, tag="missed"):
@@ -327,7 +333,7 @@ class MetricsText(_Rep, tag="metrics"):
 
 Reply = Union[
     Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo, Reloaded, Onboarded, PointerAt,
-    Watching, Event, Missed, Unwatched, MetricsText,
+    Watching, Events, Missed, Unwatched, MetricsText,
 ]  # fmt: skip
 
 

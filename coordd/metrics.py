@@ -36,15 +36,20 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_OPS = {cls: cls.__struct_config__.tag for cls in get_args(p.Request)}
 
 
-class Histogram:
-    __slots__ = ("counts", "sum")
+# Writes per group commit (the store's): 1 while sends come one at a time, more as they crowd in.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
 
@@ -182,9 +187,10 @@ class Collector:
             ("coordd_watchers", "Active watch subscriptions", len(d.bus.subscribers)),
             ("coordd_store_rows", "Messages stored", d.store.rows),
             ("coordd_store_size_bytes", "Database size on disk, with its WAL", d.store.size_bytes()),
-            ("coordd_store_commit_batch_size", "Writes in the latest group commit", d.store.last_batch),
         ):  # fmt: skip
             yield GaugeMetricFamily(name, doc, value=value)
+        yield _histograms("coordd_store_commit_batch_size", "Writes per group commit", [],
+                          [([], d.store.commit_sizes)])  # fmt: skip
         for name, doc, value in (
             ("coordd_store_pruned", "Messages removed by retention", d.store.pruned),
             ("coordd_store_commits", "Group commits", d.store.commits),
@@ -200,7 +206,7 @@ def _histograms(name: str, doc: str, labels: list[str], items):
     fam = HistogramMetricFamily(name, doc, labels=labels)
     for values, h in items:
         cumulative, buckets = 0, []
-        for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
+        for bound, n in zip((*h.bounds, float("inf")), h.counts, strict=True):
             cumulative += n
             buckets.append((floatToGoString(bound), cumulative))
         fam.add_metric(values, buckets, sum_value=h.sum)

@@ -169,7 +169,7 @@ class Reloader:
     @staticmethod
     def _restart_only(cfg: c.Config) -> dict[str, object]:
         return {"daemon.socket": cfg.daemon.socket, "store.path": cfg.store.path,
-                "store.synchronous": cfg.store.synchronous}  # fmt: skip
+                "store.synchronous": cfg.store.synchronous, "metrics.listen": cfg.metrics.listen}  # fmt: skip
 
 
 async def _close_when_idle(q: AgentQueue, transport: Transport) -> None:

@@ -27,6 +27,7 @@ import aiosqlite
 import msgspec
 
 from coordctl import protocol as p
+from coordd.metrics import BATCH_BUCKETS, Histogram
 
 log = logging.getLogger("coordd.store")
 
@@ -120,8 +121,12 @@ def _transient(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_FULL, SQLITE_IOERR)
 
 
-class Record(msgspec.Struct):
-    """A message as the daemon holds it while it is queued or being delivered."""
+class Record(msgspec.Struct, gc=False):
+    """A message as the daemon holds it while it is queued or being delivered.
+
+    gc=False: its fields are scalars and a list of str, so it can be in no reference cycle, and the
+    collector need not track the thousands that wait in the queues.
+    """
 
     id: int
     agent: str
@@ -171,7 +176,7 @@ class Store:
         self.overflow = asyncio.Event()
         self.pruned = 0
         self.commits = 0
-        self.last_batch = 0
+        self.commit_sizes = Histogram(BATCH_BUCKETS)  # writes per commit
         self._next_id = 1
         self._pending: list[tuple[Write, asyncio.Future]] = []  # acknowledgements wait for these
         self._deferred: list[tuple[Write, asyncio.Future]] = []  # nobody waits for these in a hurry
@@ -423,7 +428,6 @@ class Store:
                 self._retrying = False
             if self.max_rows and self.rows > self.max_rows:
                 self.overflow.set()  # messages just became finished, so prunable: the pruner looks again
-        self.last_batch = len(batch)
         for _, fut in batch:
             fut.set_result(None)
 
@@ -452,6 +456,7 @@ class Store:
             if db.in_transaction:  # SQLite rolls back by itself on some errors (e.g. disk full)
                 db.execute("ROLLBACK")
             raise
+        self.commit_sizes.observe(len(writes))
         self._note_commit()
 
     # --- reads on the loop thread (cheap, indexed, needed to decide an answer) ---

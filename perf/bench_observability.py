@@ -52,9 +52,11 @@ for _ in Client(sys.argv[1]).watch():
 
 SCRAPER = r"""
 import sys, time, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=10).read()
+print("scraped", flush=True)  # the bench measures from now on
 while True:
-    urllib.request.urlopen(sys.argv[1], timeout=10).read()
     time.sleep(1)  # noqa: sleep-ok: the scrape interval
+    urllib.request.urlopen(sys.argv[1], timeout=10).read()
 """
 
 
@@ -76,7 +78,9 @@ def daemon(variant: str):
             with Client(sock) as c:
                 url = c.status().metrics_url
                 if url:
-                    helpers.append(subprocess.Popen([sys.executable, "-c", SCRAPER, url], cwd=tmp))
+                    scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, url], cwd=tmp, stdout=subprocess.PIPE)
+                    helpers.append(scraper)
+                    scraper.stdout.readline()  # its first scrape is done: a steady state from here
                 watcher = None
                 if variant == JUDGED:
                     watcher = subprocess.Popen([sys.executable, "-c", WATCHER, sock], cwd=tmp)
@@ -255,8 +259,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "bench_observability.json"))
     args = ap.parse_args()
     q = args.quick
-    cfg = argparse.Namespace(quick=q, rounds=1 if q else 8, warmup=200 if q else 300, sends=500 if q else 2000,
-                             per_client=200 if q else 600)  # fmt: skip
+    cfg = argparse.Namespace(quick=q, rounds=1 if q else 10, warmup=200 if q else 300, sends=500 if q else 3000,
+                             per_client=200 if q else 1500)  # fmt: skip
     machine = bench.machine()
     rounds = run(cfg)
     rows = summarize(rounds)

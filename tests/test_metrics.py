@@ -96,6 +96,11 @@ def test_scrape_counts_every_outcome_and_passes_promtool(make_daemon, no_tmux):
     assert value(found, "coordd_store_rows") == 15
     assert value(found, "coordd_store_size_bytes") > 0
     assert value(found, "coordd_store_commits_total") >= 1
+    # Every commit is in the batch-size histogram; its writes: at least the 11 requests that stored something.
+    commits = value(found, "coordd_store_commits_total")
+    assert value(found, "coordd_store_commit_batch_size_count") == commits
+    assert value(found, "coordd_store_commit_batch_size_bucket", le="+Inf") == commits
+    assert value(found, "coordd_store_commit_batch_size_sum") >= 11
     assert value(found, "coordd_connections") >= 1
     assert value(found, "coordd_build_info", version="0.1.0") == 1
     assert ("process_resident_memory_bytes", frozenset()) in found
@@ -192,3 +197,15 @@ def test_reload_adds_series_and_a_new_transport_starts_its_own(make_daemon, no_t
     assert value(found, "coordd_transport_healthy", agent="B", transport="tmux") == 0
     assert value(found, "coordd_messages_accepted_total", agent="C", transport="inbox") == 0
     assert ("coordd_queue_depth", frozenset({"agent": "B", "transport": "inbox"}.items())) not in found
+
+
+def test_a_new_listen_address_waits_for_a_restart_and_the_endpoint_keeps_serving(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], metrics={"listen": "127.0.0.1:0"})
+    with d.client() as c:
+        url = c.status().metrics_url
+        sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db},
+                    "metrics": {"listen": "127.0.0.1:1"}}  # fmt: skip
+        write_config(d.config, sections, [{"id": "A"}])
+        assert c.reload().restart_needed == ["metrics.listen"]
+        assert c.status().metrics_url == url
+    assert value(samples(scrape(url)), "coordd_build_info", version="0.1.0") == 1

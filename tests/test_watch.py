@@ -117,6 +117,30 @@ def test_filters_by_agent_and_event_type(make_daemon):
         assert e.value.code == "unknown_agent"
 
 
+def read_frame(stream) -> protocol.Reply:
+    size = int.from_bytes(stream.read(4), "big")
+    return protocol.reply_decoder.decode(stream.read(size))
+
+
+def test_events_that_happen_together_share_a_frame_of_at_most_256(daemon):
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(daemon.socket)
+    raw.settimeout(10)
+    req = protocol.encoder.encode(protocol.Watch(rid=5, events=["accepted"]))
+    raw.sendall(len(req).to_bytes(4, "big") + req)
+    stream = raw.makefile("rb")
+    assert type(read_frame(stream)) is protocol.Watching
+    with daemon.client() as c:
+        ids = c.batch([{"to": "Agent-1", "body": f"m{i}"} for i in range(600)])  # 600 accepted events at once
+    frames: list[protocol.Events] = []
+    while sum(len(f.events) for f in frames) < len(ids):
+        frames.append(read_frame(stream))
+    assert {type(f) for f in frames} == {protocol.Events} and {f.rid for f in frames} == {5}
+    assert [e.id for f in frames for e in f.events] == ids  # in order, none twice
+    assert len(frames) >= 3 and max(len(f.events) for f in frames) == 256
+    raw.close()
+
+
 def test_a_watcher_that_never_reads_slows_nobody_and_is_told_what_it_missed(make_daemon):
     # A small write buffer, so the stuck watcher is behind after a few hundred KiB (the socket's own buffer).
     d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], daemon={"max_write_buffer_bytes": 65536},
@@ -146,22 +170,20 @@ def test_a_watcher_that_never_reads_slows_nobody_and_is_told_what_it_missed(make
     stuck.settimeout(10)
     got, missed, stream = [], 0, stuck.makefile("rb")
     while len(got) + missed < len(seen):
-        size = int.from_bytes(stream.read(4), "big")
-        item = protocol.reply_decoder.decode(stream.read(size))
+        item = read_frame(stream)
         assert item.rid == 7
         if type(item) is protocol.Missed:
             missed += item.count
-        elif type(item) is protocol.Event:
-            got.append((item.event, item.id))
+        elif type(item) is protocol.Events:
+            got += [(e.event, e.id) for e in item.events]
     assert 0 < len(got) < len(seen)
     assert got == [(e.event, e.id) for e in seen[: len(got)]]  # what it got is in order, with one gap at the end
     assert missed == len(seen) - len(got)
     with d.client() as c:
         late = c.send("A", "after catching up", wait=True)
     while True:
-        size = int.from_bytes(stream.read(4), "big")
-        item = protocol.reply_decoder.decode(stream.read(size))
-        if type(item) is protocol.Event and item.id == late and item.event == "delivered":
+        item = read_frame(stream)
+        if type(item) is protocol.Events and ("delivered", late) in [(e.event, e.id) for e in item.events]:
             break
     stuck.close()
 
