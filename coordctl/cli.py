@@ -262,7 +262,8 @@ def format_status(info: protocol.StatusInfo) -> str:
     lines = [
         f"coordd {info.version}  pid {info.pid}  up {human.duration(info.uptime)}  socket {info.socket}",
         f"store {info.db_path}  {human.size(info.db_bytes)}, {info.rows} rows"
-        f"  retention {info.max_messages} messages / {info.max_age_days:g} days  queued {info.queued}",
+        f"  retention {info.max_messages} messages / {info.max_age_days:g} days"
+        f"  queued {info.queued} ({human.size(info.queued_bytes)} of {human.size(info.max_queued_bytes)})",
     ]
     if info.metrics_url or info.metrics_error or info.watchers:
         served = info.metrics_url or (f"not served: {info.metrics_error}" if info.metrics_error else "socket only")

@@ -268,6 +268,8 @@ class StatusInfo(_Rep, tag="status"):
     metrics_url: str | None = None  # where the Prometheus endpoint listens ([metrics] listen)
     metrics_error: str | None = None  # why it does not, though configured
     watchers: int = 0  # active watch subscriptions
+    queued_bytes: int = 0  # what the bodies of the undelivered messages hold in memory (orphaned ones too)
+    max_queued_bytes: int = 0  # queue.max_bytes: past it, sends are refused with queue_full
 
 
 class Reloaded(_Rep, tag="reloaded"):

@@ -58,6 +58,7 @@ class Retention(_Section):
 class Queue(_Section):
     max_per_agent: int = 10_000
     max_total: int = 100_000
+    max_bytes: int = 256 << 20  # memory the bodies of undelivered messages may hold, in all
 
 
 class Delivery(_Section):
@@ -255,6 +256,7 @@ def _validate(cfg: Config, src: str) -> None:
         ("retention.prune_chunk", cfg.retention.prune_chunk),
         ("queue.max_per_agent", cfg.queue.max_per_agent),
         ("queue.max_total", cfg.queue.max_total),
+        ("queue.max_bytes", cfg.queue.max_bytes),
         ("delivery.max_attempts", cfg.delivery.max_attempts),
         ("delivery.backoff_initial_ms", cfg.delivery.backoff_initial_ms),
         ("delivery.backoff_max_ms", cfg.delivery.backoff_max_ms),
@@ -266,6 +268,10 @@ def _validate(cfg: Config, src: str) -> None:
     if not 0 <= cfg.daemon.idle_timeout_s < float("inf"):
         raise ConfigError(f"{src}: `daemon.idle_timeout_s` must be 0 (never) or a number of seconds")
     _positive(src, "daemon.max_write_buffer_bytes", cfg.daemon.max_write_buffer_bytes)
+    if cfg.queue.max_bytes < cfg.daemon.max_frame_bytes:
+        raise ConfigError(f"{src}: `queue.max_bytes` ({cfg.queue.max_bytes}) is less than `daemon.max_frame_bytes` "
+                          f"({cfg.daemon.max_frame_bytes}): a message as large as a frame allows could never be queued; "
+                          "raise queue.max_bytes or lower daemon.max_frame_bytes")  # fmt: skip
     _positive(src, "metrics.watch_buffer", cfg.metrics.watch_buffer)
     if cfg.metrics.listen:
         _validate_listen(src, cfg.metrics)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections import deque
 
@@ -25,6 +26,11 @@ from coordd.transports import DeliveryError, Transport, TransportDown
 log = logging.getLogger("coordd.delivery")
 
 
+def held_size(body: str) -> int:
+    """The memory a queued message's body holds: what queue.max_bytes bounds (O(1), unlike encoding it)."""
+    return sys.getsizeof(body)
+
+
 class AgentQueue:
     def __init__(self, agent_id: str, transport: Transport | None) -> None:
         self.id = agent_id
@@ -32,6 +38,7 @@ class AgentQueue:
         self.urgent: deque[Record] = deque()
         self.regular: deque[Record] = deque()
         self.in_flight: list[Record] = []
+        self.held = 0  # bytes its messages' bodies hold, from push until release (waiting and in flight)
         self.wakeup = asyncio.Event()
         self.resume_at = 0.0  # loop time before which the worker must not deliver (backoff)
         self.down: str | None = None  # why the transport is down, while it is
@@ -50,7 +57,13 @@ class AgentQueue:
 
     def push(self, rec: Record) -> None:
         (self.urgent if rec.priority == "urgent" else self.regular).append(rec)
+        self.held += held_size(rec.body)
         self.wakeup.set()
+
+    def release(self, recs: list[Record]) -> None:
+        """recs are finished (delivered, failed or cancelled): the queue no longer holds their bodies.
+        (take, put_back and remove leave `held` alone: a message in flight, or being cancelled, is still held.)"""
+        self.held -= sum(held_size(rec.body) for rec in recs)
 
     def take(self, n: int) -> list[Record]:
         """The next n messages of the highest non-empty priority, in order."""
@@ -94,6 +107,10 @@ class Delivery:
 
     def queued(self) -> int:
         return sum(q.depth() for q in self.queues.values())
+
+    def held(self) -> int:
+        """Bytes the bodies of all undelivered messages hold, orphaned ones too."""
+        return sum(q.held for q in self.all_queues())
 
     def enqueue(self, rec: Record) -> None:
         q = self.queue_of(rec.agent)
@@ -184,6 +201,7 @@ class Delivery:
         ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
         outcomes = [(rec.id, "delivered", None) for rec in batch[:done]]
         if done:
+            q.release(batch[:done])
             self.observer.delivered(q.id, batch[:done], finished)
         if error is not None:
             rec = batch[done]
@@ -195,6 +213,7 @@ class Delivery:
                 log.warning("message %d to %s failed after %d attempts: %s", rec.id, q.id, rec.tries, error)
                 ops.append((s.MARK_FAILED, (rec.attempts, error, rec.id), False))
                 outcomes.append((rec.id, "failed", error))
+                q.release([rec])
                 q.put_back(batch[done + 1 :])
                 self.observer.failed(q.id, rec, error)
             else:

@@ -19,7 +19,7 @@ from coordctl import protocol as p
 from coordd import __version__
 from coordd import store as s
 from coordd.config import Config
-from coordd.delivery import Delivery
+from coordd.delivery import Delivery, held_size
 from coordd.observer import NO_HOOKS, Hooks
 from coordd.store import Record, Store, StorageError, StorageFull
 
@@ -55,6 +55,7 @@ class Handlers:
         self.config_error: str | None = None  # why the last reload failed
         self.accepting = True
         self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
+        self._unstored_bytes = 0  # ...and what their bodies hold (see queue.max_bytes)
         self._unstored_keys: dict[str, tuple[int, asyncio.Future]] = {}
 
     def configure(self, config: Config) -> None:
@@ -170,13 +171,13 @@ class Handlers:
             entries.append(rec)
             if m.key is not None:
                 by_key[m.key] = rec
-        self._check_limits(fresh)
+        size = self._check_limits(fresh)
         for rec in fresh:
             rec.id = self.store.allocate_id()
         if waits:  # a key still being committed by another request: answer once it is stored
             await asyncio.gather(*waits, return_exceptions=True)
         if fresh:
-            await self._commit(fresh)
+            await self._commit(fresh, size)
         return [e if isinstance(e, int) else e.id for e in entries], len(fresh)
 
     def _validate(self, m: p.NewMessage, where: str) -> None:
@@ -206,21 +207,29 @@ class Handlers:
         row = self.store.find_key(key)
         return row[0] if row else None
 
-    def _check_limits(self, fresh: list[Record]) -> None:
+    def _check_limits(self, fresh: list[Record]) -> int:
+        """Refuse what would take a queue past its limits; else the bytes fresh's bodies will hold."""
         q = self.config.queue
-        per_agent = Counter(r.agent for r in fresh)
+        per_agent = {fresh[0].agent: 1} if len(fresh) == 1 else Counter(r.agent for r in fresh)
         total = self.delivery.queued() + sum(self._unstored.values()) + len(fresh)
         if total > q.max_total:
             raise Refused("queue_full", f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
                           "wait for deliveries to drain or raise the limit")  # fmt: skip
+        size = sum(held_size(r.body) for r in fresh)
+        held = self.delivery.held() + self._unstored_bytes + size
+        if held > q.max_bytes:
+            raise Refused("queue_full", f"undelivered messages would hold {held:,} bytes, over queue.max_bytes = "
+                          f"{q.max_bytes:,}: wait for deliveries to drain, send smaller messages, or raise the limit")  # fmt: skip
         for agent, n in per_agent.items():
             depth = self.delivery.queues[agent].depth() + self._unstored[agent] + n
             if depth > q.max_per_agent:
                 raise Refused("queue_full", f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
                               f"{q.max_per_agent}: wait for its deliveries or raise the limit")  # fmt: skip
+        return size
 
-    async def _commit(self, fresh: list[Record]) -> None:
+    async def _commit(self, fresh: list[Record], size: int) -> None:
         fut = self.store.insert(fresh)
+        self._unstored_bytes += size
         for rec in fresh:
             self._unstored[rec.agent] += 1
             if rec.key is not None:
@@ -234,6 +243,7 @@ class Handlers:
             raise Refused("storage_error", f"the database refused the write, nothing was stored ({e}); "
                           f"check the disk holding {self.store.path} and retry") from None  # fmt: skip
         finally:
+            self._unstored_bytes -= size
             for rec in fresh:
                 self._unstored[rec.agent] -= 1
                 if rec.key is not None:
@@ -326,6 +336,7 @@ class Handlers:
             db_path=self.store.path, db_bytes=self.store.size_bytes(), rows=self.store.rows,
             max_messages=r.max_messages, max_age_days=r.max_age_days, queued=self.delivery.queued(), agents=agents,
             orphaned=sum(orphaned.values()), orphaned_agents=sorted(orphaned), config_error=self.config_error,
+            queued_bytes=self.delivery.held(), max_queued_bytes=self.config.queue.max_bytes,
         )  # fmt: skip
 
     def _agent_info(self, a) -> p.AgentInfo:
@@ -366,6 +377,8 @@ class Handlers:
             if queued is not None:
                 q.put_back([queued])
             raise
+        if queued is not None:
+            q.release([queued])
         self.delivery.settle(message_id, "cancelled")
         self.observer.cancelled(rec)
         return p.Sent(id=message_id, status="cancelled")

@@ -166,8 +166,9 @@ class Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         d, now = self.daemon, time.time()
-        depth, oldest, flight, healthy = (GaugeMetricFamily(name, doc, labels=["agent", "transport"]) for name, doc in (
+        depth, held, oldest, flight, healthy = (GaugeMetricFamily(name, doc, labels=["agent", "transport"]) for name, doc in (
             ("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)"),
+            ("coordd_queue_bytes", "Bytes the bodies of undelivered messages hold, in flight too (queue.max_bytes bounds the sum)"),
             ("coordd_queue_oldest_age_seconds", "How long the oldest undelivered message has waited (0: none)"),
             ("coordd_deliveries_in_flight", "Messages being delivered now"),
             ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
@@ -176,10 +177,11 @@ class Collector:
             key = [q.id, q.transport.name if q.transport is not None else "none"]
             created = q.oldest_created()
             depth.add_metric(key, len(q))
+            held.add_metric(key, q.held)
             oldest.add_metric(key, max(0.0, now - created) if created is not None else 0.0)
             flight.add_metric(key, len(q.in_flight))
             healthy.add_metric(key, 0 if q.down else 1)
-        yield from (depth, oldest, flight, healthy)
+        yield from (depth, held, oldest, flight, healthy)
         for name, doc, value in (
             ("coordd_orphaned_messages", "Messages queued for agents no longer configured",
              sum(d.delivery.orphaned().values())),

@@ -47,6 +47,7 @@ def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):
         ("[daemon]\nsockett = '/x'\n", "sockett"),
         ("[store]\nsynchronous = 'sometimes'\n", "$.store.synchronous"),
         ("[queue]\nmax_total = 0\n", "queue.max_total"),
+        ("[queue]\nmax_bytes = 1000\n", "queue.max_bytes"),
         ("[[agents]]\nid = 'A'\n[[agents]]\nid = 'A'\n", "agents[1].id"),
         ("[[agents]]\nid = 'A'\ngroups = ['bad group']\n", "agents[0].groups"),
         ("[[agents]]\nid = 'A'\ntransport = 'pigeon'\n", "transport"),

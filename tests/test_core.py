@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 import pytest
 
@@ -199,6 +200,46 @@ def test_queue_limits(make_daemon):
         unblock_inbox(d, "B")
         wait_until(lambda: all_done(c, 8), what="deliveries")
         c.send("A", "room again")
+
+
+def test_queued_bodies_are_bounded_in_bytes_and_released_when_finished(make_daemon, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no tmux: Down's transport is down, its messages stay queued
+    stuck = {"max_attempts": 1000, **FAST_RETRY}  # nothing fails for good while A's inbox is blocked
+    d = make_daemon(agents=[{"id": "A"}, {"id": "Down", "transport": "tmux", "target": "nowhere:0.0"}],
+                    daemon={"max_frame_bytes": 65536}, queue={"max_bytes": 100_000}, delivery=stuck, start=False)  # fmt: skip
+    block_inbox(d, "A")
+    d.start()
+    big, small = "x" * 30_000, "a small one"
+    with d.client() as c:
+        first = [c.send("A", big), c.send("Down", big), c.send("Down", big)]
+        assert (c.status().queued_bytes, c.status().max_queued_bytes) == (3 * sys.getsizeof(big), 100_000)
+        with pytest.raises(CoordError) as e:
+            c.send("A", big)
+        assert e.value.code == "queue_full" and "queue.max_bytes" in e.value.message
+        c.send("A", small)  # the bound is bytes, not a count: a small message still fits
+        c.cancel(first[2])  # a cancelled message's body is let go: room for another big one
+        c.send("A", big)
+        with pytest.raises(CoordError) as e:
+            c.batch([{"to": "A", "body": big}, {"to": "A", "body": small}])  # refused whole
+        assert e.value.code == "queue_full"
+        assert c.status().rows == 5 and c.status().queued_bytes == 3 * sys.getsizeof(big) + sys.getsizeof(small)
+        unblock_inbox(d, "A")
+        wait_until(lambda: all_done(c, 3), what="A's deliveries")
+        assert c.status().queued_bytes == sys.getsizeof(big)  # Down's message, still queued
+        assert c.batch([{"to": "A", "body": big}, {"to": "A", "body": big}])  # room again
+
+
+def test_a_failed_message_lets_its_body_go_and_a_retry_takes_it_back(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], delivery={"max_attempts": 1, **FAST_RETRY})
+    block_inbox(d, "A")
+    with d.client() as c:
+        mid = c.send("A", "fails at once")
+        wait_until(lambda: c.get(mid).message.status == "failed", what="the message to fail")
+        assert c.status().queued_bytes == 0
+        unblock_inbox(d, "A")
+        c.retry(mid)
+        wait_until(lambda: c.get(mid).message.status == "delivered", what="the retried message delivered")
+        assert c.status().queued_bytes == 0
 
 
 def test_sigkill_with_queued_messages_then_restart(make_daemon):

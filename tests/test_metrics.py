@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -86,6 +87,8 @@ def test_scrape_counts_every_outcome_and_passes_promtool(make_daemon, no_tmux):
     assert value(found, "coordd_messages_cancelled_total", **tmux) == 1
     assert value(found, "coordd_transport_healthy", **tmux) == 0
     assert value(found, "coordd_queue_depth", **tmux) == 3
+    assert value(found, "coordd_queue_bytes", **tmux) == sum(sys.getsizeof(f"waits {i}") for i in (1, 2, 3))
+    assert value(found, "coordd_queue_bytes", agent="A1", **inbox) == 0
     assert value(found, "coordd_queue_oldest_age_seconds", **tmux) > 0
     assert value(found, "coordd_deliveries_in_flight", **tmux) == 0
     assert value(found, "coordd_rpc_duration_seconds_count", method="send") == 9  # 5 + 3 + the refused one
