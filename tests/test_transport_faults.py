@@ -80,6 +80,23 @@ def test_inbox_back_resumes_its_queue_in_order(make_daemon):
     record("fault_inbox_recovered", faults=1, delivered_after=30, lost=0)
 
 
+def test_an_inbox_deleted_or_replaced_between_deliveries_gets_the_next_message(make_daemon):
+    # The transport keeps the directory open between deliveries: it must notice that the path now names
+    # another directory (or none), or the next message would land in one nobody can see.
+    d = make_daemon(agents=[{"id": "A"}])
+    inbox = d.inbox("A")
+    with d.client() as c:
+        c.send("A", "first", wait=True, timeout=10)
+        shutil.rmtree(inbox)
+        c.send("A", "after the inbox was deleted", wait=True, timeout=10)
+        assert inbox_bodies(inbox) == ["after the inbox was deleted"]
+        inbox.rename(inbox.with_name("inbox.old"))
+        inbox.mkdir()
+        c.send("A", "into the new one", wait=True, timeout=10)
+    assert inbox_bodies(inbox) == ["into the new one"]
+    assert inbox_bodies(inbox.with_name("inbox.old")) == ["after the inbox was deleted"]
+
+
 @pytest.fixture
 def read_only_inbox(make_daemon, tmp_path):
     """A daemon whose agent A's inbox is a read-only tmpfs (root writes through chmod, not through ro)."""

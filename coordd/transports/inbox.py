@@ -57,6 +57,11 @@ class InboxTransport(Transport):
         self.dir = agent.inbox_dir
         self.fsync = agent.fsync
         self.max_batch = agent.chunk
+        self._dir_fd: int | None = None  # the inbox directory, kept open between deliveries
+        self._dir_id: tuple[int, int] = (0, 0)  # its (st_dev, st_ino)
+
+    async def close(self) -> None:
+        self._close_dir()
 
     def health(self) -> str | None:
         return None  # a missing or unwritable directory is a per-message failure, retried with backoff
@@ -78,31 +83,50 @@ class InboxTransport(Transport):
         close, rename), where open() in text mode adds three more.
         """
         try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = self._open_dir()
         except FileExistsError:
             return 0, f"inbox {self.dir} exists but is not a directory"
         except OSError as e:
             return 0, f"cannot open inbox {self.dir}: {e.strerror}"
-        try:
-            for n, m in enumerate(messages):
-                name, tmp = f"{m.id:012d}.md", f".{m.id:012d}.md.tmp"
+        for n, m in enumerate(messages):
+            name, tmp = f"{m.id:012d}.md", f".{m.id:012d}.md.tmp"
+            try:
+                fd = os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
                 try:
-                    fd = os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
-                    try:
-                        data = memoryview(render(m).encode())
-                        while data:  # a regular file takes it all at once, barring a signal
-                            data = data[os.write(fd, data) :]
-                        if self.fsync:
-                            os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                except OSError as e:
-                    return n, f"cannot write {os.path.join(self.dir, name)}: {e.strerror}"
-            return len(messages), None
-        finally:
-            os.close(dir_fd)
+                    data = memoryview(render(m).encode())
+                    while data:  # a regular file takes it all at once, barring a signal
+                        data = data[os.write(fd, data) :]
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as e:
+                self._close_dir()  # opened afresh on the next try, in case the directory is the trouble
+                return n, f"cannot write {os.path.join(self.dir, name)}: {e.strerror}"
+        return len(messages), None
+
+    def _open_dir(self) -> int:
+        """The inbox directory's fd: made and opened once, and again whenever the path no longer names the
+        directory it is open on (deleted, replaced, renamed), so that no file goes into a directory nobody
+        sees. One stat a delivery, where makedirs and open cost four syscalls more."""
+        try:
+            st: os.stat_result | None = os.stat(self.dir)
+        except OSError:
+            st = None  # missing, or a parent is not a directory: makedirs makes it or says why not
+        if st is not None and self._dir_fd is not None and (st.st_dev, st.st_ino) == self._dir_id:
+            return self._dir_fd
+        self._close_dir()
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)  # FileExistsError: a file is in the way
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self._dir_fd, self._dir_id = fd, (st.st_dev, st.st_ino)
+        return fd
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
