@@ -141,6 +141,9 @@ def main() -> int:
         return 1
     md = markdown(table(figures))
     print(md)
+    if code != 0:  # a failed or broken run's figures must not replace a good run's
+        print(f"the run failed (exit {code}): {OUT} and the README's table are left as they were", file=sys.stderr)
+        return code
     OUT.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
     write_readme(md)
     print(f"wrote {OUT} and the table in {README}")
