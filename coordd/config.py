@@ -167,6 +167,7 @@ class TmuxAgent(_Agent, tag="tmux"):
     idle_prompt: str = ""  # deliver once the cursor's line matches this regex; "": off
     idle_max_wait_ms: int = 30_000
     idle_timeout: Literal["deliver", "fail"] = "deliver"  # what happens when the pane is not idle in time
+    deliver_to_shell: bool = False  # paste even when the pane's foreground program is a shell (see tmux.py)
 
 
 class DiscardAgent(_Agent, tag="discard"):

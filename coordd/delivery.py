@@ -181,9 +181,11 @@ class Delivery:
             done, error = e.delivered, e.reason
         except TransportDown as e:
             q.in_flight = []
-            q.put_back(batch)
+            q.put_back(batch[e.delivered :])
             q.down = e.reason
             q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
+            if e.delivered:
+                self._record(q, batch[: e.delivered], e.delivered, None, started, loop)
             return
         except Exception as e:  # a transport bug must not kill the worker: count it as a failed attempt
             log.exception("transport %s failed on agent %s", transport.name, q.id)

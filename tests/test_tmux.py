@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from conftest import concurrently, wait_until
 from coordd import config
 from coordd.transports import tmux_control
 from coordd.transports.tmux import exact_target, printable, tail_fragment
-from tmux_fixtures import TmuxServer, records
+from tmux_fixtures import READER, TmuxServer, records
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 HOSTILE = [
@@ -169,7 +170,7 @@ def test_cat_receives_hostile_text_literally(make_daemon, tmux_server, tmp_path)
     server = tmux_server()
     out = tmp_path / "cat.txt"
     out.touch()
-    pane = server.session("c", "sh", "-c", f"cat >> '{out}'")
+    pane = server.session("c", "sh", "-c", f"exec cat >> '{out}'")  # the pane runs cat, not a shell
     bodies = [*HOSTILE, "two\nlines", "esc \x1b[201~ \x1b]0;title\x07 nul \x00 end"]
     d = make_daemon(agents=[tmux_agent("C", server, pane, header="")])
     with d.client() as c:
@@ -304,3 +305,59 @@ def test_copy_mode_pane_waits_until_left(make_daemon, tmux_server, tmp_path):
         server.tmux("send-keys", "-t", "=m:0.0", "-X", "cancel")
         wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery once copy mode is left")
     assert [r["text"] for r in records(out)] == ["after copy mode"]
+
+
+# --- a shell in the pane: the agent is not running there ---------------------------------
+
+
+def agent_row(c, agent_id: str):
+    return next(a for a in c.status().agents if a.id == agent_id)
+
+
+def test_a_shell_in_the_pane_holds_messages_until_the_agent_runs(make_daemon, tmux_server, tmp_path):
+    """Typed into a shell, a message would run as a command: nothing is pasted while a shell has the pane,
+    even once the idle wait gives up (idle_timeout "deliver"); the agent is down; its messages wait, unattempted."""
+    server = tmux_server()
+    out, marker = tmp_path / "s.jsonl", tmp_path / "ran-as-a-command"
+    pane = server.session("s", "sh")
+    agent = tmux_agent("S", server, pane, header="", idle_prompt="^> ?$", idle_max_wait_ms=100)
+    d = make_daemon(agents=[agent], delivery=FAST_RETRY)
+    body = f"touch {marker}"
+    with d.client() as c:
+        mid = c.send("S", body)
+        wait_until(lambda: "a shell, not the agent" in (agent_row(c, "S").reason or ""), 10, "S down: a shell")
+        assert c.get(mid).message.status == "queued" and c.get(mid).message.attempts == 0
+        assert c.status().agents[0].healthy is False
+        # The agent starts in its pane: the message goes to it, once.
+        server.tmux("send-keys", "-t", pane, "-l", f"exec {sys.executable} {READER} {out}")
+        server.tmux("send-keys", "-t", pane, "Enter")
+        wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery once the agent runs")
+    assert [r["text"] for r in records(out)] == [body]
+    assert not marker.exists()
+
+
+def test_an_agent_that_quits_mid_batch_keeps_the_rest_queued(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "q.jsonl"
+    pane = server.reader("q", out, "--shell-after", "1")
+    d = make_daemon(agents=[tmux_agent("Q", server, pane, header="", idle_prompt="^> ?$")], delivery=FAST_RETRY)
+    with d.client() as c:
+        ids = c.batch([{"to": "Q", "body": f"m{i}"} for i in range(3)])  # one delivery call takes all three
+        wait_until(lambda: c.get(ids[0]).message.status == "delivered", 10, "the first, before the agent quit")
+        wait_until(lambda: "a shell" in (agent_row(c, "Q").reason or ""), 10, "Q down: a shell")
+        assert [(c.get(i).message.status, c.get(i).message.attempts) for i in ids[1:]] == [("queued", 0)] * 2
+        server.tmux("send-keys", "-t", pane, "-l", f"exec {sys.executable} {READER} {out}")
+        server.tmux("send-keys", "-t", pane, "Enter")
+        wait_until(lambda: delivered(c, 3), 10, "the rest once the agent runs again")
+        assert [c.get(i).message.attempts for i in ids] == [1, 1, 1]
+    assert [r["text"] for r in records(out)] == ["m0", "m1", "m2"]
+
+
+def test_deliver_to_shell_types_into_a_shell(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    marker = tmp_path / "ran-as-a-command"
+    pane = server.session("sh", "sh")
+    d = make_daemon(agents=[tmux_agent("Sh", server, pane, header="", deliver_to_shell=True)])
+    with d.client() as c:
+        c.send("Sh", f"touch {marker}", wait=True, timeout=10)
+    wait_until(marker.exists, 10, "the shell to run the message: what deliver_to_shell = true is for")

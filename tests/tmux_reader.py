@@ -7,11 +7,14 @@ this program puts the terminal in raw mode and turns on bracketed paste; a paste
 screen, and Enter (CR) submits it: the input is appended to FILE as one JSON
 line {"text": ..., "busy": ...}, then the input line is cleared ("> " prompt).
 
-    python tmux_reader.py FILE [--ignore-enters N] [--busy-ms MS]
+    python tmux_reader.py FILE [--ignore-enters N] [--busy-ms MS] [--shell-after N]
 
 --ignore-enters N: the first N Enter presses do nothing (an Enter that got lost).
 --busy-ms MS: print a "working" line every 20 ms for MS ms before showing the
 prompt; a submission records whether it arrived while busy.
+--shell-after N: after the Nth submission, become a shell (the agent quit): the
+terminal is restored and the process execs sh, which moves to a new line and
+shows its prompt; so once the input line changes, the pane runs a shell.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import select
+import termios
 import time
 import tty
 
@@ -31,8 +35,11 @@ def main() -> None:
     ap.add_argument("file")
     ap.add_argument("--ignore-enters", type=int, default=0)
     ap.add_argument("--busy-ms", type=int, default=0)
+    ap.add_argument("--shell-after", type=int, default=0)
     args = ap.parse_args()
     out = open(args.file, "a", encoding="utf-8")
+    cooked = termios.tcgetattr(0)
+    submitted = 0
     tty.setraw(0)
     os.write(1, b"\x1b[?2004h")  # ask the terminal (tmux) for bracketed paste
     busy_until = time.monotonic() + args.busy_ms / 1000
@@ -80,6 +87,11 @@ def main() -> None:
                 record = {"text": line.decode("utf-8", "replace"), "busy": time.monotonic() < busy_until}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
+                submitted += 1
+                if submitted == args.shell_after:
+                    termios.tcsetattr(0, termios.TCSANOW, cooked)
+                    os.write(1, b"\x1b[?2004l")
+                    os.execvp("sh", ["sh", "-c", "printf '\\r\\n'; exec sh"])
                 line.clear()
                 os.write(1, b"\r\n> " if prompt_shown else b"\r\n")
             else:

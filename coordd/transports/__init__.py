@@ -5,8 +5,9 @@ delivers them in that order. It returns when all are delivered, or raises:
 
 - DeliveryError(reason, delivered=k): the first k were delivered, message k failed
   (it counts as an attempt and is retried with backoff), the rest were not tried;
-- TransportDown(reason): nothing was delivered and nothing counts as an attempt;
-  the messages stay queued until `health()` reports the transport healthy again.
+- TransportDown(reason, delivered=k): the first k were delivered; the rest were not
+  tried, nothing counts as an attempt, and they stay queued until the transport is
+  probed again (every delivery.unhealthy_recheck_ms, once `health()` reports it healthy).
 
 `max_batch` bounds how many messages one call gets (work in bounded chunks so a
 long queue never starves the event loop). `exclusive` names a resource shared by
@@ -27,9 +28,10 @@ class DeliveryError(Exception):
 
 
 class TransportDown(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, delivered: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.delivered = delivered
 
 
 class Transport:

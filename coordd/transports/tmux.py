@@ -6,6 +6,11 @@ One message, over the server's warm control-mode connection (tmux_control.py):
    pane, `display-message` then reads its id and state), so every later command
    of this delivery addresses that one pane. Targets are made exact (`=session:
    =window.pane`): a gone session `a1` never resolves to a prefix match `a10`.
+   A pane whose foreground program is a shell is not running its agent (it
+   quit, or has not started), and what is typed into a shell runs as a
+   command: the transport reports itself down for that reason, nothing is
+   pasted, nothing counts as an attempt, and the messages go out once the
+   agent runs again (deliver_to_shell = true for an agent that is a shell).
 2. Wait for idle, when configured: the screen unchanged for idle_quiet_ms and/or
    the cursor line matching idle_prompt, for at most idle_max_wait_ms.
 3. Load the text into a per-message named buffer (`set-buffer`, or `load-buffer`
@@ -54,7 +59,7 @@ import tempfile
 
 from coordd.config import TmuxAgent
 from coordd.store import Record
-from coordd.transports import DeliveryError, Transport
+from coordd.transports import DeliveryError, Transport, TransportDown
 from coordd.transports.tmux_control import Connection, TmuxError, acquire, release, server_args
 
 log = logging.getLogger("coordd.tmux")
@@ -62,7 +67,13 @@ log = logging.getLogger("coordd.tmux")
 SET_BUFFER_MAX = 16384  # bytes; larger texts go through a temp file and load-buffer
 SUBMIT_POLL_S = 0.002
 TAIL_CHARS = 16  # how much of the text's end the submission check looks for
-PANE_STATE = "#{pane_id} #{pane_in_mode} #{pane_input_off} #{pane_dead}"
+PANE_STATE = "#{pane_id} #{pane_in_mode} #{pane_input_off} #{pane_dead} #{pane_current_command}"
+# Programs that mean "the agent is not running in this pane": what is typed into them runs as a command.
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "ash", "tcsh", "csh", "nu", "xonsh", "pwsh"})
+
+
+class AgentNotRunning(TmuxError):
+    """The pane's foreground program is a shell: the agent is not running there (see deliver_to_shell)."""
 
 _VISIBLE = {c: "^" + chr(c + 64) for c in range(0x20) if c not in (0x09, 0x0A)}
 _VISIBLE.update({0x7F: "^?", **{c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}})
@@ -146,6 +157,8 @@ class TmuxTransport(Transport):
         for n, m in enumerate(messages):
             try:
                 await self._deliver_one(self.conn, m)
+            except AgentNotRunning as e:  # not a failed attempt: the messages wait for the agent
+                raise TransportDown(e.reason, delivered=n) from None
             except TmuxError as e:
                 raise DeliveryError(self._reason(e), delivered=n) from None
 
@@ -192,7 +205,8 @@ class TmuxTransport(Transport):
             ("capture-pane", "-p", "-t", self.target, "-S", "0", "-E", "0"),  # fails when the pane is gone
             ("display-message", "-p", "-t", self.target, PANE_STATE),  # would fall back to another pane
         )
-        pane, in_mode, input_off, dead = (state[0].split(" ") + ["", "", "", ""])[:4] if state else ("",) * 4
+        fields = state[0].split(" ", 4) if state else []
+        pane, in_mode, input_off, dead, command = (fields + [""] * 5)[:5]
         if not pane.startswith("%"):
             raise TmuxError(f"tmux pane {self.agent.target} not found")
         if dead == "1":
@@ -201,6 +215,10 @@ class TmuxTransport(Transport):
             raise TmuxError(f"tmux pane {self.agent.target} is in copy mode; leave it (q) to receive messages")
         if input_off == "1":
             raise TmuxError(f"tmux pane {self.agent.target} has input disabled (select-pane -e enables it)")
+        if os.path.basename(command.lstrip("-")) in SHELLS and not self.agent.deliver_to_shell:
+            raise AgentNotRunning(f"tmux pane {self.agent.target} runs {command}, a shell, not the agent: messages "
+                                  "wait until the agent runs there (a message typed into a shell would run as a "
+                                  "command; set deliver_to_shell = true if the agent runs under a shell script)")  # fmt: skip
         return pane
 
     async def _paste(self, conn: Connection, pane: str, text: str, message_id: int) -> None:
