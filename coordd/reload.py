@@ -134,6 +134,8 @@ class Reloader:
 
     def _swap(self, q: AgentQueue, transport: Transport) -> None:
         old, q.transport = q.transport, transport
+        if old is not None:
+            transport.take_over(old)
         q.down = None
         q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
         q.wakeup.set()

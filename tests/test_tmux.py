@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import concurrently, wait_until
+from conftest import concurrently, wait_until, write_config
 from coordd import config
 from coordd.transports import tmux_control
 from coordd.transports.tmux import exact_target, printable, tail_fragment
@@ -248,6 +248,26 @@ def test_lost_enter_is_pressed_again_without_a_second_paste(make_daemon, tmux_se
     assert attempts[0].error.startswith("text left unsubmitted in tmux pane e:0.0")
     assert [r["text"] for r in records(out)] == ["first\nsecond"]
     assert server.capture(pane).count("second") == 1
+
+
+def test_a_reload_that_changes_the_agent_keeps_a_text_waiting_for_its_enter(make_daemon, tmux_server, tmp_path):
+    server = tmux_server()
+    out = tmp_path / "r.jsonl"
+    pane = server.reader("r", out, "--ignore-enters", "1")
+    agent = tmux_agent("R", server, "r:0.0", header="", submit_timeout_ms=200)
+    slow = {**FAST_RETRY, "backoff_initial_ms": 60_000, "backoff_max_ms": 60_000}  # no retry but the reload's
+    d = make_daemon(agents=[agent], delivery=slow)
+    with d.client() as c:
+        mid = c.send("R", "once only")
+        wait_until(lambda: c.get(mid).message.attempts == 1, 10, "the attempt whose Enter was lost")
+        assert c.get(mid).message.error.startswith("text left unsubmitted")
+        sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db},
+                    "delivery": slow}  # fmt: skip
+        write_config(d.config, sections, [{**agent, "submit_timeout_ms": 300}])
+        assert c.reload().changed == ["R"]  # a new transport, which tries again at once
+        wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery on the new transport")
+    assert [r["text"] for r in records(out)] == ["once only"]
+    assert server.capture(pane).count("once only") == 1  # Enter again, not a second paste
 
 
 def test_text_never_submitted_fails(make_daemon, tmux_server, tmp_path):

@@ -45,6 +45,10 @@ class Transport:
     async def close(self) -> None:
         """Release what start() opened."""
 
+    def take_over(self, old: Transport) -> None:
+        """This transport replaces old for the same agent (a reload changed its config): keep what old
+        knows about messages half-delivered, where it still applies."""
+
     def health(self) -> str | None:
         """None when healthy, else the reason it is not."""
         return None

@@ -27,7 +27,7 @@ One message, over the server's warm control-mode connection (tmux_control.py):
    paste would pass. If the text stays, the attempt fails with "text left
    unsubmitted" and the transport remembers the text sits in that pane: the
    retry (after the delivery backoff) presses Enter again, never pastes a second
-   copy. A program that never shows its input costs submit_timeout_ms before
+   copy; so does the transport a reload puts in its place (same server and pane). A program that never shows its input costs submit_timeout_ms before
    its Enter and fails the check: set submit_check = false for it.
 
 The text is the header line (if any) and the body. Control characters other
@@ -144,6 +144,11 @@ class TmuxTransport(Transport):
             await release(conn)
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def take_over(self, old: Transport) -> None:
+        # Texts waiting in a pane for their Enter: the same pane on the same server gets Enter, not a second paste.
+        if isinstance(old, TmuxTransport) and (old.server, old.target) == (self.server, self.target):
+            self.unsubmitted = old.unsubmitted  # shared: old's delivery in progress may still add to it
 
     def health(self) -> str | None:
         # A gone pane or server is a failed attempt (retried, then `failed`), so only a missing tmux is "down".
