@@ -27,7 +27,8 @@ One message, over the server's warm control-mode connection (tmux_control.py):
    paste would pass. If the text stays, the attempt fails with "text left
    unsubmitted" and the transport remembers the text sits in that pane: the
    retry (after the delivery backoff) presses Enter again, never pastes a second
-   copy; so does the transport a reload puts in its place (same server and pane). A program that never shows its input costs submit_timeout_ms before
+   copy; so does the transport a reload puts in its place (same server and
+   pane). A program that never shows its input costs submit_timeout_ms before
    its Enter and fails the check: set submit_check = false for it.
 
 The text is the header line (if any) and the body. Control characters other
