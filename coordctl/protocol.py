@@ -14,7 +14,7 @@ from typing import Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: watch events come in `events` frames (1 sent an `event` frame each)
 DEFAULT_MAX_FRAME = 1 << 20
 HEADER_SIZE = 4
 

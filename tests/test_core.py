@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from coordctl import Client, CoordError
+from coordctl import PROTOCOL_VERSION, Client, CoordError
 from conftest import Daemon, concurrently, inbox_bodies, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
@@ -33,7 +33,7 @@ def unblock_inbox(d: Daemon, agent: str) -> None:
 def test_every_method(daemon: Daemon):
     with daemon.client() as c:
         pong = c.ping()
-        assert pong.protocol == 1 and pong.version
+        assert pong.protocol == 2 and pong.version  # docs/protocol.md's version
         assert [a.id for a in c.agents()] == ["Agent-1", "Agent-2", "Agent-3", "Agent-4"]
         first = c.send("Agent-1", "hello\nsecond line", sender="Agent-2", kind="review", tags=["pr-42"], wait=True)
         msg = c.get(first)
@@ -344,7 +344,7 @@ def test_bad_input_gets_typed_errors_and_the_daemon_keeps_serving(daemon: Daemon
         with pytest.raises(CoordError) as e:
             c.get(999)
         assert e.value.code == "unknown_message"
-        assert c.ping().protocol == 1
+        assert c.ping().protocol == PROTOCOL_VERSION
 
 
 def test_socket_and_directory_modes(daemon: Daemon):
@@ -360,7 +360,7 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon: Daemon):
     assert second.proc.wait(20) != 0
     assert "already serving" in second.logtext()
     with daemon.client() as c:
-        assert c.ping().protocol == 1
+        assert c.ping().protocol == PROTOCOL_VERSION
 
 
 def test_stale_socket_is_replaced(daemon: Daemon):
@@ -433,7 +433,7 @@ async def test_async_client_many_in_flight(daemon: Daemon):
     async with AsyncClient(daemon.socket) as c:
         ids = await asyncio.gather(*(c.send(f"Agent-{1 + i % 4}", f"a{i}") for i in range(100)))
         assert len(set(ids)) == 100
-        assert (await c.ping()).protocol == 1
+        assert (await c.ping()).protocol == PROTOCOL_VERSION
         with pytest.raises(CoordError) as e:
             await c.send("Agent-9", "x")
         assert e.value.code == "unknown_agent"

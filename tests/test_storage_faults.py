@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, inbox_bodies, tmpfs, wait_until
-from coordctl import CoordError
+from coordctl import PROTOCOL_VERSION, CoordError
 from figures import record
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
@@ -70,7 +70,7 @@ def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_f
             c.batch([{"to": "A", "body": "a batch"}, {"to": "B", "body": "another"}])
         assert e.value.code == "storage_full"
         # Still serving: reads, status, and deliveries of what was acknowledged.
-        assert c.ping().protocol == 1
+        assert c.ping().protocol == PROTOCOL_VERSION
         assert c.get(acked[0]).message.id == acked[0]
         wait_until(lambda: len(inbox_bodies(d.inbox("A")) + inbox_bodies(d.inbox("B"))) == len(acked), 20,
                    "acknowledged messages delivered while the disk is full")  # fmt: skip
