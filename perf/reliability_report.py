@@ -41,8 +41,8 @@ errors or a closed connection (`tests/test_hostile.py`); other uids are refused 
 (`tests/test_access.py`). The soak (`perf/soak.py`, not in CI) sends 1,000,000 messages with
 `retention.max_messages = 100000`: the daemon's RSS stays under 80 MB and the database (file and WAL) under
 48 MB for messages of about 100 bytes (with `--transport inbox`, real inbox agents whose files it deletes as
-they arrive, it ran at 5,800 msg/s with a peak RSS of 56 MB, most of it the 40,000 messages the queue limits
-let wait). `python perf/reliability_report.py` reruns the tests and rewrites this table (`--soak`: the soak
+they arrive, it ran at 4,200 to 5,800 msg/s over two runs, as this disk's state went, with a peak RSS of
+55 MB, most of it the 40,000 messages the queue limits let wait). `python perf/reliability_report.py` reruns the tests and rewrites this table (`--soak`: the soak
 too).
 
 {START}
