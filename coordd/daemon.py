@@ -56,7 +56,10 @@ async def serve(config: Config, config_path: str | None = None) -> None:
         d = config.daemon
         server = Server(handlers, d.max_frame_bytes, d.max_connections, {os.getuid(), *d.allow_uids}, set(d.allow_gids))
         watched = observer.install(config, store, delivery, handlers, server)  # metrics and watch events
-        aserver = await loop.create_unix_server(server.protocol, sock=inherited or listener.bind(socket_path))
+        # Bound now, so that a second daemon finds the socket taken; connections wait in the backlog until
+        # everything they may ask for is in place (start_serving, just before READY).
+        sock = inherited or listener.bind(socket_path)
+        aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False)
         metrics_http = await observer.start_http(watched, config)
 
         def summary() -> str:
@@ -85,7 +88,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 background["watchdog"] = spawn(systemd.watchdog(notifier, store, watchdog_period), "watchdog")
             log.info("coordd serving %d agents on %s (%sdb %s, %d queued)", len(config.agents), socket_path,
                      "socket-activated, " if inherited else "", store.path, delivery.queued())  # fmt: skip
-            notifier.notify("READY=1", f"STATUS={summary()}")  # the socket listens and the store is open
+            await aserver.start_serving()
+            notifier.notify("READY=1", f"STATUS={summary()}")  # the socket serves and the store is open
             await stop.wait()
             await _stop(aserver, handlers, delivery, server, background)
     finally:

@@ -47,6 +47,7 @@ MAX_IN_FLIGHT = 64  # requests handled at once per connection
 HEAVY = (p.History, p.Get, p.StatusRequest)
 HEAVY_AT_ONCE = 4
 FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
+REFUSE_FLUSH_S = 10.0  # a refused client gets this long to read what was sent to it before it is dropped
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -299,14 +300,18 @@ class Connection(asyncio.Protocol):
         return True
 
     def refuse(self, code: str, message: str) -> None:
-        """Send one error and close: for faults after which the stream cannot be trusted or served."""
-        self.reply(p.Error(code=code, message=message))
+        """Send one error and close: for faults after which the stream cannot be trusted or served.
+
+        The replies already due go out first, then the error, so a client that reads gets whole frames
+        to the end; one that does not read them within REFUSE_FLUSH_S is dropped."""
         self.server.observer.rejected(code)
         self.closing = True
-        if self.transport.get_write_buffer_size():  # it is not reading: flushing would never end
-            self.transport.abort()
-        else:
-            self.transport.close()
+        self.outbox.append(p.frame(p.Error(code=code, message=message)))
+        self.transport.write(b"".join(self.outbox))
+        self.outbox.clear()
+        self.transport.close()  # flushes what is buffered, then closes
+        if self.transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(REFUSE_FLUSH_S, self.transport.abort)
 
     def drop(self, why: str, debug: bool = False) -> None:
         """Close at once, discarding unsent replies: for a client that does not read, or has gone quiet."""

@@ -30,6 +30,18 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
 
 
+def cancel_between_attempts(c: Client, message_id: int) -> bool:
+    """Cancel a message whose deliveries keep failing. Each attempt has it in flight for a moment, and a
+    message in flight cannot be cancelled (bad_state): False then, to be polled with wait_until."""
+    try:
+        c.cancel(message_id)
+    except CoordError as e:
+        if e.code == "bad_state" and "delivering" in e.message:
+            return False
+        raise
+    return True
+
+
 def concurrently(n: int, client) -> None:
     """Run client(0) .. client(n-1) in n threads at once; re-raise the first error any of them hit."""
     errors: list[BaseException] = []

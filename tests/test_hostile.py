@@ -202,6 +202,29 @@ def fuzz_round(d: Daemon, n: int, stats: Counter) -> None:
 
 
 @pytest.mark.slow
+def test_a_refused_client_that_reads_gets_every_reply_whole_then_the_error(daemon):
+    # 400 bad requests, each answered at once with a bad_request that quotes its 2,000-character unknown
+    # field (~800 KB in all: more than the socket holds, so the rest waits in coordd's buffer), then a
+    # length over the frame cap, all sent before reading anything. The connection is refused, but what was
+    # already answered goes out first, whole, then the refusal.
+    body = msgspec.msgpack.encode({"op": "ping", "x" * 2000: 1})
+    bad = len(body).to_bytes(4, "big") + body
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(daemon.socket)
+        sock.sendall(bad * 400 + (MAX_FRAME + 1).to_bytes(4, "big"))
+        data = bytearray()
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    replies, i = [], 0
+    while i < len(data):
+        n = int.from_bytes(data[i : i + 4], "big")
+        assert i + 4 + n <= len(data), f"a reply cut short at byte {i} of {len(data)}"
+        replies.append(p.reply_decoder.decode(bytes(data[i + 4 : i + 4 + n])))
+        i += 4 + n
+    assert [r.code for r in replies] == ["bad_request"] * 400 + ["too_large"]
+
+
 def test_fuzzed_frames_get_typed_errors_and_memory_stays_bounded(fuzz_daemon):
     d, stats = fuzz_daemon, Counter()
     fuzz_round(d, 0, stats)  # warm-up: caches, the first queue growth, the allocator's arenas

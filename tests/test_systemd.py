@@ -284,6 +284,29 @@ def test_socket_activation_serves_coordctl_and_leaves_the_socket_alone(make_daem
     assert os.path.exists(path)
 
 
+def test_a_request_waiting_in_the_socket_is_answered_once_coordd_is_ready(make_daemon, tmp_path, request):
+    # A request already in systemd's socket when coordd starts is read only once everything it may ask for
+    # is in place: here a reload, whose handler is wired last, after the metrics endpoint starts (an await).
+    d = make_daemon(start=False, metrics={"listen": "127.0.0.1:0"})
+    run = tmp_path / "sd-run"
+    run.mkdir(mode=0o700)
+    path = str(run / "coordd.sock")
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    request.addfinalizer(listen.close)
+    listen.bind(path)
+    listen.listen(16)
+    replies: list = []
+    with Client(path, timeout=30) as early:
+        early.connect()
+        client = threading.Thread(target=lambda: replies.append(early.reload()))
+        client.start()
+        proc = spawn(d, listen=listen)
+        client.join(30)
+    assert replies and replies[0].config == str(d.config), d.logtext()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
 def test_systemds_own_socket_activate_tool_starts_coordd(make_daemon, tmp_path):
     """Interoperability with systemd's implementation of the protocol, not only with ours."""
     tool = shutil.which("systemd-socket-activate")
