@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q '.[test]'
+	$(BIN)/pip install -q '.[test,gui]'
 
 # System packages the tests need, installed only where missing (needs root or sudo, and apt).
 deps:

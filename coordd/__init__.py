@@ -1,3 +1,5 @@
 """coordd: one long-running daemon that queues messages durably and delivers them to agents in order."""
 
-__version__ = "0.1.0"
+from coordctl import __version__  # defined once, in coordctl
+
+__all__ = ["__version__"]

@@ -6,6 +6,7 @@ errors carry the path (``$.agents[2].inbox_dir``), which ConfigError keeps.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -293,8 +294,28 @@ def _validate(cfg: Config, src: str) -> None:
             _positive(src, f"agents[{i}].chunk", a.chunk)
         elif isinstance(a, TmuxAgent):
             _validate_tmux(src, f"agents[{i}]", a)
+        elif isinstance(a, GuiAgent):
+            _require_gui_extra(src, f"agents[{i}]")
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
+
+
+# What the gui transport imports (the `gui` extra); inbox and tmux agents need neither.
+GUI_MODULES = {"pyautogui": "pyautogui", "Xlib": "python3-xlib"}
+
+
+def _require_gui_extra(src: str, where: str) -> None:
+    missing = [dist for module, dist in GUI_MODULES.items() if not _importable(module)]
+    if missing:
+        raise ConfigError(f"{src}: `{where}` uses transport = \"gui\", which needs {' and '.join(missing)}: "
+                          "install them with `pip install 'coordd[gui]'`")  # fmt: skip
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked by sys.modules[module] = None
+        return False
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -65,3 +67,17 @@ def test_errors_name_the_key(tmp_path, text, key):
 def test_missing_file(tmp_path):
     with pytest.raises(config.ConfigError, match="cannot read config"):
         config.load(str(tmp_path / "nope.toml"))
+
+
+def test_gui_agent_without_the_gui_extra_says_what_to_install(tmp_path):
+    """pyautogui and Xlib are the `gui` extra: a config with a gui agent names the command that installs them.
+    Their absence is made real for the subprocess with sys.modules[name] = None, Python's import blocker."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[agents]]\nid = "A"\ntransport = "gui"\nx = 1\ny = 2\n[[agents]]\nid = "B"\n')
+    hide = "import sys; sys.modules['pyautogui'] = sys.modules['Xlib'] = None; from coordd.cli import main; main()"
+    out = subprocess.run([sys.executable, "-c", hide, "check-config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "pyautogui and python3-xlib" in out.stderr and "pip install 'coordd[gui]'" in out.stderr, out.stderr
+    cfg.write_text('[[agents]]\nid = "B"\n')  # inbox agents need neither
+    out = subprocess.run([sys.executable, "-c", hide, "check-config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

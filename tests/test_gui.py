@@ -29,7 +29,8 @@ HEADER_LINE = re.compile(r"^<<(\d+)\|([^|]+)\|([^|]+)\|(\w+)>>$")
 FAST = {"backoff_initial_ms": 50, "backoff_max_ms": 200, "unhealthy_recheck_ms": 100}
 # Window origins on the 1280x1024 screen; an 80x20 xterm is 484x264 px. The daemon clicks each one's middle.
 ORIGINS = [(20, 20), (660, 20), (20, 520), (660, 520)]
-SHARED_COORDS = Path(__file__).parents[2] / "shared/fixtures/cursor_agent_coords.json"
+# A copy of the old tool's coordinates file (shared/fixtures/ beside the repository), so a plain clone runs these.
+SHARED_COORDS = Path(__file__).parent / "fixtures" / "cursor_agent_coords.json"
 
 
 def gui_agent(n: int, **keys) -> dict:
@@ -163,8 +164,6 @@ def test_coords_file_supplies_agents_and_coordinates(tmp_path):
 
 
 def test_import_coords_prints_toml_of_the_active_agents():
-    if not SHARED_COORDS.exists():
-        pytest.skip(f"{SHARED_COORDS} is not here (it lives in shared/ beside the repository)")
     entries = coords.load(str(SHARED_COORDS))
     text = coords.to_toml(entries)
     raw = tomllib.loads(text)
@@ -376,8 +375,6 @@ def coordctl(d: Daemon, *args: str, stdin: str | None = None) -> subprocess.Comp
 
 
 def test_cli_import_coords_prints_the_active_agents():
-    if not SHARED_COORDS.exists():
-        pytest.skip(f"{SHARED_COORDS} is not here (it lives in shared/ beside the repository)")
     out = subprocess.run([sys.executable, "-m", "coordctl", "agents", "import-coords", str(SHARED_COORDS)],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
