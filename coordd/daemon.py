@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 
-from coordd import listener, observer, retention, systemd, testhooks
+from coordd import listener, observer, retention, systemd
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.handlers import Handlers
@@ -44,7 +44,6 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     store = Store(config.store.path, config.store.synchronous)
     store.max_rows = config.retention.max_messages
     transports = {a.id: make_transport(a, config) for a in config.agents}
-    testhooks.install(store, transports)
     delivery = Delivery(config.delivery, store, transports)
     server = aserver = metrics_http = None
     try:

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import faulty_coordd
 import pytest
 
 from coordctl import Client, CoordError
@@ -99,6 +100,14 @@ def write_config(path: Path, sections: dict, agents: list[dict]) -> Path:
     return path
 
 
+def coordd_argv(env: dict) -> list[str]:
+    """How to start coordd: `python -m coordd`, or, when a test set one of its fault hooks in env, the same
+    daemon through tests/faulty_coordd.py, which installs them first."""
+    if any(env.get(k) for k in faulty_coordd.HOOKS):
+        return [sys.executable, str(Path(__file__).parent / "faulty_coordd.py")]
+    return [sys.executable, "-m", "coordd"]
+
+
 class Daemon:
     """One coordd process. `start()` returns once it answers ping."""
 
@@ -123,7 +132,7 @@ class Daemon:
         env.pop("COORDD_CONFIG", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "coordd", "run", "--config", str(self.config)],
+                [*coordd_argv(env), "run", "--config", str(self.config)],
                 cwd=self.tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         if expect_ready:

@@ -23,7 +23,7 @@ import pytest
 
 from coordctl import Client, CoordError
 from coordctl import protocol as p
-from conftest import Daemon, wait_until, write_config
+from conftest import Daemon, coordd_argv, wait_until, write_config
 
 REPO = Path(__file__).parent.parent
 COORDCTL = [sys.executable, "-m", "coordctl"]
@@ -78,7 +78,7 @@ def spawn(d: Daemon, env: dict | None = None, listen: socket.socket | None = Non
     """Start coordd like systemd would: extra environment, and `listen` as fd 3 with LISTEN_* set."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full.pop("COORDD_CONFIG", None)
-    cmd = [sys.executable, "-m", "coordd", "run", "--config", str(d.config)]
+    cmd = [*coordd_argv(full), "run", "--config", str(d.config)]
     pass_fds: tuple[int, ...] = ()
     if listen is not None:
         fd = fcntl.fcntl(listen.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # anywhere but 3, to move it there
@@ -112,7 +112,7 @@ def db_statuses(d: Daemon) -> dict[int, str]:
 def hold_deliveries(d: Daemon, monkeypatch) -> Path:
     """Deliveries wait (off the event loop) on a FIFO until release(): a delivery as slow as the test wants.
 
-    Through coordd's COORDD_TEST_GATE_DELIVERY hook (coordd/testhooks.py); the delivery itself is the real one."""
+    Through the COORDD_TEST_GATE_DELIVERY hook of tests/faulty_coordd.py; the delivery itself is the real one."""
     gate = d.tmp / "gate"
     os.mkfifo(gate)
     monkeypatch.setenv("COORDD_TEST_GATE_DELIVERY", str(gate))
