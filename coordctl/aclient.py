@@ -15,22 +15,20 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from coordctl import protocol
-from coordctl.client import (
-    CoordError,
-    DaemonUnavailable,
-    error_for,
-    expect,
-    raise_for,
-    to_new_messages,
-    unreachable,
-)
+from coordctl.client import unreachable
+from coordctl.errors import CoordError, DaemonUnavailable, error_for, raise_for
+from coordctl.operations import AsyncOperations, expect
 from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable
+
+    # What a watch's queue holds: its events and misses; an error the daemon sent for it, or the
+    # exception that broke the connection; None once the client closed.
+    StreamItem = protocol.Event | protocol.Reply | CoordError | None
 
 
-class AsyncClient:
+class AsyncClient(AsyncOperations):
     """An asyncio connection to coordd; connects on first use and again on
     the next call after the connection breaks.
 
@@ -48,7 +46,8 @@ class AsyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
-        self._streams: dict[int, asyncio.Queue] = {}  # watch rid -> its events; None or an exception ends it
+        # watch rid -> its events; None or an exception ends it
+        self._streams: dict[int, asyncio.Queue[StreamItem]] = {}
 
     # --- connection ------------------------------------------------------------
 
@@ -75,7 +74,7 @@ class AsyncClient:
             writer.close()
             with contextlib.suppress(OSError):  # already broken: closing is all we wanted
                 await writer.wait_closed()
-        self._fail_pending(lambda: DaemonUnavailable("client closed"), ended=None)
+        self._fail_pending(lambda: DaemonUnavailable("client closed"), closed=True)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -122,7 +121,7 @@ class AsyncClient:
             self._reader = self._writer = self._read_task = None
         self._fail_pending(make_error)
 
-    def _fail_pending(self, make_error: Callable[[], CoordError], ended: object = ...) -> None:
+    def _fail_pending(self, make_error: Callable[[], CoordError], *, closed: bool = False) -> None:
         # One exception object per waiter: tracebacks are attached per raise.
         pending, self._pending = self._pending, {}
         for future in pending.values():
@@ -130,7 +129,7 @@ class AsyncClient:
                 future.set_exception(make_error())
         streams, self._streams = self._streams, {}
         for stream in streams.values():  # a watch ends quietly when we close, with the error when the daemon did
-            stream.put_nowait(make_error() if ended is ... else ended)
+            stream.put_nowait(None if closed else make_error())
 
     # --- the generic request/reply --------------------------------------------
 
@@ -139,7 +138,10 @@ class AsyncClient:
 
         Assigns ``req.rid``.
         """
-        reply = (await self._exchange([req], self.timeout))[0]
+        return await self._call(req, self.timeout)
+
+    async def _call(self, req: protocol.Request, timeout: float | None) -> protocol.Reply:
+        reply = (await self._exchange([req], timeout))[0]
         if type(reply) is protocol.Error:
             raise_for(reply)
         return reply
@@ -180,96 +182,7 @@ class AsyncClient:
             for rid in rids:
                 self._pending.pop(rid, None)
 
-    # --- the operations (see Client for what each does) -------------------------
-
-    async def send(
-        self,
-        to: str,
-        body: str,
-        *,
-        priority: protocol.Priority = "regular",
-        sender: str | None = None,
-        kind: str | None = None,
-        tags: Iterable[str] | None = None,
-        key: str | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> int:
-        req = protocol.Send(
-            to=to, body=body, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
-        )  # fmt: skip
-        if not wait:
-            return expect(await self.call(req), protocol.Sent).id
-        # The daemon bounds a wait; our reply timeout must outlast it.
-        reply_timeout = None if self.timeout is None or timeout is None else self.timeout + timeout
-        reply = (await self._exchange([req], reply_timeout))[0]
-        if type(reply) is protocol.Error:
-            raise_for(reply)
-        return expect(reply, protocol.Sent).id
-
-    async def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[int]:
-        req = protocol.Batch(messages=to_new_messages(messages))
-        return expect(await self.call(req), protocol.Ids).ids
-
-    async def broadcast(
-        self,
-        body: str,
-        *,
-        group: str | None = None,
-        priority: protocol.Priority = "regular",
-        sender: str | None = None,
-        kind: str | None = None,
-        tags: Iterable[str] | None = None,
-        key: str | None = None,
-    ) -> list[int]:
-        req = protocol.Broadcast(
-            body=body, group=group, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key,
-        )  # fmt: skip
-        return expect(await self.call(req), protocol.Ids).ids
-
-    async def status(self) -> protocol.StatusInfo:
-        return expect(await self.call(protocol.StatusRequest()), protocol.StatusInfo)
-
-    async def history(
-        self,
-        *,
-        agent: str | None = None,
-        sender: str | None = None,
-        status: protocol.Status | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        contains: str | None = None,
-        limit: int = 50,
-        cursor: int | None = None,
-    ) -> protocol.Page:
-        req = protocol.History(
-            agent=agent, sender=sender, status=status, since=since, until=until,
-            contains=contains, limit=limit, cursor=cursor,
-        )  # fmt: skip
-        return expect(await self.call(req), protocol.Page)
-
-    async def get(self, message_id: int) -> protocol.Message:
-        return expect(await self.call(protocol.Get(message_id=message_id)), protocol.Message)
-
-    async def retry(self, message_id: int) -> int:
-        return expect(await self.call(protocol.Retry(message_id=message_id)), protocol.Sent).id
-
-    async def cancel(self, message_id: int) -> int:
-        return expect(await self.call(protocol.Cancel(message_id=message_id)), protocol.Sent).id
-
-    async def agents(self) -> list[protocol.AgentInfo]:
-        return expect(await self.call(protocol.Agents()), protocol.AgentList).agents
-
-    async def ping(self) -> protocol.Pong:
-        return expect(await self.call(protocol.Ping()), protocol.Pong)
-
-    async def reload(self) -> protocol.Reloaded:
-        return expect(await self.call(protocol.Reload()), protocol.Reloaded)
-
-    async def metrics(self) -> str:
-        return expect(await self.call(protocol.Metrics()), protocol.MetricsText).text
+    # --- the operations (each defined once, in operations.Operations) -----------
 
     async def watch(
         self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()
@@ -293,7 +206,7 @@ class AsyncClient:
 class Subscription:
     """A watch on an AsyncClient: an async iterator of ``Event`` and ``Missed``."""
 
-    def __init__(self, client: AsyncClient, rid: int, stream: asyncio.Queue) -> None:
+    def __init__(self, client: AsyncClient, rid: int, stream: asyncio.Queue[StreamItem]) -> None:
         self.client = client
         self.rid = rid
         self._stream = stream
@@ -311,9 +224,11 @@ class Subscription:
             if item is None:
                 raise StopAsyncIteration
             raise item
+        if isinstance(item, (protocol.Event, protocol.Missed)):
+            return item
         if type(item) is protocol.Error:
             raise_for(item)
-        return item
+        raise CoordError("protocol_error", f"a {type(item).__name__} reply where the watch's events were due")
 
     async def aclose(self) -> None:
         """End the watch; the client's connection stays open for other calls."""

@@ -20,7 +20,9 @@ import click
 import msgspec
 
 from coordctl import __version__, human, protocol
-from coordctl.client import Client, CoordError, DaemonUnavailable, expect
+from coordctl.client import Client
+from coordctl.errors import CoordError, DaemonUnavailable
+from coordctl.operations import expect
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -574,7 +576,7 @@ def import_coords(file: str) -> None:
 def onboard(state: State, agent: str, message: str | None) -> None:
     """Run gui AGENT's onboarding sequence now, pasting MESSAGE ("-": stdin; default: gui.onboarding_message)."""
     body = read_body(message) if message is not None else None
-    done = expect(state.client().call(protocol.Onboard(agent=agent, message=body)), protocol.Onboarded)
+    done = state.client().onboard(agent, body)
     if state.json:
         emit_json(done)
     else:
@@ -603,7 +605,7 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
             click.echo(f" {left}", err=True, nl=False)
             time.sleep(1)  # noqa: sleep-ok: a countdown for a person moving the mouse
         click.echo("", err=True)
-    at = expect(client.call(protocol.Pointer()), protocol.PointerAt)
+    at = client.pointer()
     keys = ("onboarding_x", "onboarding_y") if onboarding else ("x", "y")
     if state.json:
         emit_json({"agent": agent, keys[0]: at.x, keys[1]: at.y})

@@ -16,13 +16,19 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from coordctl import protocol
+from coordctl.errors import CoordError, DaemonUnavailable, error_for, raise_for
+from coordctl.operations import BlockingOperations, expect, to_new_messages
 from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
-    from typing import NoReturn, TypeVar
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import NoReturn
 
-    R = TypeVar("R", bound=protocol.Reply)
+# Once defined here, still importable from here.
+__all__ = [
+    "START_HINT", "Client", "CoordError", "DaemonUnavailable", "error_for", "expect", "raise_for", "to_new_messages",
+    "unreachable",
+]  # fmt: skip
 
 _HEADER = struct.Struct(">I")
 _READ_CHUNK = 64 * 1024
@@ -36,74 +42,13 @@ _PIPELINE_WINDOW = 64 * 1024
 START_HINT = "is coordd running? start it with `coordd run` or `systemctl --user start coordd`"
 
 
-class CoordError(Exception):
-    """The daemon refused a request (or, client side, could not be used).
-
-    ``code`` is one of ``protocol.ERROR_CODES``, or ``"protocol_error"`` when
-    the daemon's reply made no sense to the client.
-    """
-
-    def __init__(self, code: str, message: str, message_id: int | None = None) -> None:
-        super().__init__(code, message, message_id)
-        self.code = code
-        self.message = message
-        self.message_id = message_id
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.describe()}"
-
-    def describe(self) -> str:
-        """The message, naming the message id if the daemon's text does not already."""
-        if self.message_id is None or f"message {self.message_id}" in self.message:
-            return self.message
-        return f"{self.message} (message {self.message_id})"
-
-
-class DaemonUnavailable(CoordError):
-    """The daemon could not be reached, or the connection to it broke."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("unavailable", message)
-        self.args = (message,)  # so that pickling round-trips through __init__
-
-
 def unreachable(path: str, exc: OSError) -> DaemonUnavailable:
     """The error for a failed connect, saying how to start the daemon."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     return DaemonUnavailable(f"cannot connect to coordd at {path} ({reason}); {START_HINT}")
 
 
-def error_for(reply: protocol.Error) -> CoordError:
-    if reply.code == "unavailable":  # the daemon is at max_connections: as good as unreachable
-        return DaemonUnavailable(reply.message)
-    return CoordError(reply.code, reply.message, reply.message_id)
-
-
-def raise_for(reply: protocol.Error) -> NoReturn:
-    raise error_for(reply)
-
-
-def expect(reply: protocol.Reply, cls: type[R]) -> R:
-    """``reply``, checked to be the reply type its request calls for."""
-    if type(reply) is not cls:
-        raise CoordError("protocol_error", f"expected a {cls.__name__} reply, got {type(reply).__name__}")
-    return reply
-
-
-def to_new_messages(messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[protocol.NewMessage]:
-    """Validate batch items client-side, so a typo fails before anything is sent."""
-    out = []
-    for i, m in enumerate(messages):
-        if type(m) is not protocol.NewMessage:
-            try:
-                m = msgspec.convert(m, protocol.NewMessage)
-            except msgspec.ValidationError as e:
-                raise CoordError("bad_request", f"messages[{i}]: {e}") from None
-        out.append(m)
-    return out
-
-
-class Client:
+class Client(BlockingOperations):
     """A blocking connection to coordd. Connects on first use, and again on the
     next call after any connection error. A call that fails is not retried,
     since the daemon may have acted on it, with one exception: a request
@@ -318,108 +263,7 @@ class Client:
                 raise
             raise err from e
 
-    # --- the operations ----------------------------------------------------------
-
-    def send(
-        self,
-        to: str,
-        body: str,
-        *,
-        priority: protocol.Priority = "regular",
-        sender: str | None = None,
-        kind: str | None = None,
-        tags: Iterable[str] | None = None,
-        key: str | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> int:
-        """Queue one message; returns its id once the daemon has committed it.
-
-        With ``wait=True`` returns only once it is delivered; a failure or a
-        ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
-        """
-        req = protocol.Send(
-            to=to, body=body, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
-        )  # fmt: skip
-        if wait:
-            return expect(self._call(req, self._wait_timeout(timeout)), protocol.Sent).id
-        return expect(self._call(req, self.timeout), protocol.Sent).id
-
-    def _wait_timeout(self, wait: float | None) -> float | None:
-        # The daemon bounds a wait; our reply timeout must outlast it.
-        if self.timeout is None or wait is None:
-            return None
-        return self.timeout + wait
-
-    def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[int]:
-        """Queue many messages in one request (one commit); returns their ids in order."""
-        return expect(self.call(protocol.Batch(messages=to_new_messages(messages))), protocol.Ids).ids
-
-    def broadcast(
-        self,
-        body: str,
-        *,
-        group: str | None = None,
-        priority: protocol.Priority = "regular",
-        sender: str | None = None,
-        kind: str | None = None,
-        tags: Iterable[str] | None = None,
-        key: str | None = None,
-    ) -> list[int]:
-        """Queue the message for every agent (or every agent in ``group``)."""
-        req = protocol.Broadcast(
-            body=body, group=group, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key,
-        )  # fmt: skip
-        return expect(self.call(req), protocol.Ids).ids
-
-    def status(self) -> protocol.StatusInfo:
-        return expect(self.call(protocol.StatusRequest()), protocol.StatusInfo)
-
-    def history(
-        self,
-        *,
-        agent: str | None = None,
-        sender: str | None = None,
-        status: protocol.Status | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        contains: str | None = None,
-        limit: int = 50,
-        cursor: int | None = None,
-    ) -> protocol.Page:
-        """One page of messages, newest first; pass ``page.cursor`` back for older ones."""
-        req = protocol.History(
-            agent=agent, sender=sender, status=status, since=since, until=until,
-            contains=contains, limit=limit, cursor=cursor,
-        )  # fmt: skip
-        return expect(self.call(req), protocol.Page)
-
-    def get(self, message_id: int) -> protocol.Message:
-        return expect(self.call(protocol.Get(message_id=message_id)), protocol.Message)
-
-    def retry(self, message_id: int) -> int:
-        """Queue a failed message again."""
-        return expect(self.call(protocol.Retry(message_id=message_id)), protocol.Sent).id
-
-    def cancel(self, message_id: int) -> int:
-        """Cancel a message that is still queued."""
-        return expect(self.call(protocol.Cancel(message_id=message_id)), protocol.Sent).id
-
-    def agents(self) -> list[protocol.AgentInfo]:
-        return expect(self.call(protocol.Agents()), protocol.AgentList).agents
-
-    def ping(self) -> protocol.Pong:
-        return expect(self.call(protocol.Ping()), protocol.Pong)
-
-    def reload(self) -> protocol.Reloaded:
-        """Make the daemon re-read its config file (as SIGHUP does); says what changed."""
-        return expect(self.call(protocol.Reload()), protocol.Reloaded)
-
-    def metrics(self) -> str:
-        """Every metric, in the Prometheus text format (what the HTTP endpoint serves, if configured)."""
-        return expect(self.call(protocol.Metrics()), protocol.MetricsText).text
+    # --- the operations (each defined once, in operations.Operations) -----------
 
     def watch(
         self,

@@ -1,0 +1,328 @@
+"""Every client operation, defined once, by code that does no I/O.
+
+An operation is a function that builds its request from the method's
+arguments, decorated with ``@operation``: which reply type the request calls
+for and what the method returns from it. ``Client`` and ``AsyncClient``
+inherit every operation as a method (from ``BlockingOperations`` and
+``AsyncOperations``), so they differ only in how bytes move: each implements
+``_call(request, timeout)``, which sends a request and returns its reply.
+
+To add an operation: its request and reply types in ``protocol.py``, and one
+``@operation`` function in ``Operations`` below (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import msgspec
+
+from coordctl import protocol
+from coordctl.errors import CoordError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Iterable, Mapping
+    from typing import Concatenate
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R", bound=protocol.Reply)
+
+
+def expect(reply: protocol.Reply, cls: type[R]) -> R:
+    """``reply``, checked to be the reply type its request calls for."""
+    if type(reply) is not cls:
+        raise CoordError("protocol_error", f"expected a {cls.__name__} reply, got {type(reply).__name__}")
+    return reply
+
+
+def to_new_messages(messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> list[protocol.NewMessage]:
+    """Validate batch items client-side, so a typo fails before anything is sent."""
+    out = []
+    for i, m in enumerate(messages):
+        if type(m) is not protocol.NewMessage:
+            try:
+                m = msgspec.convert(m, protocol.NewMessage)
+            except msgspec.ValidationError as e:
+                raise CoordError("bad_request", f"messages[{i}]: {e}") from None
+        out.append(m)
+    return out
+
+
+class Operation(Generic[P, T]):
+    """One operation: ``build`` makes its request from the method's arguments
+    (``self``, the client, is unused), ``reply`` is the reply type it calls for
+    and ``result`` picks the method's result out of it (default: the reply
+    itself). ``held``, given the request, says how long the daemon may wait
+    before it answers (``send`` with ``wait``), so that the client waits longer.
+    Each client has it as a method of the same name (see ``_add_methods``).
+    """
+
+    def __init__(
+        self,
+        build: Callable[Concatenate[Any, P], protocol.Request],
+        reply: type[Any],
+        result: Callable[[Any], T] | None,
+        held: Callable[[Any], float | None] | None,
+    ) -> None:
+        self.build = build
+        self.reply = reply
+        self.result = result
+        self.held = held
+        # What help() shows for the clients' methods: the definition's signature, returning the result.
+        self.shown = types.FunctionType(
+            build.__code__, build.__globals__, build.__name__, build.__defaults__, build.__closure__
+        )
+        self.shown.__kwdefaults__ = build.__kwdefaults__
+        returns = f"protocol.{reply.__name__}" if result is None else result.__annotations__.get("return", "Any")
+        self.shown.__annotations__ = {**build.__annotations__, "return": returns}
+
+    def reply_timeout(self, request: protocol.Request, timeout: float | None) -> float | None:
+        """How long a client that waits ``timeout`` for a reply waits for this
+        request's: longer than the daemon may hold it back."""
+        if self.held is None or timeout is None:
+            return timeout
+        held = self.held(request)
+        if held is None:  # the daemon's own limit, which we do not know
+            return None
+        return timeout + held
+
+    def decode(self, reply: protocol.Reply) -> T:
+        """The method's result, from the reply (an ``Error`` reply is raised before this)."""
+        checked: Any = reply if type(reply) is self.reply else expect(reply, self.reply)
+        return checked if self.result is None else self.result(checked)
+
+    if TYPE_CHECKING:  # what each client's method is to mypy and IDEs (at run time, see _add_methods)
+
+        @overload
+        def __get__(self, client: None, owner: type[Any]) -> Operation[P, T]: ...
+        @overload
+        def __get__(self, client: BlockingOperations, owner: type[Any]) -> Callable[P, T]: ...
+        @overload
+        def __get__(self, client: AsyncOperations, owner: type[Any]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+        def __get__(self, client: object, owner: type[Any]) -> object: ...
+
+
+if TYPE_CHECKING:
+    Q = TypeVar("Q", bound=protocol.Request)
+    Held = Callable[[Q], float | None] | None
+
+
+@overload
+def operation(
+    reply: type[R], *, held: Held[Q] = None
+) -> Callable[[Callable[Concatenate[Any, P], Q]], Operation[P, R]]: ...
+@overload
+def operation(
+    reply: type[R], result: Callable[[R], T], *, held: Held[Q] = None
+) -> Callable[[Callable[Concatenate[Any, P], Q]], Operation[P, T]]: ...
+def operation(
+    reply: type[Any], result: Callable[[Any], Any] | None = None, *, held: Held[Any] = None
+) -> Callable[[Callable[..., Any]], Operation[Any, Any]]:
+    """Make the decorated function, which builds a request, an operation: a
+    method of both clients, with its signature and docstring, that sends the
+    request and returns the result it picks out of the ``reply``."""
+    return lambda build: Operation(build, reply, result, held)
+
+
+# Results picked out of replies.
+def _id(reply: protocol.Sent) -> int:
+    return reply.id
+
+
+def _ids(reply: protocol.Ids) -> list[int]:
+    return reply.ids
+
+
+def _agents(reply: protocol.AgentList) -> list[protocol.AgentInfo]:
+    return reply.agents
+
+
+def _text(reply: protocol.MetricsText) -> str:
+    return reply.text
+
+
+def _until_delivered(send: protocol.Send) -> float | None:
+    """With ``wait``, the daemon answers once the message is delivered, or at ``timeout``."""
+    return send.timeout if send.wait else 0.0
+
+
+class Operations:
+    """Every operation: each function here builds its request, and its
+    ``@operation`` says which reply that calls for and what the method returns."""
+
+    @operation(protocol.Sent, _id, held=_until_delivered)
+    def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> protocol.Send:
+        """Queue one message; returns its id once the daemon has committed it.
+
+        With ``wait=True`` returns only once it is delivered; a failure or a
+        ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
+        """
+        return protocol.Send(
+            to=to, body=body, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
+        )  # fmt: skip
+
+    @operation(protocol.Ids, _ids)
+    def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> protocol.Batch:
+        """Queue many messages in one request (one commit); returns their ids in order."""
+        return protocol.Batch(messages=to_new_messages(messages))
+
+    @operation(protocol.Ids, _ids)
+    def broadcast(
+        self,
+        body: str,
+        *,
+        group: str | None = None,
+        priority: protocol.Priority = "regular",
+        sender: str | None = None,
+        kind: str | None = None,
+        tags: Iterable[str] | None = None,
+        key: str | None = None,
+    ) -> protocol.Broadcast:
+        """Queue the message for every agent (or every agent in ``group``); returns the ids."""
+        return protocol.Broadcast(
+            body=body, group=group, priority=priority, sender=sender, kind=kind,
+            tags=list(tags) if tags else [], key=key,
+        )  # fmt: skip
+
+    @operation(protocol.StatusInfo)
+    def status(self) -> protocol.StatusRequest:
+        """The daemon and every agent's queue."""
+        return protocol.StatusRequest()
+
+    @operation(protocol.Page)
+    def history(
+        self,
+        *,
+        agent: str | None = None,
+        sender: str | None = None,
+        status: protocol.Status | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        contains: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> protocol.History:
+        """One page of messages, newest first; pass ``page.cursor`` back for older ones."""
+        return protocol.History(
+            agent=agent, sender=sender, status=status, since=since, until=until,
+            contains=contains, limit=limit, cursor=cursor,
+        )  # fmt: skip
+
+    @operation(protocol.Message)
+    def get(self, message_id: int) -> protocol.Get:
+        """One message, with its delivery attempts."""
+        return protocol.Get(message_id=message_id)
+
+    @operation(protocol.Sent, _id)
+    def retry(self, message_id: int) -> protocol.Retry:
+        """Queue a failed message again."""
+        return protocol.Retry(message_id=message_id)
+
+    @operation(protocol.Sent, _id)
+    def cancel(self, message_id: int) -> protocol.Cancel:
+        """Cancel a message that is still queued."""
+        return protocol.Cancel(message_id=message_id)
+
+    @operation(protocol.AgentList, _agents)
+    def agents(self) -> protocol.Agents:
+        """The configured agents, with their transport's health."""
+        return protocol.Agents()
+
+    @operation(protocol.Pong)
+    def ping(self) -> protocol.Ping:
+        """The daemon's version and protocol version."""
+        return protocol.Ping()
+
+    @operation(protocol.Reloaded)
+    def reload(self) -> protocol.Reload:
+        """Make the daemon re-read its config file (as SIGHUP does); says what changed."""
+        return protocol.Reload()
+
+    @operation(protocol.MetricsText, _text)
+    def metrics(self) -> protocol.Metrics:
+        """Every metric, in the Prometheus text format (what the HTTP endpoint serves, if configured)."""
+        return protocol.Metrics()
+
+    @operation(protocol.Onboarded)
+    def onboard(self, agent: str, message: str | None = None) -> protocol.Onboard:
+        """Run gui ``agent``'s onboarding sequence now, pasting ``message`` (default: its
+        ``gui.onboarding_message``); returns once it ran."""
+        return protocol.Onboard(agent=agent, message=message)
+
+    @operation(protocol.PointerAt)
+    def pointer(self) -> protocol.Pointer:
+        """Where the mouse is on the daemon's X display."""
+        return protocol.Pointer()
+
+
+class BlockingOperations(Operations):
+    """The base of ``Client``: each operation is a method that returns its result."""
+
+    timeout: float | None  # seconds to wait for a reply; None: no limit
+
+    def _call(self, request: protocol.Request, timeout: float | None) -> protocol.Reply:
+        """Send ``request`` and return its reply, waiting at most ``timeout``
+        seconds (``None``: no limit); an ``Error`` reply is raised as ``CoordError``."""
+        raise NotImplementedError
+
+
+class AsyncOperations(Operations):
+    """The base of ``AsyncClient``: each operation is a coroutine method."""
+
+    timeout: float | None
+
+    async def _call(self, request: protocol.Request, timeout: float | None) -> protocol.Reply:
+        """As ``BlockingOperations._call``, awaited."""
+        raise NotImplementedError
+
+
+def _blocking(op: Operation[Any, Any]) -> Callable[..., Any]:
+    build = op.build
+
+    def method(self: BlockingOperations, *args: Any, **kwargs: Any) -> Any:
+        request = build(self, *args, **kwargs)
+        return op.decode(self._call(request, op.reply_timeout(request, self.timeout)))
+
+    return method
+
+
+def _awaitable(op: Operation[Any, Any]) -> Callable[..., Any]:
+    build = op.build
+
+    async def method(self: AsyncOperations, *args: Any, **kwargs: Any) -> Any:
+        request = build(self, *args, **kwargs)
+        return op.decode(await self._call(request, op.reply_timeout(request, self.timeout)))
+
+    return method
+
+
+def _add_methods(cls: type[Operations], make: Callable[[Operation[Any, Any]], Callable[..., Any]]) -> None:
+    """Give ``cls`` a method for each operation, made by ``make``: a plain
+    function, which Python binds as fast as any method."""
+    for name, op in vars(Operations).items():
+        if isinstance(op, Operation):
+            method = make(op)
+            method.__name__ = name
+            method.__qualname__ = f"{cls.__qualname__}.{name}"
+            method.__doc__ = op.build.__doc__
+            method.__wrapped__ = op.shown  # type: ignore[attr-defined]  # for inspect.signature, and so help()
+            setattr(cls, name, method)
+
+
+_add_methods(BlockingOperations, _blocking)
+_add_methods(AsyncOperations, _awaitable)
