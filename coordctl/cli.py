@@ -76,8 +76,13 @@ class State:
 
 pass_state = click.make_pass_decorator(State)
 
+if TYPE_CHECKING:
+    FloatParamType = click.ParamType[float]
+else:  # generic only from click 8.4, and we run on 8.1
+    FloatParamType = click.ParamType
 
-class TimeSpec(click.ParamType):
+
+class TimeSpec(FloatParamType):
     name = "TIME"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:

@@ -44,10 +44,11 @@ def event_line(ev: protocol.Event) -> str:
         line += f"  attempt {ev.attempt}"
     elif ev.event == "delivered":
         line += f"  after {latency(ev.latency)}" + (f" (attempt {ev.attempt})" if ev.attempt > 1 else "")
-    elif ev.event == "retried" and ev.error is None:
-        line += "  queued again by a retry request"
     elif ev.event == "retried":
-        line += f"  attempt {ev.attempt} failed, next in {latency(ev.retry_in)}: {human.first_line(ev.error, 100)}"
+        if ev.error is None:
+            line += "  queued again by a retry request"
+        else:
+            line += f"  attempt {ev.attempt} failed, next in {latency(ev.retry_in)}: {human.first_line(ev.error, 100)}"
     elif ev.event == "failed":
         line += f"  gave up after attempt {ev.attempt}: {human.first_line(ev.error or '-', 100)}"
     return line
@@ -71,7 +72,7 @@ def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
     out = sys.stdout
     try:
         for item in items:
-            if type(item) is protocol.Missed:
+            if isinstance(item, protocol.Missed):
                 text = as_json(item) if json else f"... missed {item.count} events here: this watcher fell behind"
             elif skip is not None and skip(item):
                 continue
