@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
+from json.encoder import encode_basestring
 
 from coordd.config import InboxAgent
 from coordd.store import Record
@@ -25,20 +27,39 @@ from coordd.transports import DeliveryError, Transport
 
 
 def render(m: Record) -> str:
+    """The file: a header of `key: value` lines between `---` lines, then the body.
+
+    Every value is JSON (a string quoted and escaped), so no value can hold a line break or end the
+    header: what a sender, kind or tag says can never read as another field. (An agent id and a priority
+    are validated names, plain ASCII: quoted as they are.)
+    """
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.created))
     lines = [
         "---",
         f"id: {m.id}",
-        f"from: {m.sender or 'unknown'}",
-        f"to: {m.agent}",
-        f"priority: {m.priority}",
-        f"kind: {m.kind or 'message'}",
-        f"time: {created}",
+        f"from: {_quote(m.sender or 'unknown')}",
+        f'to: "{m.agent}"',
+        f'priority: "{m.priority}"',
+        f"kind: {_quote(m.kind or 'message')}",
+        f'time: "{created}"',
     ]
     if m.tags:
-        lines.append(f"tags: [{', '.join(m.tags)}]")
+        lines.append(f"tags: [{', '.join(map(_quote, m.tags))}]")
     lines += ["---", "", m.body, ""]
     return "\n".join(lines)
+
+
+_UNESCAPED_BREAKS = re.compile(r"[\x80-\x9f\u2028\u2029]")  # C1 (NEL is a line break) and the separators
+
+
+def _quote(value: str) -> str:
+    """value as a JSON string. encode_basestring is json.dumps's own C encoder for a str, without the
+    call's overhead (0.13 us against 1.9 us a value). JSON leaves U+2028, U+2029 and C1 controls as they
+    are, and some readers (Python's splitlines, YAML 1.1) break lines on them: those are escaped too."""
+    quoted = encode_basestring(value)
+    if not quoted.isascii():
+        quoted = _UNESCAPED_BREAKS.sub(lambda c: f"\\u{ord(c[0]):04x}", quoted)
+    return quoted
 
 
 _turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
