@@ -125,6 +125,7 @@ class InboxAgent(_Agent, tag="inbox"):
     inbox_dir: str = ""  # default: <workspace>/agent_workspaces/<id>/inbox
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
     chunk: int = 16  # files written per turn of the event loop
+    file_mode: str = "0600"  # octal; e.g. "0640" to let the group read a shared workspace
 
 
 class GuiAgent(_Agent, tag="gui"):
@@ -291,6 +292,8 @@ def _validate(cfg: Config, src: str) -> None:
                 raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}")
         if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
+        if isinstance(a, InboxAgent):
+            _validate_file_mode(src, f"agents[{i}]", a.file_mode)
         elif isinstance(a, TmuxAgent):
             _validate_tmux(src, f"agents[{i}]", a)
     if not cfg.agents:
@@ -321,6 +324,15 @@ def _validate_listen(src: str, m: Metrics) -> None:
         raise ConfigError(f"{src}: `metrics.listen` = {m.listen!r} is not a loopback address: metrics name your agents "
                           "and show their traffic, so they stay on this machine unless you set "
                           "`metrics.allow_remote = true` (or use 127.0.0.1)")  # fmt: skip
+
+
+def _validate_file_mode(src: str, where: str, mode: str) -> None:
+    """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
+    No execute or special bits, and never writable by others: they could rewrite the messages."""
+    if not re.fullmatch(r"0?[0-7]{3}", mode) or int(mode, 8) & ~0o664 or int(mode, 8) & 0o600 != 0o600:
+        raise ConfigError(f"{src}: `{where}.file_mode` = {mode!r} is not a mode for inbox files: use an octal string "
+                          "from \"0600\" (the default: the owner only) to \"0664\", e.g. \"0640\" to let the group "
+                          "read; owner read and write, no execute bits, never writable by others")  # fmt: skip
 
 
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
