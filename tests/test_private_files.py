@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from conftest import read_inbox_file
+from conftest import Daemon, read_inbox_file
 from coordd import config
 from coordd.store import Record
 from coordd.transports.inbox import render
@@ -50,6 +51,15 @@ def fingerprint(path: Path) -> tuple:
 
 def mode(path: Path | str) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def refused_start(d: Daemon) -> str:
+    """Start d, which must refuse: exit 1 with a one-line reason, never serving. Its log."""
+    d.start(expect_ready=False)
+    assert d.proc.wait(20) == 1, f"coordd started: {d.logtext()}"
+    log = d.logtext()
+    assert "Traceback" not in log and not os.path.exists(d.socket), log
+    return log
 
 
 # --- inbox files ------------------------------------------------------------------------------------------
@@ -115,6 +125,102 @@ def test_file_mode_refuses_what_is_no_mode_for_an_inbox_file(bad):
     with pytest.raises(config.ConfigError) as e:
         config.parse({"agents": [{"id": "A", "file_mode": bad}]}, "test.toml")
     assert f"`agents[0].file_mode` = {bad!r}" in str(e.value) and '"0640"' in str(e.value)
+
+
+# --- one daemon per database ------------------------------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(make_daemon, tmp_path):
+    first = make_daemon(agents=[{"id": "A"}])
+    with first.client() as c:
+        c.send("A", "before", wait=True, timeout=10)
+    (tmp_path / "second").mkdir()
+    second = make_daemon(agents=[{"id": "A"}], sub="second", start=False, store={"path": first.db})
+    log = refused_start(second)
+    assert f"another coordd (pid {first.proc.pid}) is using the database {first.db}" in log, log
+    lock = Path(first.db + ".lock")
+    assert lock.read_text() == f"{first.proc.pid}\n" and mode(lock) == 0o600
+    with first.client() as c:  # the first one is undisturbed
+        c.send("A", "after", wait=True, timeout=10)
+        assert c.status().rows == 2
+    record("hardening_second_daemon", hardening="second daemon, other socket, same database",
+           outcome="refused at start, names the holder's pid")  # fmt: skip
+
+
+def test_deleting_the_socket_directory_does_not_free_the_database(make_daemon, tmp_path):
+    first = make_daemon(agents=[{"id": "A"}])
+    shutil.rmtree(Path(first.socket).parent)  # the socket and its lock file go; the daemon runs on
+    (tmp_path / "second").mkdir()
+    second = make_daemon(agents=[{"id": "A"}], sub="second", start=False, daemon={"socket": first.socket},
+                         store={"path": first.db})  # fmt: skip
+    log = refused_start(second)
+    assert f"another coordd (pid {first.proc.pid}) is using the database {first.db}" in log, log
+    assert first.proc.poll() is None
+    record("hardening_socket_dir_deleted", hardening="socket dir deleted, second daemon on same socket+db",
+           outcome="refused at start, names the holder's pid")  # fmt: skip
+
+
+# --- private store files ----------------------------------------------------------------------------------
+
+
+def store_files(d: Daemon) -> list[str]:
+    return [d.db, d.db + "-wal", d.db + "-shm", d.db + ".lock"]  # the lock last: main had none
+
+
+def modes(paths: list[str]) -> dict[str, int | None]:
+    return {p: mode(p) if os.path.lexists(p) else None for p in paths}
+
+
+def test_store_files_are_0600_in_a_loose_directory(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], start=False)
+    state = Path(d.db).parent
+    state.mkdir()
+    state.chmod(0o755)
+    with umask(0):
+        d.start()
+    with d.client() as c:
+        c.batch([{"to": "A", "body": f"first run {i}"} for i in range(50)])
+    assert modes(store_files(d)) == dict.fromkeys(store_files(d), 0o600)
+    d.kill()  # the -wal and -shm stay, as a crash leaves them
+    for f in store_files(d):
+        os.chmod(f, 0o644)  # as a looser umask or another tool left them
+    with umask(0):
+        d.start()
+    assert modes(store_files(d)) == dict.fromkeys(store_files(d), 0o600)
+    with d.client() as c:
+        c.batch([{"to": "A", "body": f"second run {i}"} for i in range(50)])
+        c.send("A", "last", wait=True, timeout=10)
+    assert modes(store_files(d)) == dict.fromkeys(store_files(d), 0o600)
+    assert f"the store directory {state} is mode 0755" in d.logtext()
+    record("hardening_store_modes", hardening="store dir 0755, db/wal/shm 0644 from an earlier run",
+           outcome="all 0600 at start and after writes; warning")  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_link_in_place_of_a_store_file_is_refused(make_daemon, tmp_path, suffix):
+    d = make_daemon(agents=[{"id": "A"}], start=False)
+    Path(d.db).parent.mkdir()
+    victim = tmp_path / "victim"
+    victim.touch()  # empty: SQLite would take it for a new database
+    victim.chmod(0o644)
+    before = fingerprint(victim)
+    os.symlink(victim, d.db + suffix)
+    log = refused_start(d)
+    assert f"cannot use {d.db + suffix}: it is a symbolic link" in log, log
+    assert fingerprint(victim) == before
+
+
+@pytest.mark.parametrize("which", ["socket", "database"])
+def test_a_link_in_place_of_a_lock_file_is_refused(make_daemon, tmp_path, which):
+    d = make_daemon(agents=[{"id": "A"}], start=False)
+    lock = (d.socket if which == "socket" else d.db) + ".lock"
+    Path(lock).parent.mkdir(mode=0o700)
+    victim = plant_victim(tmp_path / "victim")
+    before = fingerprint(victim)
+    os.symlink(victim, lock)
+    log = refused_start(d)
+    assert f"cannot use the lock file {lock}: it is a symbolic link" in log, log
+    assert fingerprint(victim) == before
 
 
 # --- the inbox header -------------------------------------------------------------------------------------
