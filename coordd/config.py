@@ -126,6 +126,7 @@ class InboxAgent(_Agent, tag="inbox"):
     inbox_dir: str = ""  # default: <workspace>/agent_workspaces/<id>/inbox
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
     chunk: int = 16  # files written per turn of the event loop
+    file_mode: str = "0600"  # octal; e.g. "0640" to let the group read a shared workspace
 
 
 class GuiAgent(_Agent, tag="gui"):
@@ -296,6 +297,8 @@ def _validate(cfg: Config, src: str) -> None:
                 raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}")
         if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
+        if isinstance(a, InboxAgent):
+            _validate_file_mode(src, f"agents[{i}]", a.file_mode)
         elif isinstance(a, TmuxAgent):
             _validate_tmux(src, f"agents[{i}]", a)
         elif isinstance(a, GuiAgent):
@@ -366,6 +369,15 @@ def check_multiline(src: str, key: str, value: str) -> None:
 # unknown name would be typed as text, and a leading '-' read as an option, so neither is accepted.
 TMUX_KEY = re.compile(r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
                       r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])$")  # fmt: skip
+def _validate_file_mode(src: str, where: str, mode: str) -> None:
+    """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
+    No execute or special bits, and never writable by others: they could rewrite the messages."""
+    if not re.fullmatch(r"0?[0-7]{3}", mode) or int(mode, 8) & ~0o664 or int(mode, 8) & 0o600 != 0o600:
+        raise ConfigError(f"{src}: `{where}.file_mode` = {mode!r} is not a mode for inbox files: use an octal string "
+                          "from \"0600\" (the default: the owner only) to \"0664\", e.g. \"0640\" to let the group "
+                          "read; owner read and write, no execute bits, never writable by others")  # fmt: skip
+
+
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
 TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)$", re.ASCII)
 TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
