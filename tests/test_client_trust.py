@@ -84,7 +84,7 @@ class Squatter:
             pending: dict[socket.socket, bytes] = {}
             while True:
                 readable, _, _ = select.select([listener, self._stop_r, *pending], [], [])
-                if self._stop_r in readable:
+                if readable == [self._stop_r]:  # only once every connection made so far is accepted and read
                     break
                 if listener in readable:
                     conn, _ = listener.accept()
