@@ -10,7 +10,7 @@ import os
 import re
 
 from coordctl import coords
-from coordd.config import Config, ConfigError, GuiAgent, HotkeyStep, PasteStep, WaitStep
+from coordd.config import Config, ConfigError, GuiAgent, HotkeyStep, PasteStep, WaitStep, check_multiline
 
 HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
                  "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
@@ -65,8 +65,10 @@ def _check_agent(cfg: Config, src: str, where: str, a: GuiAgent) -> None:
                           "position; `coordctl coords capture` reads it), or an entry in `gui.coords_file`")  # fmt: skip
     if (a.onboarding_x is None) != (a.onboarding_y is None):
         raise ConfigError(f"{src}: `{where}` ({a.id}): set both `onboarding_x` and `onboarding_y`, or neither")
-    for key in ("paste_hotkey", "submit_key", "urgent_submit_key"):
+    for key in ("paste_hotkey", "submit_key", "urgent_submit_key", "newline_key"):
         _keys(src, f"{where}.{key}", getattr(a, key))
+    if a.multiline is not None:
+        check_multiline(src, f"{where}.multiline", a.multiline)
     for key in ("click_settle_ms", "paste_settle_ms", "submit_settle_ms"):
         _at_least(src, f"{where}.{key}", getattr(a, key), 0)
     if a.header is not None:

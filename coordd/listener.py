@@ -3,6 +3,7 @@
 A lock file beside the socket (flock, held for the daemon's life) decides who
 owns the socket, so two daemons starting at once cannot both bind. The loser
 exits with a clear message; the winner removes a socket file a dead daemon left.
+(One daemon per database is the store's own lock: see Store.open.)
 
 Under socket activation systemd owns the socket: `adopt` takes the inherited
 listening socket as it is (no chmod, no unlink, ever), and the lock file goes
@@ -11,10 +12,12 @@ beside the path that socket is bound to, so two daemons still cannot serve it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import stat
+
+from coordctl import trust
+from coordd import lockfile
 
 
 class ListenerError(Exception):
@@ -22,31 +25,41 @@ class ListenerError(Exception):
 
 
 def private_dir(path: str) -> None:
-    """Create (or tighten) the socket's directory: ours, mode 0700."""
+    """Create (or tighten) the socket's directory: ours, mode 0700.
+
+    One that others could write to is refused rather than tightened: they may already have put a socket or
+    a link to another file (as the lock file) in it. Clients check the same (coordctl.trust).
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if st.st_uid != os.getuid():
-        raise ListenerError(f"socket directory {path} belongs to uid {st.st_uid}, not to us: choose another daemon.socket")
-    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise ListenerError(
+            f"socket directory {path} belongs to {trust.user(st.st_uid)}, not to us ({trust.user(os.getuid())}): "
+            "another user may have made it to receive what clients send. Have it removed, or choose another "
+            "daemon.socket"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ListenerError(
+            f"socket directory {path} is writable by group or others (mode {mode:04o}): anyone could have put "
+            f"files in it. Check what is in it and `chmod 700 {path}`, or choose another daemon.socket"
+        )
+    if mode != 0o700:
         os.chmod(path, 0o700)
 
 
 def lock(socket_path: str) -> int:
     """Take the daemon lock for socket_path; return its fd (keep it open while serving)."""
     lock_path = socket_path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        return lockfile.hold(lock_path)
+    except lockfile.Held as e:
         raise ListenerError(
-            f"another coordd (pid {holder}) is already serving {socket_path}: stop it first, or give this one "
+            f"another coordd (pid {e.holder}) is already serving {socket_path}: stop it first, or give this one "
             "another daemon.socket"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    except OSError as e:
+        raise ListenerError(f"cannot use the lock file {lock_path}: {lockfile.reason(e)}") from None
 
 
 def bind(socket_path: str) -> socket.socket:
