@@ -39,6 +39,7 @@ ERROR_CODES = (
     "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
     "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
     "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
+    "internal",  # a bug in coordd failed this request (its log has the traceback); the daemon goes on serving
 )
 
 

@@ -20,8 +20,9 @@ from coordd import __version__
 from coordd import store as s
 from coordd.config import Config
 from coordd.delivery import Delivery, held_size
-from coordd.observer import NO_HOOKS, Hooks
-from coordd.store import Record, Store, StorageError, StorageFull
+from coordd.hooks import NO_HOOKS, Hooks
+from coordd.model import Record, Refused
+from coordd.store import Store, StorageError, StorageFull
 
 MAX_NAME = 64  # sender, kind, tag
 MAX_KEY = 256
@@ -34,25 +35,21 @@ BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # senders, kinds, tags: a line of a header, so no newline
 
 
-class Refused(Exception):
-    def __init__(self, code: str, message: str, message_id: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.message_id = message_id
-
-
 class Handlers:
-    def __init__(self, config: Config, store: Store, delivery: Delivery, socket_path: str) -> None:
-        self.config = config
+    def __init__(self, config: Config, store: Store, delivery: Delivery, socket_path: str,
+                 reload: Callable[[], Awaitable[p.Reloaded]], observer: Hooks = NO_HOOKS,
+                 metrics_text: Callable[[], str] = str, metrics_url: str | None = None,
+                 metrics_error: str | None = None) -> None:  # fmt: skip
         self.store = store
         self.delivery = delivery
         self.socket_path = socket_path
+        self.reload = reload  # the `reload` request: coordd.reload.Reloader.reload
+        self.observer = observer  # metrics and watch events
+        self.metrics_text = metrics_text  # the `metrics` request: the Prometheus exposition
+        self.metrics_url = metrics_url  # where the HTTP endpoint listens
+        self.metrics_error = metrics_error  # why it does not, though configured
         self.started = time.monotonic()
-        self.observer: Hooks = NO_HOOKS  # metrics and watch events; the daemon installs its Observer
         self.configure(config)
-        self.reloader: Callable[[], Awaitable[p.Reloaded]] | None = None  # set by the daemon
-        self.config_error: str | None = None  # why the last reload failed
         self.accepting = True
         self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
         self._unstored_bytes = 0  # ...and what their bodies hold (see queue.max_bytes)
@@ -61,12 +58,21 @@ class Handlers:
     def configure(self, config: Config) -> None:
         """Serve `config` from now on (at start, and at each reload)."""
         self.config = config
+        self.config_error: str | None = None  # why the last reload failed
         self.agents = {a.id: a for a in config.agents}
         self.groups: dict[str, list[str]] = {}
         for a in config.agents:
             for g in a.groups:
                 self.groups.setdefault(g, []).append(a.id)
         self.observer.configure(config)
+
+    def reload_failed(self, error: str) -> None:
+        """A reload was refused: the config in use stays, and `status` shows why."""
+        self.config_error = error
+
+    def stop_accepting(self) -> None:
+        """Shutting down: only reads are answered from now on."""
+        self.accepting = False
 
     def knows(self, agent: str) -> bool:
         """A configured agent, or one whose queued messages wait for it to be configured again."""
@@ -99,15 +105,15 @@ class Handlers:
             case p.Agents():
                 return p.AgentList(agents=[self._agent_info(a) for a in self.config.agents])
             case p.Metrics():
-                return p.MetricsText(text=self.observer.exposition())
+                return p.MetricsText(text=self.metrics_text())
             case p.Ping():
                 return p.Pong(version=__version__, protocol=p.PROTOCOL_VERSION)
-            case p.Reload() if self.reloader is not None:
-                return await self.reloader()
+            case p.Reload():
+                return await self.reload()
             case p.Onboard() | p.Pointer():
-                from coordd.gui_requests import handle_gui  # loaded on first use: no GUI code otherwise
+                from coordd.gui.requests import handle_gui  # loaded on first use: no GUI code otherwise
 
-                return await handle_gui(self, req)
+                return await handle_gui(req, self.delivery)
         raise Refused("bad_request", f"unhandled request {type(req).__name__}")  # pragma: no cover
 
     # --- send, batch, broadcast --------------------------------------------------
@@ -330,7 +336,7 @@ class Handlers:
         r = self.config.retention
         orphaned = self.delivery.orphaned()
         return p.StatusInfo(
-            metrics_url=self.observer.metrics_url, metrics_error=self.observer.metrics_error,
+            metrics_url=self.metrics_url, metrics_error=self.metrics_error,
             watchers=self.observer.watchers(),
             version=__version__, pid=os.getpid(), uptime=time.monotonic() - self.started, socket=self.socket_path,
             db_path=self.store.path, db_bytes=self.store.size_bytes(), rows=self.store.rows,

@@ -16,11 +16,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from coordd.config import Retention
 from coordd.store import Store
 
 log = logging.getLogger("coordd.retention")
+
+
+class Pruner:
+    """The retention passes, as one task in the daemon's task group; a reload that changes [retention] restarts it."""
+
+    def __init__(self, store: Store, config: Retention, spawn: Callable[..., asyncio.Task]) -> None:
+        self.store = store
+        self.config = config
+        self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = self.spawn(run(self.store, self.config), "retention")
+
+    def configure(self, config: Retention) -> None:
+        if config != self.config:
+            self.config = config
+            self.stop()
+            self.start()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 async def run(store: Store, config: Retention) -> None:
@@ -36,7 +60,6 @@ async def run(store: Store, config: Retention) -> None:
             if not n:
                 break
             pruned += n
-            store.pruned += n
             await asyncio.sleep(0)  # noqa: sleep-ok: a yield to other work between chunks, not a wait
         if pruned:
             log.info("pruned %d finished messages (%d rows left)", pruned, store.rows)

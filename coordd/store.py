@@ -27,7 +27,7 @@ import aiosqlite
 import msgspec
 
 from coordctl import protocol as p
-from coordd.metrics import BATCH_BUCKETS, Histogram
+from coordd.model import Histogram, Record
 
 log = logging.getLogger("coordd.store")
 
@@ -47,6 +47,8 @@ DEFERRED_RETRY_S = 0.5
 # SQLite's primary result codes for a full disk and an I/O error (extended codes carry them in the low byte).
 SQLITE_FULL, SQLITE_IOERR = 13, 10
 FAILURE_LOG_S = 10.0
+# Writes per group commit: 1 while sends come one at a time, more as they crowd in.
+COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
@@ -121,31 +123,6 @@ def _transient(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_FULL, SQLITE_IOERR)
 
 
-class Record(msgspec.Struct, gc=False):
-    """A message as the daemon holds it while it is queued or being delivered.
-
-    gc=False: its fields are scalars and a list of str, so it can be in no reference cycle, and the
-    collector need not track the thousands that wait in the queues.
-    """
-
-    id: int
-    agent: str
-    body: str
-    priority: str
-    created: float
-    sender: str | None = None
-    kind: str | None = None
-    tags: list[str] | None = None
-    key: str | None = None
-    attempts: int = 0  # total attempts, as stored
-    tries: int = 0  # attempts since it was last (re)queued; the retry budget counts these
-    error: str | None = None
-
-    def row(self) -> tuple:
-        tags = msgspec.json.encode(self.tags).decode() if self.tags else None
-        return (self.id, self.agent, self.sender, self.priority, self.kind, tags, self.key, self.body, self.created)
-
-
 _tags_decoder = msgspec.json.Decoder(list[str])
 
 
@@ -166,17 +143,17 @@ def record_from_row(r: tuple) -> Record:
 
 
 class Store:
-    def __init__(self, path: str, synchronous: str = "normal") -> None:
+    def __init__(self, path: str, synchronous: str = "normal", max_rows: int = 0) -> None:
         self.path = path
         self.synchronous = synchronous
         self.db: sqlite3.Connection | None = None
         self.reader: aiosqlite.Connection | None = None
         self.rows = 0  # messages stored; kept in step with every insert and delete
-        self.max_rows = 0  # retention.max_messages: an insert past it sets `overflow`
+        self.max_rows = max_rows  # retention.max_messages: an insert past it sets `overflow`
         self.overflow = asyncio.Event()
         self.pruned = 0
         self.commits = 0
-        self.commit_sizes = Histogram(BATCH_BUCKETS)  # writes per commit
+        self.commit_sizes = Histogram(COMMIT_BUCKETS)  # writes per commit
         self._next_id = 1
         self._pending: list[tuple[Write, asyncio.Future]] = []  # acknowledgements wait for these
         self._deferred: list[tuple[Write, asyncio.Future]] = []  # nobody waits for these in a hurry
@@ -191,6 +168,10 @@ class Store:
         self._retrying = False  # deferred writes are waiting for the disk
         self._failure_logged = -FAILURE_LOG_S
         self._failures_unlogged = 0
+
+    def configure(self, max_rows: int) -> None:
+        """retention.max_messages, at a reload."""
+        self.max_rows = max_rows
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -577,6 +558,7 @@ class Store:
             log.warning("pruning failed: %s", e)
             return 0
         self.rows -= len(ids)
+        self.pruned += len(ids)
         return len(ids)
 
     def reclaim_if_sparse(self, pages: int = 1024) -> None:

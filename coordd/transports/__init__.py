@@ -13,25 +13,15 @@ delivers them in that order. It returns when all are delivered, or raises:
 long queue never starves the event loop). `exclusive` names a resource shared by
 all transports of one kind (the GUI: one mouse, one clipboard): deliveries that
 name the same resource never run at the same time.
+
+Which transport an agent gets: coordd.transports.factory.
 """
 
 from __future__ import annotations
 
-from coordd.store import Record
+from coordd.model import DeliveryError, Record, TransportDown
 
-
-class DeliveryError(Exception):
-    def __init__(self, reason: str, delivered: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
-
-
-class TransportDown(Exception):
-    def __init__(self, reason: str, delivered: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
+__all__ = ["DeliveryError", "Record", "Transport", "TransportDown"]
 
 
 class Transport:
@@ -55,28 +45,3 @@ class Transport:
 
     async def deliver(self, messages: list[Record]) -> None:
         raise NotImplementedError
-
-
-def make_transport(agent, config) -> Transport:
-    """The transport for one configured agent, chosen by its `transport` key (config: the whole Config,
-    for the sections transports of one kind share, such as [gui])."""
-    from coordd import config as c
-
-    # Imported on demand: pyautogui needs a DISPLAY, so it loads only when a gui agent exists.
-    if isinstance(agent, c.InboxAgent):
-        from coordd.transports.inbox import InboxTransport
-
-        return InboxTransport(agent)
-    if isinstance(agent, c.GuiAgent):
-        from coordd.transports.gui import GuiTransport
-
-        return GuiTransport(agent, config.gui)
-    if isinstance(agent, c.TmuxAgent):
-        from coordd.transports.tmux import TmuxTransport
-
-        return TmuxTransport(agent)
-    if isinstance(agent, c.DiscardAgent):
-        from coordd.transports.discard import DiscardTransport
-
-        return DiscardTransport(agent)
-    raise ValueError(f"no transport for {agent!r}")

@@ -20,8 +20,7 @@ import os
 import time
 
 from coordd.config import InboxAgent
-from coordd.store import Record
-from coordd.transports import DeliveryError, Transport
+from coordd.transports import DeliveryError, Record, Transport
 
 
 def render(m: Record) -> str:

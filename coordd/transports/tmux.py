@@ -59,8 +59,7 @@ import shutil
 import tempfile
 
 from coordd.config import TmuxAgent
-from coordd.store import Record
-from coordd.transports import DeliveryError, Transport, TransportDown
+from coordd.transports import DeliveryError, Record, Transport, TransportDown
 from coordd.transports.tmux_control import Connection, TmuxError, acquire, release, server_args
 
 log = logging.getLogger("coordd.tmux")
