@@ -87,6 +87,7 @@ class InboxAgent(_Agent, tag="inbox"):
     inbox_dir: str = ""  # default: <workspace>/agent_workspaces/<id>/inbox
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
     chunk: int = 16  # files written per turn of the event loop
+    file_mode: str = "0600"  # octal; e.g. "0640" to let the group read a shared workspace
 
 
 class TmuxAgent(_Agent, tag="tmux"):
@@ -104,6 +105,8 @@ class TmuxAgent(_Agent, tag="tmux"):
     idle_max_wait_ms: int = 30_000
     idle_timeout: Literal["deliver", "fail"] = "deliver"  # what happens when the pane is not idle in time
     deliver_to_shell: bool = False  # paste even when the pane's foreground program is a shell (see tmux.py)
+    multiline: str = "join"  # how a text of several lines goes in as one input: "join" | "paste" | "keys"
+    newline_key: str = "C-j"  # multiline = "keys": the tmux key that starts a new line without submitting
 
 
 class DiscardAgent(_Agent, tag="discard"):
@@ -225,10 +228,14 @@ def _validate(cfg: Config, src: str) -> None:
                 raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}")
         if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
+        if isinstance(a, InboxAgent):
+            _validate_file_mode(src, f"agents[{i}]", a.file_mode)
         elif isinstance(a, TmuxAgent):
             _validate_tmux(src, f"agents[{i}]", a)
         elif isinstance(a, GuiAgent):
             _require_gui_extra(src, f"agents[{i}]")
+            if a.multiline is not None:
+                check_multiline(src, f"agents[{i}].multiline", a.multiline)
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
 
@@ -277,6 +284,33 @@ def _validate_listen(src: str, m: Metrics) -> None:
                           "`metrics.allow_remote = true` (or use 127.0.0.1)")  # fmt: skip
 
 
+MULTILINE = {
+    "join": "one line, each newline shown as \" \u23ce \"",
+    "paste": "the text as it is, one paste",
+    "keys": "each line, then newline_key between them",
+}
+
+
+def check_multiline(src: str, key: str, value: str) -> None:
+    """The `multiline` of a tmux or gui agent: a clear error that lists the choices."""
+    if value not in MULTILINE:
+        choices = "; ".join(f'"{name}" ({what})' for name, what in MULTILINE.items())
+        raise ConfigError(f"{src}: `{key}` = {value!r}: use {choices}")
+
+
+# tmux key names send-keys knows (`C-`, `M-`, `S-` for ctrl, meta, shift), or one printable character. An
+# unknown name would be typed as text, and a leading '-' read as an option, so neither is accepted.
+TMUX_KEY = re.compile(r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
+                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])$")  # fmt: skip
+def _validate_file_mode(src: str, where: str, mode: str) -> None:
+    """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
+    No execute or special bits, and never writable by others: they could rewrite the messages."""
+    if not re.fullmatch(r"0?[0-7]{3}", mode) or int(mode, 8) & ~0o664 or int(mode, 8) & 0o600 != 0o600:
+        raise ConfigError(f"{src}: `{where}.file_mode` = {mode!r} is not a mode for inbox files: use an octal string "
+                          "from \"0600\" (the default: the owner only) to \"0664\", e.g. \"0640\" to let the group "
+                          "read; owner read and write, no execute bits, never writable by others")  # fmt: skip
+
+
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
 TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)$", re.ASCII)
 TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
@@ -307,3 +341,7 @@ def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
             raise ConfigError(f"{src}: `{where}.{key}` must be 0 or more")
     for key in ("submit_timeout_ms", "idle_max_wait_ms"):
         _positive(src, f"{where}.{key}", getattr(a, key))
+    check_multiline(src, f"{where}.multiline", a.multiline)
+    if not TMUX_KEY.match(a.newline_key) or a.newline_key.startswith("-"):
+        raise ConfigError(f"{src}: `{where}.newline_key` = {a.newline_key!r} is not a tmux key name: use e.g. "
+                          '"C-j", "M-Enter" or "S-Enter" (see KEY BINDINGS in tmux(1))')  # fmt: skip

@@ -10,6 +10,7 @@ watchdog, socket activation, graceful stop and reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,6 +39,9 @@ async def serve(config: Config, config_path: str | None = None) -> None:
 
     Each object gets what it needs when it is built; later changes (a reload) go through its own methods.
     """
+    # Every file coordd creates is its user's alone (the database's temp files, the lock files), whatever
+    # umask it was started with; an inbox agent's file_mode widens its own files on purpose.
+    os.umask(0o077)
     loop = asyncio.get_running_loop()
     notifier = systemd.Notifier()
     watchdog_period = systemd.watchdog_period()
@@ -114,7 +118,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             await t.close()
         await store.close()  # the final commit
         if sock is not None and inherited is None:  # an inherited socket is systemd's: never unlinked
-            os.unlink(socket_path)
+            with contextlib.suppress(FileNotFoundError):  # its directory may have been deleted under us
+                os.unlink(socket_path)
         os.close(lock_fd)
         log.info("stopped")
 

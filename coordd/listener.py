@@ -3,6 +3,7 @@
 A lock file beside the socket (flock, held for the daemon's life) decides who
 owns the socket, so two daemons starting at once cannot both bind. The loser
 exits with a clear message; the winner removes a socket file a dead daemon left.
+(One daemon per database is the store's own lock: see Store.open.)
 
 Under socket activation systemd owns the socket: `adopt` takes the inherited
 listening socket as it is (no chmod, no unlink, ever), and the lock file goes
@@ -11,10 +12,11 @@ beside the path that socket is bound to, so two daemons still cannot serve it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import stat
+
+from coordd import lockfile
 
 
 class ListenerError(Exception):
@@ -34,19 +36,15 @@ def private_dir(path: str) -> None:
 def lock(socket_path: str) -> int:
     """Take the daemon lock for socket_path; return its fd (keep it open while serving)."""
     lock_path = socket_path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        return lockfile.hold(lock_path)
+    except lockfile.Held as e:
         raise ListenerError(
-            f"another coordd (pid {holder}) is already serving {socket_path}: stop it first, or give this one "
+            f"another coordd (pid {e.holder}) is already serving {socket_path}: stop it first, or give this one "
             "another daemon.socket"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    except OSError as e:
+        raise ListenerError(f"cannot use the lock file {lock_path}: {lockfile.reason(e)}") from None
 
 
 def bind(socket_path: str) -> socket.socket:

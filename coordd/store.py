@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import time
 from typing import Any
 
@@ -27,6 +29,7 @@ import aiosqlite
 import msgspec
 
 from coordctl import protocol as p
+from coordd import lockfile
 from coordd.model import Histogram, Record
 
 log = logging.getLogger("coordd.store")
@@ -123,6 +126,53 @@ def _transient(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_FULL, SQLITE_IOERR)
 
 
+def _make_private(path: str, create: bool = False) -> int | None:
+    """Make a store file 0600 and return its size (None: there is none, and create is false).
+
+    Before SQLite opens the database: it gives a WAL and SHM it creates the database's mode, so that
+    must be 0600 first; and an earlier run or another tool may have left any of them looser. Its mode
+    only, never its content, even for a file then refused as not a coordd database. Through an fd opened
+    without following a link: a link is refused, since SQLite would follow one and put the database and
+    its WAL wherever it points."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0),
+                     0o600)  # fmt: skip
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise _not_a_file(path) from None
+    except OSError as e:
+        hint = ": set store.path to the file itself" if create and e.errno == errno.ELOOP else ""
+        raise StorageError(f"cannot use {path}: {lockfile.reason(e)}{hint}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(path)
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+            log.info("%s was mode %04o: made it 0600", path, stat.S_IMODE(st.st_mode))
+        return st.st_size
+    except OSError as e:
+        raise StorageError(f"cannot use {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _not_a_file(path: str) -> StorageError:
+    return StorageError(f"{path} exists but is not a regular file: point store.path at a file (coordd keeps it, "
+                        "and its -wal, -shm and .lock beside it)")  # fmt: skip
+
+
+def _warn_if_open_to_others(directory: str) -> None:
+    """The store's files are 0600 whatever their directory's mode, but a directory others can list shows
+    that they exist, and one they can write lets them plant files, or delete ours."""
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & 0o006:
+        can = "write to it" if mode & 0o002 else "list it"
+        log.warning("the store directory %s is mode %04o: other users can %s (coordd's files in it are 0600 "
+                    "all the same); chmod 700 it", directory, mode, can)  # fmt: skip
+
+
 _tags_decoder = msgspec.json.Decoder(list[str])
 
 
@@ -168,6 +218,7 @@ class Store:
         self._retrying = False  # deferred writes are waiting for the disk
         self._failure_logged = -FAILURE_LOG_S
         self._failures_unlogged = 0
+        self._lock_fd: int | None = None  # `<db>.lock`, held from open to close
 
     def configure(self, max_rows: int) -> None:
         """retention.max_messages, at a reload."""
@@ -181,18 +232,20 @@ class Store:
         An existing file must pass SQLite's quick_check: a corrupt database stops the start
         with an error rather than serving (and later failing) half a history.
         """
+        directory = os.path.dirname(self.path) or "."
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            if os.path.lexists(self.path) and not os.path.isfile(self.path):
-                raise StorageError(f"store.path {self.path} exists but is not a regular file: "
-                                   "point store.path at a file")  # fmt: skip
-            existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _warn_if_open_to_others(directory)
         except OSError as e:
             raise StorageError(f"cannot use store.path {self.path}: {e.strerror}") from None
+        self._lock()
+        existed = bool(_make_private(self.path, create=True))  # an empty file is a new database to SQLite
+        _make_private(self.path + "-wal")
+        _make_private(self.path + "-shm")
         db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if existed:  # read-only checks first: a file that is not ours must not be touched
+            if existed:  # read-only checks first: a file that is not ours must keep its content
                 self._check_integrity(db)
                 self._schema_version(db)
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
@@ -214,13 +267,24 @@ class Store:
         except StorageError:
             db.close()
             raise
-        os.chmod(self.path, 0o600)
         self.db = db
         self.reader = await aiosqlite.connect(self.path)
         await self.reader.execute("PRAGMA query_only = 1")
         # Its own connection (and thread): a reader's half-read cursor would make it fail as "locked".
         self._checkpoint_db = await aiosqlite.connect(self.path)
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
+
+    def _lock(self) -> None:
+        """One daemon per database, whatever socket it serves: an flock on `<db>.lock`, held until close.
+        A second daemon on this database would deliver every queued message a second time."""
+        lock_path = self.path + ".lock"
+        try:
+            self._lock_fd = lockfile.hold(lock_path)
+        except lockfile.Held as e:
+            raise StorageError(f"another coordd (pid {e.holder}) is using the database {self.path}: stop it first, "
+                               "or give this one another store.path") from None  # fmt: skip
+        except OSError as e:
+            raise StorageError(f"cannot use the lock file {lock_path}: {lockfile.reason(e)}") from None
 
     def _check_integrity(self, db: sqlite3.Connection) -> None:
         problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
@@ -313,6 +377,9 @@ class Store:
                 log.warning("final WAL checkpoint failed: %s", e)
             self.db.close()
             self.db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # last: until the final commit, no other daemon may open the database
+            self._lock_fd = None
 
     # --- the write path ---------------------------------------------------------
 

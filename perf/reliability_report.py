@@ -102,6 +102,8 @@ def table(f: dict[str, dict]) -> list[tuple[str, str, str]]:
         ("peak RSS in the tests", f"{max(peaks.values(), default=0):.1f} MB",
          ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items()))),
     ]  # fmt: skip
+    # Each hardening test (issue 10) records the attack or defect it replays and what happens now.
+    rows += [(v["hardening"], "held", v["outcome"]) for _, v in sorted(f.items()) if "hardening" in v]
     if soak:
         rows += [
             ("soak: messages", f"{soak['messages']:,}", f"{soak['transport']} agents, retention {soak['retention_max_messages']:,}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -186,10 +187,19 @@ def daemon(make_daemon) -> Daemon:
     return make_daemon()
 
 
+def read_inbox_file(path: Path) -> tuple[dict, str]:
+    """An inbox file's header fields and its body. The header is `key: value` lines between `---` lines, each
+    value JSON (README, Transports); a value can hold no line break, so the first `---` line ends it."""
+    head, body = path.read_text().split("\n---\n\n", 1)
+    assert head.startswith("---\n"), f"{path}: no header"
+    fields: dict = {}
+    for line in head[4:].split("\n"):
+        key, sep, value = line.partition(": ")
+        assert sep and key not in fields, f"{path}: header line {line!r} is not a new `key: value`"
+        fields[key] = json.loads(value)
+    return fields, body[:-1]
+
+
 def inbox_bodies(path: Path) -> list[str]:
     """The bodies in an inbox directory, in file-name (delivery id) order."""
-    out = []
-    for f in sorted(path.glob("*.md")):
-        text = f.read_text()
-        out.append(text.split("---\n\n", 1)[1][:-1])
-    return out
+    return [read_inbox_file(f)[1] for f in sorted(path.glob("*.md"))]

@@ -10,7 +10,7 @@ import pytest
 
 from coordctl import PROTOCOL_VERSION, Client, CoordError
 import figures
-from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, wait_until
+from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 
@@ -53,8 +53,8 @@ def test_every_method(daemon: Daemon):
         assert [m.id for m in page.messages] == [everyone[0], first]  # newest first
         assert c.history(contains="second line").messages[0].id == first
         assert c.history(sender="Agent-4", limit=2).cursor is not None
-    body = (daemon.inbox("Agent-1") / f"{first:012d}.md").read_text()
-    assert "from: Agent-2" in body and "to: Agent-1" in body and body.endswith("hello\nsecond line\n")
+    fields, body = read_inbox_file(daemon.inbox("Agent-1") / f"{first:012d}.md")
+    assert (fields["from"], fields["to"], body) == ("Agent-2", "Agent-1", "hello\nsecond line")
 
 
 def test_history_pages_with_cursor(daemon: Daemon):

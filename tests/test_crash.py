@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_until
+from conftest import Daemon, read_inbox_file, wait_until
 from coordctl import Client, DaemonUnavailable, protocol
 from figures import memory_kib, record
 
@@ -113,9 +113,8 @@ class Run:
 
 
 def parse_inbox_file(path: Path) -> dict:
-    head, body = path.read_text().split("\n---\n\n", 1)
-    fields = dict(line.split(": ", 1) for line in head.splitlines()[1:])
-    return {"id": int(fields["id"]), "from": fields["from"], "to": fields["to"], "body": body[:-1]}
+    fields, body = read_inbox_file(path)
+    return {"id": fields["id"], "from": fields["from"], "to": fields["to"], "body": body}
 
 
 def all_history(c: Client) -> list:

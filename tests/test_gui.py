@@ -18,14 +18,16 @@ import pytest
 from conftest import Daemon, concurrently, wait_until
 from coordctl import Client, CoordError, coords, protocol
 from coordd import config
-from coordd.gui.transport import coalesce, render
+from coordd.gui.transport import GuiTransport, coalesce, render
 from coordd.model import Record
+from tmux_fixtures import READER, records
 from x11 import XServer, xserver  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
 HEADER = "<<{id}|{sender}|{to}|{priority}>>"  # easy to parse back out of the files
 HEADER_LINE = re.compile(r"^<<(\d+)\|([^|]+)\|([^|]+)\|(\w+)>>$")
+JOINED = " \u23ce "  # " ⏎ ": what multiline "join" shows in place of each newline
 FAST = {"backoff_initial_ms": 50, "backoff_max_ms": 200, "unhealthy_recheck_ms": 100}
 # Window origins on the 1280x1024 screen; an 80x20 xterm is 484x264 px. The daemon clicks each one's middle.
 ORIGINS = [(20, 20), (660, 20), (20, 520), (660, 520)]
@@ -49,16 +51,15 @@ def start_xterms(x: XServer, tmp: Path, n: int = 4, suffix: str = "") -> list[Pa
 
 
 def parse(path: Path) -> list[tuple[int, str, str, str, str]]:
-    """(id, sender, to, priority, body) of each message cat wrote, in file order."""
-    out: list = []
+    """(id, sender, to, priority, body) of each message cat wrote, in file order. With multiline "join" (the
+    default) each message is one input: one line, its header and body lines joined by " ⏎ "."""
+    out = []
     for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # each message ends with Enter's newline
-        m = HEADER_LINE.match(line)
-        if m:
-            out.append([int(m[1]), m[2], m[3], m[4], []])
-        else:
-            assert out, f"{path.name} starts with a line that is not a header: {line!r}"
-            out[-1][4].append(line)
-    return [(i, s, t, p, "\n".join(body)) for i, s, t, p, body in out]
+        head, *body = line.split(JOINED)
+        m = HEADER_LINE.match(head)
+        assert m, f"{path.name} has a line that is not one whole message: {line!r}"
+        out.append((int(m[1]), m[2], m[3], m[4], "\n".join(body)))
+    return out
 
 
 def body_for(sender: str, n: int) -> str:
@@ -323,7 +324,7 @@ def test_urgent_coalesced_and_clipboard_restored(make_daemon, xserver, tmp_path)
     queued = [msg(i, f"queued {n}\nsecond line") for n, i in enumerate(ids)]
     pastes = [msg(first, "warm-up"), msg(urgent, "urgent one", "urgent"),  # urgent first, then at most 4 a paste
               "\n\n".join(queued[:4]), "\n\n".join(queued[4:])]  # fmt: skip
-    expected = "".join(p + "\n" for p in pastes)  # one Enter after each paste
+    expected = "".join(p.replace("\n", JOINED) + "\n" for p in pastes)  # each paste one line, then Enter
     wait_until(lambda: out.read_text() == expected, 5, f"the window to show {expected!r}; it has {out.read_text()!r}")
     assert clipboard() == b"the user's own clipboard"
     assert d.stop() == 0  # a clean stop hands the clipboard's text over to xclip: it outlives coordd
@@ -385,11 +386,65 @@ def test_cli_import_coords_prints_the_active_agents():
 def test_a_body_larger_than_one_x_request_is_pasted_whole(make_daemon, xserver, tmp_path):
     """Over 64 KiB the clipboard goes out in INCR chunks; the window still gets every line."""
     [out] = start_xterms(xserver, tmp_path, 1)
-    d = make_daemon(agents=[gui_agent(1, header=HEADER)], delivery=FAST)  # the agent's own header template
+    # The agent's own header template; "paste": cat reads lines of at most 4095 bytes, one line would not do.
+    d = make_daemon(agents=[gui_agent(1, header=HEADER, multiline="paste")], delivery=FAST)
     body = "\n".join(f"line {n:05d} " + "é✓x" * 20 for n in range(1500))  # ~120 KB of UTF-8
     assert len(body.encode()) > 100_000
     with d.client() as c:
         message_id = c.send("Agent-1", body, sender="big", wait=True, timeout=30)
-    expected = [(message_id, "big", "Agent-1", "regular", body)]
     wait_until(lambda: out.read_text().count("\n") >= 1501, 20, "the large message in the window")
-    assert parse(out) == expected
+    assert out.read_text() == f"<<{message_id}|big|Agent-1|regular>>\n{body}\n"
+
+
+# --- a message is one submit: multiline = "join" | "paste" | "keys" -------------------------------------
+
+
+def test_the_unset_multiline_follows_the_submit_key():
+    """Where Enter submits, a pasted newline (an Enter to a terminal) may too: "join"; else "paste"."""
+    def multiline(**keys) -> str:
+        return GuiTransport(config.GuiAgent(id="A", x=1, y=1, **keys), config.Gui()).multiline
+
+    assert multiline() == "join" and multiline(submit_key="ctrl+enter") == "paste"
+    assert multiline(submit_key="ctrl+enter", multiline="keys") == "keys" and multiline(multiline="paste") == "paste"
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [({"multiline": "lines"}, '`agents[0].multiline` = \'lines\': use "join"'),
+     ({"newline_key": "Shift+Enter"}, "agents[0].newline_key")],
+)  # fmt: skip
+def test_multiline_config_errors_name_the_key(keys, error):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse({"agents": [{"id": "A", "transport": "gui", "x": 1, "y": 1, **keys}]}, "c.toml")
+    assert error in str(e.value)
+
+
+def test_a_multi_line_message_is_one_line_in_a_terminal_without_bracketed_paste(make_daemon, xserver, tmp_path):
+    """xterm pastes each newline to cat as Enter: `hi\\n/exit` used to be two inputs, the second a command. By
+    default (submit key Enter: multiline "join") it is one line, its newlines (LF, CR LF) shown as " ⏎ "."""
+    [out] = start_xterms(xserver, tmp_path, 1)
+    d = make_daemon(agents=[gui_agent(1)], gui={"header": HEADER}, delivery=FAST)
+    with d.client() as c:
+        first = c.send("Agent-1", "hi\n/exit", wait=True, timeout=10)
+        second = c.send("Agent-1", "next\r\nline", wait=True, timeout=10)
+    got = wait_until(lambda: out.read_text().count("\n") >= 2 and out.read_text(), 5, "two inputs")
+    assert got == (f"<<{first}|unknown|Agent-1|regular>>{JOINED}hi{JOINED}/exit\n"
+                   f"<<{second}|unknown|Agent-1|regular>>{JOINED}next{JOINED}line\n")
+
+
+def test_keys_and_bracketed_paste_give_one_input_with_its_newlines(make_daemon, xserver, tmp_path):
+    """Two programs that take a message with its newlines as one input: one without bracketed paste whose
+    newline key is ctrl+j ("keys": a line, ctrl+j, a line), and one that asked xterm for bracketed paste
+    ("paste"). Each submission is one record of tmux_reader.py's file."""
+    files = [tmp_path / "keys.jsonl", tmp_path / "paste.jsonl"]
+    for n, (out, flags) in enumerate(zip(files, (["--no-bracketed-paste"], []))):
+        xserver.xterm(f"agent-{n + 1}", *ORIGINS[n], out, [sys.executable, READER, str(out), *flags])
+    d = make_daemon(agents=[gui_agent(1, header="", multiline="keys", newline_key="ctrl+j"),
+                            gui_agent(2, header="", multiline="paste")], delivery=FAST)  # fmt: skip
+    with d.client() as c:
+        for agent in ("Agent-1", "Agent-2"):
+            c.send(agent, "hi\n\n/exit", wait=True, timeout=10)
+            c.send(agent, "next", wait=True, timeout=10)
+    for out in files:
+        got = wait_until(lambda: at_least(records(out), 2), 5, f"two inputs in {out.name}")
+        assert [r["text"] for r in got] == ["hi\n\n/exit", "next"], out.name

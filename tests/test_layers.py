@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The layers, bottom up, by module (a package name covers the modules under it). A module may import
 # the modules of its own layer and of the layers ALLOWED lists for it; coordctl may always be imported.
 LAYERS = {
-    "model": ["coordd", "coordd.model"],
+    "model": ["coordd", "coordd.model", "coordd.lockfile"],  # and leaf utilities: nothing of coordd below them
     "config": ["coordd.config", "coordd.gui", "coordd.gui.config"],
     "store": ["coordd.store", "coordd.retention"],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],

@@ -2,11 +2,13 @@
 
 How messages are told apart: each pane runs tmux_reader.py, a raw-mode input
 line with bracketed paste (like the agent CLIs it stands in for), which appends
-one JSON line per Enter to its file. So a multi-line message is one record, and
-the test checks per file: exactly that agent's messages, each sender's in order,
-none missing, none twice. test_cat_receives_hostile_text_literally covers a
-program without bracketed paste (`cat >> FILE`), where the file must hold the
-exact text.
+one JSON line per Enter to its file. Its agents that get multi-line texts are
+configured multiline = "paste", as an agent CLI that takes bracketed paste is
+on a tmux that cannot report the mode (before 3.7). So a multi-line message is
+one record, and the test checks per file: exactly that agent's messages, each
+sender's in order, none missing, none twice. test_cat_receives_hostile_text_literally
+covers a program without bracketed paste (`cat >> FILE`), where the file must
+hold the exact text, each message on one line.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from figures import record
 from conftest import concurrently, wait_until, write_config
 from coordd import config
 from coordd.transports import tmux_control
 from coordd.transports.tmux import exact_target, printable, tail_fragment
 from tmux_fixtures import READER, TmuxServer, records
 
+JOINED = " \u23ce "  # " ⏎ ": what multiline "join" shows in place of each newline
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 HOSTILE = [
     "quotes ' \" `back` and ; semicolons ; ls",
@@ -84,12 +88,21 @@ def delivered(c, n: int) -> bool:
         ({"target": "a:0.0", "submit_timeout_ms": 0}, "agents[0].submit_timeout_ms"),
         ({"target": "a:0.0", "idle_timeout": "shrug"}, "idle_timeout"),
         ({"target": "a:0.0", "enter_delay": 5}, "enter_delay"),
+        ({"target": "a:0.0", "multiline": "lines"}, '`agents[0].multiline` = \'lines\': use "join"'),
+        ({"target": "a:0.0", "newline_key": "Entr"}, "agents[0].newline_key"),
+        ({"target": "a:0.0", "newline_key": "-"}, "agents[0].newline_key"),
+        ({"target": "a:0.0", "newline_key": "C-j; kill-server"}, "agents[0].newline_key"),
     ],
 )
 def test_config_errors_name_the_key(keys, error):
     with pytest.raises(config.ConfigError) as e:
         config.parse({"agents": [{"id": "A", "transport": "tmux", **keys}]}, "c.toml")
     assert error in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["C-j", "M-Enter", "S-Enter", "C-M-j", "F5", "Escape", "\\"])
+def test_config_accepts_newline_keys(key):
+    config.parse({"agents": [{"id": "A", "transport": "tmux", "target": "a:0", "newline_key": key}]}, "c.toml")
 
 
 @pytest.mark.parametrize("target", ["agents:0.1", "agents:editor.0", "%12", "$1:@2.%3", "=a:=b.0", "my-sess", "s:w"])
@@ -136,7 +149,7 @@ def test_four_agents_eight_concurrent_clients(make_daemon, tmux_server, tmp_path
     files = {a: tmp_path / f"{a}.jsonl" for a in agents}
     for n, a in enumerate(agents):
         server.reader(f"s{n}", files[a])
-    d = make_daemon(agents=[tmux_agent(a, server, f"s{n}:0.0") for n, a in enumerate(agents)])
+    d = make_daemon(agents=[tmux_agent(a, server, f"s{n}:0.0", multiline="paste") for n, a in enumerate(agents)])
     per_client = 50
 
     def body(c: int, i: int) -> str:
@@ -166,7 +179,8 @@ def test_four_agents_eight_concurrent_clients(make_daemon, tmux_server, tmp_path
 
 
 def test_cat_receives_hostile_text_literally(make_daemon, tmux_server, tmp_path):
-    """A program without bracketed paste: each line of the paste and the Enter reach `cat` as typed lines."""
+    """A program without bracketed paste: the text reaches `cat` as typed, each message one line (multiline
+    "join": a newline would be an Enter)."""
     server = tmux_server()
     out = tmp_path / "cat.txt"
     out.touch()
@@ -176,10 +190,89 @@ def test_cat_receives_hostile_text_literally(make_daemon, tmux_server, tmp_path)
     with d.client() as c:
         for body in bodies:
             c.send("C", body, wait=True, timeout=10)
-    want = "".join(printable(b) + "\n" for b in bodies)
+    want = "".join(printable(b).replace("\n", JOINED) + "\n" for b in bodies)
     assert "^[[201~ ^[]0;title^G nul ^@ end" in want
     wait_until(lambda: out.read_text(encoding="utf-8") == want, 5, "cat's file to hold exactly the texts")
     assert not Path("/tmp/coordd-tmux-test-pwned").exists()
+
+
+# --- a message is one input: multiline = "join" | "paste" | "keys" -------------------------------
+
+# Python's input() with readline: line editing, and no bracketed paste (CPython turns it off), so each newline
+# of a paste is an Enter. Each input it reads becomes one line of its file.
+READLINE_PROGRAM = """import readline, sys
+out = open(sys.argv[1], "a", encoding="utf-8")
+while True:
+    out.write(input("> ") + "\\n")
+    out.flush()
+"""
+
+
+def lines_when(path: Path, n: int) -> list[str] | None:
+    text = path.read_text(encoding="utf-8")
+    return text.splitlines() if text.count("\n") >= n else None
+
+
+@pytest.mark.parametrize("program", ["cat", "readline"])
+def test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste(make_daemon, tmux_server, tmp_path,
+                                                                                program):  # fmt: skip
+    """Each newline of a paste reaches cat or readline as Enter: `hi\\n/exit` used to be two inputs, the second
+    a command. By default (multiline = "join") the message is one line, its newlines shown as " ⏎ "."""
+    server = tmux_server()
+    out = tmp_path / "input.txt"
+    out.touch()
+    if program == "cat":
+        pane = server.session("p", "sh", "-c", f"exec cat >> '{out}'")  # the pane runs cat, not a shell
+    else:
+        pane = server.session("p", sys.executable, "-c", READLINE_PROGRAM, str(out))
+        wait_until(lambda: server.capture(pane).strip(), 10, "the readline prompt")
+    d = make_daemon(agents=[tmux_agent("P", server, pane)])  # the default header: a message is always 2+ lines
+    with d.client() as c:
+        c.send("P", "hi\n/exit", sender="A", wait=True, timeout=10)
+        c.send("P", "next\r\nline", sender="A", wait=True, timeout=10)
+    got = wait_until(lambda: lines_when(out, 2), 5, "two inputs")
+    assert got == [f"{header('A', 'P')}{JOINED}hi{JOINED}/exit", f"{header('A', 'P')}{JOINED}next{JOINED}line"]
+    record("hardening_multiline", hardening="a 2-line message to a pane without bracketed paste",
+           outcome="one input line, newlines shown as \u23ce")
+
+
+def bracket_paste_known(server: TmuxServer, target: str) -> bool:
+    """Whether this tmux reports a pane's bracketed paste mode (#{bracket_paste_flag}, tmux 3.7 and newer)."""
+    return server.tmux("display-message", "-p", "-t", target, "#{bracket_paste_flag}").stdout.strip() != ""
+
+
+def test_a_program_with_bracketed_paste_gets_the_message_as_one_block(make_daemon, tmux_server, tmp_path):
+    """tmux_reader asks for bracketed paste: "paste" sends the lines as one block, newlines kept, one input.
+    "join" does the same where tmux tells the pane asked for it (3.7+), and joins the lines where it cannot."""
+    server = tmux_server()
+    joins, pastes = tmp_path / "j.jsonl", tmp_path / "p.jsonl"
+    server.reader("j", joins)
+    server.reader("p", pastes)
+    d = make_daemon(agents=[tmux_agent("J", server, "j:0", header=""),
+                            tmux_agent("P", server, "p:0", header="", multiline="paste")])  # fmt: skip
+    with d.client() as c:
+        for agent in ("J", "P"):
+            c.send(agent, "hi\n/exit", wait=True, timeout=10)
+    assert [r["text"] for r in records(pastes)] == ["hi\n/exit"]
+    joined = "hi\n/exit" if bracket_paste_known(server, "=j:0") else f"hi{JOINED}/exit"
+    assert [r["text"] for r in records(joins)] == [joined]
+
+
+@pytest.mark.parametrize("newline_key", ["C-j", "M-Enter"])
+def test_keys_types_each_line_then_the_newline_key(make_daemon, tmux_server, tmp_path, newline_key):
+    """A program without bracketed paste whose newline key (C-j, M-Enter) starts a new line without submitting:
+    "keys" gives it one input with its newlines; "paste" gives one input per line; "join" one joined line."""
+    server = tmux_server()
+    files = {mode: tmp_path / f"{mode}.jsonl" for mode in ("keys", "paste", "join")}
+    for mode, out in files.items():
+        server.reader(mode, out, "--no-bracketed-paste")
+    d = make_daemon(agents=[tmux_agent(mode, server, f"{mode}:0", header="", multiline=mode, newline_key=newline_key)
+                            for mode in files])  # fmt: skip
+    with d.client() as c:
+        for mode in files:
+            c.send(mode, "hi\n\n/exit", wait=True, timeout=10)
+    texts = {mode: [r["text"] for r in records(out)] for mode, out in files.items()}
+    assert texts == {"keys": ["hi\n\n/exit"], "paste": ["hi", "", "/exit"], "join": [f"hi{JOINED}{JOINED}/exit"]}
 
 
 def test_large_text_goes_through_a_temp_file(make_daemon, tmux_server, tmp_path):
@@ -187,7 +280,7 @@ def test_large_text_goes_through_a_temp_file(make_daemon, tmux_server, tmp_path)
     out = tmp_path / "big.jsonl"
     server.reader("big", out)
     body = "\n".join(f"line {n}: " + "xyz ü 'q' $x " * 20 for n in range(300))  # ~ 90 KB
-    d = make_daemon(agents=[tmux_agent("B", server, "big:0", header="")])
+    d = make_daemon(agents=[tmux_agent("B", server, "big:0", header="", multiline="paste")])
     with d.client() as c:
         c.send("B", body, wait=True, timeout=30)
         c.send("B", "small after big", wait=True, timeout=10)
@@ -200,7 +293,8 @@ def test_pane_killed_fails_with_reason_others_unaffected(make_daemon, tmux_serve
     a_file, b_file = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     server.reader("a", a_file)
     server.reader("ab", b_file)  # "a" is a prefix of "ab": once "a" is gone, its target must not find "ab"
-    d = make_daemon(agents=[tmux_agent("A", server, "a:0.0"), tmux_agent("B", server, "ab:0.0")],
+    d = make_daemon(agents=[tmux_agent("A", server, "a:0.0", multiline="paste"),
+                            tmux_agent("B", server, "ab:0.0", multiline="paste")],
                     delivery={**FAST_RETRY, "max_attempts": 3})  # fmt: skip
     with d.client() as c:
         c.send("A", "before", wait=True, timeout=10)
@@ -236,17 +330,20 @@ def test_server_gone_fails_then_reconnects(make_daemon, tmux_server, tmp_path):
     assert log_errors(d) == []
 
 
-def test_lost_enter_is_pressed_again_without_a_second_paste(make_daemon, tmux_server, tmp_path):
+@pytest.mark.parametrize("multiline", ["paste", "join", "keys"])
+def test_lost_enter_is_pressed_again_without_a_second_paste(make_daemon, tmux_server, tmp_path, multiline):
     server = tmux_server()
     out = tmp_path / "e.jsonl"
     pane = server.reader("e", out, "--ignore-enters", "1")
-    d = make_daemon(agents=[tmux_agent("E", server, "e:0.0", header="", submit_timeout_ms=200)], delivery=FAST_RETRY)
+    agent = tmux_agent("E", server, "e:0.0", header="", submit_timeout_ms=200, multiline=multiline)
+    d = make_daemon(agents=[agent], delivery=FAST_RETRY)
     with d.client() as c:
         mid = c.send("E", "first\nsecond", wait=True, timeout=10)
         attempts = c.get(mid).attempts
     assert [a.ok for a in attempts] == [False, True]
     assert attempts[0].error.startswith("text left unsubmitted in tmux pane e:0.0")
-    assert [r["text"] for r in records(out)] == ["first\nsecond"]
+    joined = multiline == "join" and not bracket_paste_known(server, pane)
+    assert [r["text"] for r in records(out)] == [f"first{JOINED}second" if joined else "first\nsecond"]
     assert server.capture(pane).count("second") == 1
 
 

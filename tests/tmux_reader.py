@@ -7,7 +7,7 @@ this program puts the terminal in raw mode and turns on bracketed paste; a paste
 screen, and Enter (CR) submits it: the input is appended to FILE as one JSON
 line {"text": ..., "busy": ...}, then the input line is cleared ("> " prompt).
 
-    python tmux_reader.py FILE [--ignore-enters N] [--busy-ms MS] [--shell-after N]
+    python tmux_reader.py FILE [--ignore-enters N] [--busy-ms MS] [--shell-after N] [--no-bracketed-paste]
 
 --ignore-enters N: the first N Enter presses do nothing (an Enter that got lost).
 --busy-ms MS: print a "working" line every 20 ms for MS ms before showing the
@@ -15,6 +15,11 @@ prompt; a submission records whether it arrived while busy.
 --shell-after N: after the Nth submission, become a shell (the agent quit): the
 terminal is restored and the process execs sh, which moves to a new line and
 shows its prompt; so once the input line changes, the pane runs a shell.
+--no-bracketed-paste: leave bracketed paste off, so a paste's newlines arrive as
+Enter (CR) and each submits, as in a program that never asked for it.
+
+Like Claude Code and Codex, C-j (LF) and M-Enter (ESC CR) put a newline into the
+input line without submitting it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import tty
 
 START, END = b"\x1b[200~", b"\x1b[201~"
+NEWLINE_KEYS = (b"\n", b"\x1b\r")  # C-j, M-Enter
 
 
 def main() -> None:
@@ -36,12 +42,14 @@ def main() -> None:
     ap.add_argument("--ignore-enters", type=int, default=0)
     ap.add_argument("--busy-ms", type=int, default=0)
     ap.add_argument("--shell-after", type=int, default=0)
+    ap.add_argument("--no-bracketed-paste", action="store_true")
     args = ap.parse_args()
     out = open(args.file, "a", encoding="utf-8")
     cooked = termios.tcgetattr(0)
     submitted = 0
     tty.setraw(0)
-    os.write(1, b"\x1b[?2004h")  # ask the terminal (tmux) for bracketed paste
+    if not args.no_bracketed_paste:
+        os.write(1, b"\x1b[?2004h")  # ask the terminal (tmux) for bracketed paste
     busy_until = time.monotonic() + args.busy_ms / 1000
     ticks = 0
     ignore = args.ignore_enters
@@ -79,6 +87,10 @@ def main() -> None:
                 in_paste, pending = True, pending[len(START) :]
             elif START.startswith(pending):  # a start marker cut in two: wait for the rest
                 break
+            elif key := next((k for k in NEWLINE_KEYS if pending.startswith(k)), None):
+                pending = pending[len(key) :]
+                line += b"\n"
+                os.write(1, b"\r\n")
             elif pending[:1] == b"\r":
                 pending = pending[1:]
                 if ignore > 0:

@@ -1,4 +1,4 @@
-"""Real X for the GUI tests: an Xvfb server and xterm windows running `cat >> FILE`.
+"""Real X for the GUI tests: an Xvfb server and xterm windows running `cat >> FILE` (or another program).
 
 Every process started here is stopped here, by pid. Readiness is waited for, not
 slept for: Xvfb writes its display number to -displayfd once it accepts
@@ -65,14 +65,14 @@ class XServer:
     def env(self) -> dict:
         return {**os.environ, "DISPLAY": self.display}
 
-    def xterm(self, title: str, x: int, y: int, out: Path) -> subprocess.Popen:
-        """An xterm at +x+y running `cat >> out`; returns once the window is mapped."""
+    def xterm(self, title: str, x: int, y: int, out: Path, command: list[str] | None = None) -> subprocess.Popen:
+        """An xterm at +x+y running `cat >> out` (or command); returns once the window is mapped."""
         env = {**self.env(), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         log = self.tmp / f"xterm-{title}.log"
         with open(log, "wb") as errors:
             proc = subprocess.Popen(
                 ["xterm", "-u8", "-T", title, "-geometry", f"80x20+{x}+{y}", "-xrm", PASTE_XRM,
-                 "-e", "sh", "-c", 'exec cat >> "$0"', str(out)],
+                 "-e", *(command or ["sh", "-c", 'exec cat >> "$0"', str(out)])],
                 env=env, stdout=errors, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.windows.append(proc)

@@ -85,6 +85,8 @@ class GuiAgent(msgspec.Struct, tag="gui", tag_field="transport", forbid_unknown_
     coalesce: bool = False
     coalesce_max_messages: int = 10
     coalesce_max_bytes: int = 16384
+    multiline: str | None = None  # "join" | "paste" | "keys"; unset: "join" when submit_key is "enter", else "paste"
+    newline_key: str = "shift+enter"  # multiline = "keys": starts a new line in the input without submitting
 
 
 HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
@@ -141,7 +143,7 @@ def _check_agent(cfg: Any, src: str, where: str, a: GuiAgent) -> None:
                           "position; `coordctl coords capture` reads it), or an entry in `gui.coords_file`")  # fmt: skip
     if (a.onboarding_x is None) != (a.onboarding_y is None):
         raise ConfigError(f"{src}: `{where}` ({a.id}): set both `onboarding_x` and `onboarding_y`, or neither")
-    for key in ("paste_hotkey", "submit_key", "urgent_submit_key"):
+    for key in ("paste_hotkey", "submit_key", "urgent_submit_key", "newline_key"):
         _keys(src, f"{where}.{key}", getattr(a, key))
     for key in ("click_settle_ms", "paste_settle_ms", "submit_settle_ms"):
         _at_least(src, f"{where}.{key}", getattr(a, key), 0)

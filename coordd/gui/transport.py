@@ -1,19 +1,29 @@
 """The gui transport: click the agent's chat input, paste the message, press the submit key.
 
 Every step runs on the one GUI thread (coordd.gui.owner), whichever gui agent it
-is for. A message is pasted whole (multi-line bodies included) under a header
-line made from the `gui.header` template. With `coalesce`, the messages queued
-for an agent go out in one paste (bounded by count and bytes), each still
-recorded as delivered on its own. A display that is missing or gone, or the
-pyautogui fail-safe, raises TransportDown: the messages stay queued and go out
-once the probe finds the display usable again.
+is for. A message is pasted under a header line made from the `gui.header`
+template. With `coalesce`, the messages queued for an agent go out in one paste
+(bounded by count and bytes, counted before joining), each still recorded as
+delivered on its own.
+
+A paste is one submit (see coordd.transports): pasted into a terminal whose
+program has not asked for bracketed paste, each newline is an Enter. Nothing
+tells coordd what the window runs, so the agent's `multiline` decides: "join"
+(one line, each newline shown as " ⏎ "), "paste" (as it is: an IDE chat input
+takes a pasted newline as text), or "keys" (each line pasted, the newline_key
+pressed between two). Unset, it is "join" for an agent whose submit key is Enter,
+else "paste": where Enter does not submit, a pasted newline does not either.
+
+A display that is missing or gone, or the pyautogui fail-safe, raises
+TransportDown: the messages stay queued and go out once the probe finds the
+display usable again.
 """
 
 from __future__ import annotations
 
 from coordd.config import DEFAULT_SEQUENCE, ClickStep, Gui, GuiAgent, HotkeyStep, PasteStep, SubmitStep, WaitStep
 from coordd.gui.owner import OWNER, PasteNotTaken, settle
-from coordd.transports import DeliveryError, Record, Transport, TransportDown
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, input_lines, one_line
 
 SEPARATOR = "\n\n"  # between coalesced messages in one paste
 
@@ -54,6 +64,7 @@ class GuiTransport(Transport):
         self.settings = settings  # the config's [gui]: shared by every gui agent
         self.max_batch = agent.coalesce_max_messages if agent.coalesce else 1
         self.where = f"({agent.x}, {agent.y})"
+        self.multiline = agent.multiline or ("join" if agent.submit_key == "enter" else "paste")
         self._keys_ok = False
         self._started = False
 
@@ -95,7 +106,7 @@ class GuiTransport(Transport):
             for count, text in groups:
                 try:
                     OWNER.click(pag, a.x, a.y, a.click_settle_ms)
-                    OWNER.paste(pag, text, a.paste_hotkey, self.settings, a.paste_settle_ms, self.where)
+                    self._put(pag, text)
                     OWNER.hotkey(pag, submit)
                     settle(a.submit_settle_ms)
                 except PasteNotTaken as e:
@@ -122,8 +133,7 @@ class GuiTransport(Transport):
                     case HotkeyStep():
                         OWNER.hotkey(pag, step.keys)
                     case PasteStep():
-                        body = step.text.format(message=text, agent=a.id)
-                        OWNER.paste(pag, body, a.paste_hotkey, self.settings, a.paste_settle_ms, self.where)
+                        self._put(pag, step.text.format(message=text, agent=a.id))
                     case SubmitStep():
                         OWNER.hotkey(pag, a.urgent_submit_key if step.urgent else a.submit_key)
                         settle(a.submit_settle_ms)
@@ -131,13 +141,26 @@ class GuiTransport(Transport):
                         settle(step.ms)
         return len(steps)
 
+    def _put(self, pag, text: str) -> None:
+        """Paste text as one input (one submit follows), as `multiline` says."""
+        a = self.agent
+        if self.multiline == "keys":
+            for n, line in enumerate(input_lines(text)):
+                if n:
+                    OWNER.hotkey(pag, a.newline_key)
+                if line:
+                    OWNER.paste(pag, line, a.paste_hotkey, self.settings, a.paste_settle_ms, self.where)
+            return
+        text = one_line(text) if self.multiline == "join" else text
+        OWNER.paste(pag, text, a.paste_hotkey, self.settings, a.paste_settle_ms, self.where)
+
     def _ready(self):
         pag = OWNER.ready(self.settings)
         if not self._keys_ok:  # pyautogui ignores unknown key names silently: refuse them instead
             a = self.agent
             steps = self.settings.sequences.get(a.onboarding, [])
             combos = [("paste_hotkey", a.paste_hotkey), ("submit_key", a.submit_key),
-                      ("urgent_submit_key", a.urgent_submit_key)]  # fmt: skip
+                      ("urgent_submit_key", a.urgent_submit_key), ("newline_key", a.newline_key)]  # fmt: skip
             combos += [(f"gui.sequences.{a.onboarding}.keys", s.keys) for s in steps if isinstance(s, HotkeyStep)]
             for key, combo in combos:
                 bad = [k for k in combo.split("+") if not pag.isValidKey(k)]

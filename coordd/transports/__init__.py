@@ -14,6 +14,14 @@ long queue never starves the event loop). `exclusive` names a resource shared by
 all transports of one kind (the GUI: one mouse, one clipboard): deliveries that
 name the same resource never run at the same time.
 
+A message is one submit. A terminal program that has not turned on bracketed paste
+takes each newline of a paste as Enter, so a message of several lines would arrive
+as several inputs (`hi\n/exit`: the second one a command). The tmux and gui agents'
+`multiline` says how such a text goes in: "join" (the default) puts it on one line,
+each newline shown as LINE_SEPARATOR; "paste" pastes it as it is (right for a
+program that takes a bracketed paste, or a GUI input where a pasted newline is
+text); "keys" types each line and presses the agent's `newline_key` between them.
+
 Which transport an agent gets: coordd.transports.factory.
 """
 
@@ -21,7 +29,20 @@ from __future__ import annotations
 
 from coordd.model import DeliveryError, Record, TransportDown
 
-__all__ = ["DeliveryError", "Record", "Transport", "TransportDown"]
+__all__ = ["LINE_SEPARATOR", "DeliveryError", "Record", "Transport", "TransportDown", "input_lines", "one_line"]
+
+# What "join" shows in place of each newline: visible, plainly not part of the text, and no key to a terminal.
+LINE_SEPARATOR = " \u23ce "  # " ⏎ "
+
+
+def input_lines(text: str) -> list[str]:
+    """The lines of a text as a terminal would end them: at LF, CR (Enter itself) or CRLF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def one_line(text: str) -> str:
+    """The text as one input line ("join"): each line end shown as LINE_SEPARATOR."""
+    return LINE_SEPARATOR.join(input_lines(text))
 
 
 class Transport:

@@ -15,11 +15,11 @@ One message, over the server's warm control-mode connection (tmux_control.py):
    the cursor line matching idle_prompt, for at most idle_max_wait_ms.
 3. Load the text into a per-message named buffer (`set-buffer`, or `load-buffer`
    of a 0600 temp file above SET_BUFFER_MAX bytes) and `paste-buffer -p -d`:
-   bracketed paste when the program asked for it, so a multi-line text arrives
-   as one input; the buffer is deleted by the paste.
+   bracketed paste when the program asked for it; the buffer is deleted by the
+   paste. A text of several lines must still be one input (see "multiline" below).
 4. After enter_delay_ms, and once the cursor's line shows the program took the
    paste in (it differs from before the paste; at most submit_timeout_ms), press
-   Enter (`send-keys Enter`, the only key name ever sent).
+   Enter (`send-keys Enter`: the only key name sent but newline_key, see below).
 5. Submission check: poll the cursor's line (wrapped parts joined) until it
    differs from before Enter and no longer ends with the end of the text, for at
    most submit_timeout_ms. Waiting for the paste to show first is what makes this
@@ -30,6 +30,22 @@ One message, over the server's warm control-mode connection (tmux_control.py):
    copy; so does the transport a reload puts in its place (same server and
    pane). A program that never shows its input costs submit_timeout_ms before
    its Enter and fails the check: set submit_check = false for it.
+
+A message is one input, whatever its lines. Without bracketed paste a program
+(cat, Python's readline) takes each newline of a paste as Enter, so a text of
+several lines goes in as the agent's `multiline` says:
+- "join" (default): where the pane's program asked for bracketed paste, the text
+  is pasted as it is (one bracketed block); elsewhere its lines are joined into
+  one, each newline shown as " ⏎ ". Only tmux 3.7 and newer report the pane's mode
+  (#{bracket_paste_flag}, read with the pane's state, no extra round trip); with
+  an older tmux every multi-line text is joined: set "paste" for an agent known
+  to take bracketed paste (the agent CLIs do) to keep its newlines.
+- "paste": pasted as it is; one input only if the program asked for bracketed paste.
+- "keys": each line pasted on its own, the agent's newline_key (a tmux key name,
+  default C-j) pressed between two lines: for a program without bracketed paste
+  where that key starts a new line without submitting.
+A program that reads lines in the terminal's canonical mode (cat) takes at most
+4095 bytes per line: the kernel drops the rest of a longer joined line.
 
 The text is the header line (if any) and the body. Control characters other
 than newline and tab are keystrokes, not text (ESC would end a bracketed paste
@@ -59,7 +75,7 @@ import shutil
 import tempfile
 
 from coordd.config import TmuxAgent
-from coordd.transports import DeliveryError, Record, Transport, TransportDown
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, one_line
 from coordd.transports.tmux_control import Connection, TmuxError, acquire, release, server_args
 
 log = logging.getLogger("coordd.tmux")
@@ -67,7 +83,8 @@ log = logging.getLogger("coordd.tmux")
 SET_BUFFER_MAX = 16384  # bytes; larger texts go through a temp file and load-buffer
 SUBMIT_POLL_S = 0.002
 TAIL_CHARS = 16  # how much of the text's end the submission check looks for
-PANE_STATE = "#{pane_id} #{pane_in_mode} #{pane_input_off} #{pane_dead} #{pane_current_command}"
+# bracket_paste_flag: whether the program asked for bracketed paste; tmux 3.7 and newer, "" before.
+PANE_STATE = "#{pane_id} #{pane_in_mode} #{pane_input_off} #{pane_dead} #{bracket_paste_flag} #{pane_current_command}"
 # Programs that mean "the agent is not running in this pane": what is typed into them runs as a command.
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "ash", "tcsh", "csh", "nu", "xonsh", "pwsh"})
 
@@ -175,8 +192,11 @@ class TmuxTransport(Transport):
         return e.reason
 
     async def _deliver_one(self, conn: Connection, m: Record) -> None:
-        pane = await self._resolve(conn)
+        pane, bracketed = await self._resolve(conn)
         text = render(self.agent.header, m)
+        multiline = self.agent.multiline if "\n" in text else "paste"
+        if multiline == "join" and not bracketed:  # a bracketed paste is one input already: it keeps the lines
+            text = one_line(text)
         check, tail = self.agent.submit_check, tail_fragment(text)
         earlier = self.unsubmitted.get(m.id)
         if earlier and earlier[0] == pane:  # pasted by an earlier attempt; only its Enter did not take
@@ -187,7 +207,10 @@ class TmuxTransport(Transport):
         else:
             await self._wait_idle(conn, pane)
             before = await self._input_line(conn, pane) if check else None
-            await self._paste(conn, pane, text, m.id)
+            if multiline == "keys":
+                await self._type_lines(conn, pane, text, m.id)
+            else:
+                await self._paste(conn, pane, text, m.id)
             delay = self.agent.enter_delay_ms / 1000
             await asyncio.sleep(delay)  # noqa: sleep-ok: the configured Enter delay, for programs that need one
             if check:  # Enter once the program shows the paste (else a check after Enter could pass too early)
@@ -204,14 +227,15 @@ class TmuxTransport(Transport):
                             f"the input line within {self.agent.submit_timeout_ms} ms")  # fmt: skip
         self.unsubmitted.pop(m.id, None)
 
-    async def _resolve(self, conn: Connection) -> str:
-        """The pane id the target names now, checked able to take input."""
+    async def _resolve(self, conn: Connection) -> tuple[str, bool]:
+        """The pane id the target names now, checked able to take input; and whether its program asked for
+        bracketed paste (False where tmux cannot tell: before 3.7)."""
         _, state = await conn.run_many(
             ("capture-pane", "-p", "-t", self.target, "-S", "0", "-E", "0"),  # fails when the pane is gone
             ("display-message", "-p", "-t", self.target, PANE_STATE),  # would fall back to another pane
         )
-        fields = state[0].split(" ", 4) if state else []
-        pane, in_mode, input_off, dead, command = (fields + [""] * 5)[:5]
+        fields = state[0].split(" ", 5) if state else []
+        pane, in_mode, input_off, dead, bracketed, command = (fields + [""] * 6)[:6]
         if not pane.startswith("%"):
             raise TmuxError(f"tmux pane {self.agent.target} not found")
         if dead == "1":
@@ -224,7 +248,7 @@ class TmuxTransport(Transport):
             raise AgentNotRunning(f"tmux pane {self.agent.target} runs {command}, a shell, not the agent: messages "
                                   "wait until the agent runs there (a message typed into a shell would run as a "
                                   "command; set deliver_to_shell = true if the agent runs under a shell script)")  # fmt: skip
-        return pane
+        return pane, bracketed == "1"
 
     async def _paste(self, conn: Connection, pane: str, text: str, message_id: int) -> None:
         buffer = f"coordd-{message_id}"
@@ -246,6 +270,14 @@ class TmuxTransport(Transport):
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+    async def _type_lines(self, conn: Connection, pane: str, text: str, message_id: int) -> None:
+        """multiline = "keys": each line pasted on its own, the agent's newline key pressed between two lines."""
+        for n, line in enumerate(text.split("\n")):
+            if n:
+                await conn.run("send-keys", "-t", pane, self.agent.newline_key)
+            if line:
+                await self._paste(conn, pane, line, message_id)
 
     def _write_temp(self, data: bytes) -> str:
         """Runs in a worker thread. The text in a new 0600 file of a private (0700) directory."""
