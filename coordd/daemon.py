@@ -17,6 +17,7 @@ import signal
 
 from coordctl import protocol as p
 from coordd import listener, systemd
+from coordd.admission import Admission
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.events import EventBus
@@ -24,8 +25,11 @@ from coordd.handlers import Handlers
 from coordd.hooks import NO_HOOKS
 from coordd.metrics import Collector, Metrics
 from coordd.observer import BENCH_OFF, Observer, start_http
+from coordd.queries import Queries
 from coordd.reload import Reloader
 from coordd.retention import Pruner
+from coordd.retry_cancel import RetryCancel
+from coordd.sending import Sending
 from coordd.server import Server
 from coordd.store import Store
 from coordd.transports import Transport
@@ -84,8 +88,10 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             async def reload() -> p.Reloaded:  # the `reload` request; the reloader is built below
                 return await reloader.reload()
 
-            handlers = Handlers(config, store, delivery, socket_path, reload, hooks, collector.text,
-                                endpoint.url, endpoint.error)  # fmt: skip
+            sending = Sending(config, store, delivery, Admission(store, delivery), hooks)
+            queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
+            retry_cancel = RetryCancel(config, store, delivery, hooks)
+            handlers = Handlers(config, delivery, sending, queries, retry_cancel, reload, hooks, collector.text)
             server = Server(handlers, config.daemon, hooks, bus)
             pruner = Pruner(store, config.retention, spawn)
 
