@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from coordd import store as s
+from coordd import schema as s
 from coordd.config import Delivery as DeliveryConfig
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import DeliveryError, Record, TransportDown

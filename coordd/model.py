@@ -42,6 +42,14 @@ class ConfigError(Exception):
     """A config that cannot be served; the message names the file and the key."""
 
 
+class StorageError(Exception):
+    """The database refused a write; nothing in that write was stored."""
+
+
+class StorageFull(StorageError):
+    """The disk holding the database is full; writes succeed again once space is freed."""
+
+
 # --- what a transport raises (coordd.transports describes when) ---------------------------------
 
 

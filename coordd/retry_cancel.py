@@ -7,7 +7,7 @@ once that is committed, so a refusal for storage changes nothing.
 from __future__ import annotations
 
 from coordctl import protocol as p
-from coordd import store as s
+from coordd import schema as s
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks

@@ -31,7 +31,7 @@ import os
 import coordd.transports.factory
 from coordd.cli import main
 from coordd.handlers import Handlers
-from coordd.store import Store
+from coordd.writer import Writer
 
 HOOKS = ("COORDD_TEST_HANG_WRITER", "COORDD_TEST_GATE_DELIVERY", "COORDD_TEST_HANDLER_RAISES")
 log = logging.getLogger("coordd.faults")
@@ -45,14 +45,14 @@ def _read_to_end(path: str, what: str) -> None:
 
 
 def hang_writer(path: str) -> None:
-    commit = Store._commit
+    commit = Writer._commit
 
     def commit_unless_hung(self, writes):
         if os.path.exists(path):
             _read_to_end(path, "the store writer")
         commit(self, writes)
 
-    Store._commit = commit_unless_hung
+    Writer._commit = commit_unless_hung
 
 
 def gate_deliveries(path: str) -> None:

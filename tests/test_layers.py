@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = {
     "model": ["coordd", "coordd.model", "coordd.lockfile"],  # and leaf utilities: nothing of coordd below them
     "config": ["coordd.config", "coordd.gui", "coordd.gui.config"],
-    "store": ["coordd.store", "coordd.retention"],
+    "store": ["coordd.store", "coordd.schema", "coordd.writer", "coordd.checkpointer", "coordd.reads", "coordd.retention"],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],
     "delivery": ["coordd.delivery"],
