@@ -15,12 +15,17 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from coordctl import protocol
+from coordctl import trust
 from coordctl.client import (
+    MAX_REPLY_BYTES,
     CoordError,
     DaemonUnavailable,
+    check_directory,
+    check_peer,
     error_for,
     expect,
     raise_for,
+    reply_too_large,
     to_new_messages,
     unreachable,
 )
@@ -36,12 +41,22 @@ class AsyncClient:
 
     ``timeout`` (seconds) bounds each wait for a reply; ``None``: no limit.
     A call that times out or is cancelled leaves the connection usable: its
-    reply, if it ever comes, is dropped.
+    reply, if it ever comes, is dropped. ``allow_uids`` and ``max_reply_bytes``:
+    as for ``Client`` (the same checks, once per connection).
     """
 
-    def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float | None = None,
+        *,
+        allow_uids: Iterable[int] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout = timeout
+        self.max_reply_bytes = max_reply_bytes
+        self._trusted = trust.trusted_uids(allow_uids)
         self._rid = 0
         self._pending: dict[int, asyncio.Future[protocol.Reply]] = {}
         self._reader: asyncio.StreamReader | None = None
@@ -57,10 +72,16 @@ class AsyncClient:
         async with self._connect_lock:  # concurrent first calls share one connection
             if self._writer is not None:
                 return
+            check_directory(self.socket_path, self._trusted)
             try:
                 reader, writer = await asyncio.open_unix_connection(self.socket_path)
             except OSError as e:
                 raise unreachable(self.socket_path, e) from e
+            try:
+                check_peer(writer.get_extra_info("socket"), self.socket_path, self._trusted)
+            except CoordError:
+                writer.close()
+                raise
             self._reader, self._writer = reader, writer
             self._read_task = asyncio.create_task(self._read_replies(reader), name="coordctl-replies")
 
@@ -88,7 +109,11 @@ class AsyncClient:
         try:
             while True:
                 header = await reader.readexactly(protocol.HEADER_SIZE)
-                body = await reader.readexactly(int.from_bytes(header, "big"))
+                size = int.from_bytes(header, "big")
+                if size > self.max_reply_bytes:
+                    make_error = functools.partial(reply_too_large, size, self.max_reply_bytes, self.socket_path)
+                    break
+                body = await reader.readexactly(size)
                 reply = protocol.reply_decoder.decode(body)
                 stream = self._streams.get(reply.rid)
                 if stream is not None:  # events of a watch

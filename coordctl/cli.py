@@ -1,6 +1,7 @@
 """The ``coordctl`` command line: one subcommand per protocol request.
 
-Exit codes: 0 ok; 1 the daemon refused (``error [code]: message`` on stderr);
+Exit codes: 0 ok; 1 the daemon refused, or coordctl refused a socket that is
+not its own daemon's (``error [code]: message`` on stderr, e.g. ``untrusted_socket``);
 2 usage; 3 the daemon is not reachable (one line on stderr saying how to start
 it); 4 (`status` only) some agent's transport is down or it has failed messages. With ``--json`` each command prints one JSON document: the daemon's
 reply with every field (defaults included), minus the wire-only ``rid`` and
@@ -67,7 +68,10 @@ class State:
         self.json = as_json
 
     def client(self, timeout: float | None = IO_TIMEOUT) -> Client:
-        client = Client(self.socket_path, timeout=timeout)
+        try:
+            client = Client(self.socket_path, timeout=timeout)
+        except ValueError as e:  # a malformed $COORDD_ALLOW_UIDS
+            raise click.UsageError(str(e)) from None
         click.get_current_context().call_on_close(client.close)
         return client
 
@@ -138,7 +142,8 @@ tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat fo
 @click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--socket", "socket_path", metavar="PATH", envvar="COORDD_SOCKET",
-    help="The daemon's socket  [default: $COORDD_SOCKET, else $XDG_RUNTIME_DIR/coordd/coordd.sock]",
+    help="The daemon's socket  [default: $COORDD_SOCKET, else $XDG_RUNTIME_DIR/coordd/coordd.sock]. It must "
+    "be yours: its directory and the daemon belong to you or root (or a uid in $COORDD_ALLOW_UIDS).",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(__version__, "-V", "--version", prog_name="coordctl")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordctl import protocol
+from coordctl import protocol, trust
 from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ _MAX_IDLE_BUFFER = 1 << 20
 # kernel's socket buffer, so sendall cannot block on a daemon that has itself
 # stopped reading because our unread replies filled its write buffer.
 _PIPELINE_WINDOW = 64 * 1024
+# The largest reply a client reads (``max_reply_bytes``), so that a length header from a broken or hostile
+# peer cannot make it allocate gigabytes. coordd's replies stay near its daemon.max_frame_bytes (1 MiB by
+# default: a history page holds what fits in it); only a single message larger than this needs more.
+MAX_REPLY_BYTES = 64 << 20
 
 START_HINT = "is coordd running? start it with `coordd run` or `systemctl --user start coordd`"
 
@@ -71,6 +75,29 @@ def unreachable(path: str, exc: OSError) -> DaemonUnavailable:
     """The error for a failed connect, saying how to start the daemon."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     return DaemonUnavailable(f"cannot connect to coordd at {path} ({reason}); {START_HINT}")
+
+
+def check_directory(path: str, trusted: frozenset[int]) -> None:
+    """Refuse, before connecting, a socket in a directory another user owns or may write (see ``trust``)."""
+    try:
+        problem = trust.directory_problem(path, trusted)
+    except OSError as e:
+        raise unreachable(path, e) from e
+    if problem:
+        raise CoordError("untrusted_socket", problem)
+
+
+def check_peer(sock: socket.socket, path: str, trusted: frozenset[int]) -> None:
+    """Refuse, before sending anything, a socket on which another user's process listens."""
+    problem = trust.peer_problem(sock, path, trusted)
+    if problem:
+        raise CoordError("untrusted_socket", problem)
+
+
+def reply_too_large(size: int, limit: int, path: str) -> CoordError:
+    return CoordError("protocol_error", f"a reply of {size:,} bytes from {path} is over this client's limit of "
+                                        f"{limit:,} bytes (max_reply_bytes): raise it if coordd's "
+                                        "daemon.max_frame_bytes or its messages are that large")  # fmt: skip
 
 
 def error_for(reply: protocol.Error) -> CoordError:
@@ -113,11 +140,27 @@ class Client:
     ``timeout`` (seconds) bounds the connect and each wait for a reply; the
     default ``None`` waits as long as it takes and is also the fastest, as a
     socket with a timeout polls before every read and write.
+
+    Each connection is checked before anything is sent on it: the socket's
+    directory must belong to us (or root, or a uid in ``allow_uids``) and be
+    writable by no one else, and the process listening must run as one of
+    those uids; else ``untrusted_socket``. ``allow_uids`` defaults to
+    ``$COORDD_ALLOW_UIDS``. A reply over ``max_reply_bytes`` is refused
+    (``protocol_error``) unread.
     """
 
-    def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float | None = None,
+        *,
+        allow_uids: Iterable[int] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout = timeout  # seconds for connect and for each reply; None: no limit
+        self.max_reply_bytes = max_reply_bytes
+        self._trusted = trust.trusted_uids(allow_uids)
         self._sock: socket.socket | None = None
         self._rid = 0
         self._wbuf = bytearray(_HEADER.size)
@@ -134,6 +177,7 @@ class Client:
             self._connect()
 
     def _connect(self) -> socket.socket:
+        check_directory(self.socket_path, self._trusted)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
@@ -141,6 +185,11 @@ class Client:
         except OSError as e:
             sock.close()
             raise unreachable(self.socket_path, e) from e
+        try:
+            check_peer(sock, self.socket_path, self._trusted)
+        except CoordError:
+            sock.close()
+            raise
         self._sock = sock
         self._rpos = self._rend = 0
         return sock
@@ -245,6 +294,8 @@ class Client:
         if self._rend - self._rpos < _HEADER.size:
             self._fill(_HEADER.size)
         (n,) = _HEADER.unpack_from(self._rbuf, self._rpos)
+        if n > self.max_reply_bytes:
+            raise reply_too_large(n, self.max_reply_bytes, self.socket_path)
         if self._rend - self._rpos < _HEADER.size + n:
             self._fill(_HEADER.size + n)
         start = self._rpos + _HEADER.size

@@ -2,7 +2,8 @@
 
 The daemon imports ``runtime_socket_path`` for its own default (its config
 value wins over it); clients use ``default_socket_path``, which also honours
-``$COORDD_SOCKET`` so one environment variable points every client elsewhere.
+``$COORDD_SOCKET`` so one environment variable points every client elsewhere,
+and ``$COORDD_ALLOW_UIDS`` to trust a daemon run as another user there.
 """
 
 from __future__ import annotations
@@ -31,3 +32,12 @@ def socket_path_from_env() -> str | None:
 def default_socket_path() -> str:
     """The socket a client connects to when it is not given one."""
     return socket_path_from_env() or runtime_socket_path()
+
+
+def allow_uids_from_env() -> list[int]:
+    """The uids in ``$COORDD_ALLOW_UIDS`` (separated by commas or spaces): daemons of these users are trusted."""
+    value = os.environ.get("COORDD_ALLOW_UIDS", "")
+    try:
+        return [int(uid) for uid in value.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"COORDD_ALLOW_UIDS={value!r}: give numeric uids separated by commas or spaces") from None

@@ -40,6 +40,7 @@ ERROR_CODES = (
     "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
     "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
     "internal",  # a bug in coordd failed this request (its log has the traceback); the daemon goes on serving
+    "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
 )
 
 

@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 
+from coordctl import trust
 from coordd import lockfile
 
 
@@ -24,12 +25,26 @@ class ListenerError(Exception):
 
 
 def private_dir(path: str) -> None:
-    """Create (or tighten) the socket's directory: ours, mode 0700."""
+    """Create (or tighten) the socket's directory: ours, mode 0700.
+
+    One that others could write to is refused rather than tightened: they may already have put a socket or
+    a link to another file (as the lock file) in it. Clients check the same (coordctl.trust).
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if st.st_uid != os.getuid():
-        raise ListenerError(f"socket directory {path} belongs to uid {st.st_uid}, not to us: choose another daemon.socket")
-    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise ListenerError(
+            f"socket directory {path} belongs to {trust.user(st.st_uid)}, not to us ({trust.user(os.getuid())}): "
+            "another user may have made it to receive what clients send. Have it removed, or choose another "
+            "daemon.socket"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ListenerError(
+            f"socket directory {path} is writable by group or others (mode {mode:04o}): anyone could have put "
+            f"files in it. Check what is in it and `chmod 700 {path}`, or choose another daemon.socket"
+        )
+    if mode != 0o700:
         os.chmod(path, 0o700)
 
 

@@ -63,6 +63,29 @@ def concurrently(n: int, client) -> None:
         raise errors[0]
 
 
+def run_as(uid: int, gid: int, fn) -> str:
+    """Fork, become uid/gid, return str(fn()) or the repr of its exception (root only).
+
+    No exec is needed, so the venv need not be readable by that uid."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            out = str(fn())
+        except BaseException as e:
+            out = repr(e)
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str):
     """A tmpfs mounted on path for the block (root only; skips the test where mounting is not permitted)."""

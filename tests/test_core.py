@@ -10,7 +10,7 @@ import pytest
 
 from coordctl import PROTOCOL_VERSION, Client, CoordError
 import figures
-from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, wait_until
+from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, run_as, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 
@@ -495,31 +495,18 @@ def _ping_as(path: str, uid: int, gid: int) -> str:
 
     from coordctl import protocol as p
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no exec needed, so the venv need not be readable by that uid
+    def ping() -> str:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
         try:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            try:
-                s.sendall(p.frame(p.Ping(rid=1)))
-            except BrokenPipeError:
-                pass  # the daemon refuses at once, before reading: its error is waiting to be read
-            head = s.recv(4, socket.MSG_WAITALL)
-            rep = p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL))
-            out = f"{rep.code} {rep.message}" if isinstance(rep, p.Error) else repr(rep)
-        except BaseException as e:
-            out = repr(e)
-        os.write(w, out.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
+            s.sendall(p.frame(p.Ping(rid=1)))
+        except BrokenPipeError:
+            pass  # the daemon refuses at once, before reading: its error is waiting to be read
+        head = s.recv(4, socket.MSG_WAITALL)
+        rep = p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL))
+        return f"{rep.code} {rep.message}" if isinstance(rep, p.Error) else repr(rep)
+
+    return run_as(uid, gid, ping)
 
 
 def test_db_file_stops_growing_under_steady_load(make_daemon):
