@@ -77,10 +77,10 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return tg.create_task(coro, name=name)
 
             metrics, bus = Metrics(), EventBus(config.metrics.watch_buffer)
-            observer = Observer(metrics, bus)  # metrics and watch events
+            hooks = Observer(metrics, bus)  # metrics and watch events, reported by delivery, handlers, server
             if os.environ.get(BENCH_OFF):
                 log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
-            hooks = NO_HOOKS if os.environ.get(BENCH_OFF) else observer
+                hooks = NO_HOOKS
             delivery = Delivery(config.delivery, store, transports, spawn, hooks)
             collector = Collector(metrics, delivery, store, bus)
             endpoint = await start_http(collector, config)
@@ -104,7 +104,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             _requeue(store, delivery)
             delivery.start()
             pruner.start()
-            background = []
+            background: list[asyncio.Task] = []
             if notifier:
                 background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
             if watchdog_period and notifier:
