@@ -216,7 +216,7 @@ def batch(state: State, file: BinaryIO) -> None:
 @sender_option
 @kind_option
 @tag_option
-@click.option("--key", help="Idempotency key; each agent's copy uses KEY:AGENT.")
+@click.option("--key", help="Idempotency key: broadcasting again with the same key stores nothing new.")
 @pass_state
 def broadcast(
     state: State, message: str, group: str | None, priority: str, sender: str | None, kind: str | None,
@@ -412,7 +412,7 @@ def format_message(reply: protocol.Message) -> str:
         ("priority", m.priority),
         ("kind", opt(m.kind)),
         ("tags", ", ".join(m.tags) or "-"),
-        ("key", opt(m.key)),
+        ("key", key_text(m.key)),
         ("created", human.timestamp(m.created)),
         ("delivered", human.timestamp(m.delivered)),
         ("attempts", str(m.attempts)),
@@ -435,6 +435,14 @@ def format_message(reply: protocol.Message) -> str:
     else:
         lines.append("no delivery attempts yet")
     return "\n".join(lines)
+
+
+def key_text(key: str | None) -> str:
+    """A key as typed: a broadcast's copy's key (``KEY`` U+001F ``AGENT``) as the broadcast's key and its agent."""
+    if key is None:
+        return "-"
+    broadcast, sep, agent = key.partition(protocol.BROADCAST_KEY_SEP)
+    return f"{broadcast}  (broadcast, the copy for {agent})" if sep else key
 
 
 @cli.command()
