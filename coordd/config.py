@@ -18,7 +18,8 @@ import msgspec
 
 from coordctl.paths import runtime_socket_path
 
-AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Also group names and tmux socket names. \Z, not $: $ would let a trailing newline through.
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class ConfigError(Exception):

@@ -34,7 +34,7 @@ from coordd.metrics import BATCH_BUCKETS, Histogram
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Checkpoint the WAL after this many changed rows or commits, whichever comes first, and after a
 # second without commits. SQLite's own autocheckpoint would run on the writer, i.e. on the event
@@ -84,6 +84,14 @@ MIGRATIONS = [
         error      TEXT,
         PRIMARY KEY (message_id, number)
     ) WITHOUT ROWID;
+    """,
+    # 2: a broadcast's copies get keys no send's key can equal (coordctl.protocol.broadcast_key). Schema 1
+    # stored them as "KEY:AGENT", the same as a send keyed "KEY:AGENT": those keys stay as they are, since
+    # nothing tells the two apart, and `below` is the first id after them, so that a broadcast retried
+    # across the upgrade still finds the copies stored before it (Store.find_legacy_copy). 0: none.
+    """
+    CREATE TABLE legacy_keys (below INTEGER NOT NULL);
+    INSERT INTO legacy_keys SELECT coalesce(max(id) + 1, 0) FROM messages WHERE key IS NOT NULL;
     """,
 ]
 
@@ -228,6 +236,7 @@ class Store:
         self.commits = 0
         self.commit_sizes = Histogram(BATCH_BUCKETS)  # writes per commit
         self._next_id = 1
+        self._legacy_keys_below = 0  # ids below it may hold broadcast copies keyed "KEY:AGENT" (MIGRATIONS[1])
         self._pending: list[tuple[Write, asyncio.Future]] = []  # acknowledgements wait for these
         self._deferred: list[tuple[Write, asyncio.Future]] = []  # nobody waits for these in a hurry
         self._flush_handle: asyncio.Handle | None = None
@@ -277,6 +286,7 @@ class Store:
             db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop: _checkpoint_loop
             self._migrate(db)
             self._next_id = (db.execute("SELECT max(id) FROM messages").fetchone()[0] or 0) + 1
+            self._legacy_keys_below = db.execute("SELECT below FROM legacy_keys").fetchone()[0]
             self.rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError as e:
             if db is not None:
@@ -530,6 +540,14 @@ class Store:
 
     def find_key(self, key: str) -> tuple[int, str] | None:
         return self.db.execute("SELECT id, status FROM messages WHERE key = ?", (key,)).fetchone()
+
+    def find_legacy_copy(self, key: str, agent: str) -> int | None:
+        """The id of `agent`'s copy of a broadcast keyed `key` that a coordd of schema 1 stored (see MIGRATIONS[1])."""
+        if not self._legacy_keys_below:
+            return None
+        legacy = (f"{key}:{agent}", agent, self._legacy_keys_below)
+        row = self.db.execute("SELECT id FROM messages WHERE key = ? AND agent = ? AND id < ?", legacy).fetchone()
+        return row[0] if row else None
 
     def load_queued(self) -> list[Record]:
         cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
