@@ -14,7 +14,7 @@ from coordd.config import Config, ConfigError, GuiAgent, HotkeyStep, PasteStep, 
 
 HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
                  "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
-KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*$")  # "ctrl+shift+v", "enter", "f5"
+KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*\Z")  # "ctrl+shift+v", "enter", "f5"
 
 
 def apply_gui(cfg: Config, source: str) -> None:
