@@ -23,7 +23,8 @@ from coordd.gui.config import (  # noqa: F401
 )  # fmt: skip
 from coordd.model import ConfigError  # noqa: F401  (config.ConfigError: what loading a config raises)
 
-AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Also group names and tmux socket names. \Z, not $: $ would let a trailing newline through.
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 
@@ -301,7 +302,7 @@ def check_multiline(src: str, key: str, value: str) -> None:
 # tmux key names send-keys knows (`C-`, `M-`, `S-` for ctrl, meta, shift), or one printable character. An
 # unknown name would be typed as text, and a leading '-' read as an option, so neither is accepted.
 TMUX_KEY = re.compile(r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
-                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])$")  # fmt: skip
+                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])\Z")  # fmt: skip
 def _validate_file_mode(src: str, where: str, mode: str) -> None:
     """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
     No execute or special bits, and never writable by others: they could rewrite the messages."""
@@ -312,7 +313,7 @@ def _validate_file_mode(src: str, where: str, mode: str) -> None:
 
 
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
-TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)$", re.ASCII)
+TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)\Z", re.ASCII)
 TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
                       "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
 

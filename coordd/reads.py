@@ -20,9 +20,19 @@ class Reads:
     def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
         self.db = db  # the writer's connection: reads on the loop thread (cheap, indexed, needed to decide an answer)
         self.reader = reader  # aiosqlite, read-only: the scans
+        # Ids below it may hold broadcast copies keyed "KEY:AGENT" (schema.MIGRATIONS[1]).
+        self.legacy_keys_below = db.execute("SELECT below FROM legacy_keys").fetchone()[0]
 
     def find_key(self, key: str) -> tuple[int, str] | None:
         return self.db.execute("SELECT id, status FROM messages WHERE key = ?", (key,)).fetchone()
+
+    def find_legacy_copy(self, key: str, agent: str) -> int | None:
+        """The id of `agent`'s copy of a broadcast keyed `key` that a coordd of schema 1 stored (see MIGRATIONS[1])."""
+        if not self.legacy_keys_below:
+            return None
+        legacy = (f"{key}:{agent}", agent, self.legacy_keys_below)
+        row = self.db.execute("SELECT id FROM messages WHERE key = ? AND agent = ? AND id < ?", legacy).fetchone()
+        return row[0] if row else None
 
     def load_queued(self) -> list[Record]:
         cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")

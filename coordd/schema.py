@@ -17,7 +17,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -51,6 +51,14 @@ MIGRATIONS = [
         error      TEXT,
         PRIMARY KEY (message_id, number)
     ) WITHOUT ROWID;
+    """,
+    # 2: a broadcast's copies get keys no send's key can equal (coordctl.protocol.broadcast_key). Schema 1
+    # stored them as "KEY:AGENT", the same as a send keyed "KEY:AGENT": those keys stay as they are, since
+    # nothing tells the two apart, and `below` is the first id after them, so that a broadcast retried
+    # across the upgrade still finds the copies stored before it (Reads.find_legacy_copy). 0: none.
+    """
+    CREATE TABLE legacy_keys (below INTEGER NOT NULL);
+    INSERT INTO legacy_keys SELECT coalesce(max(id) + 1, 0) FROM messages WHERE key IS NOT NULL;
     """,
 ]
 

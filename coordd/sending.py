@@ -56,22 +56,22 @@ class Sending:
             groups = ", ".join(sorted(self.groups)) or "none are configured"
             raise Refused("unknown_agent", f"group: no group named {req.group!r}; groups: {groups}")
         msgs = [
-            p.NewMessage(
-                to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=req.tags,
-                key=f"{req.key}:{t}" if req.key else None,
-            )
+            p.NewMessage(to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=req.tags,
+                         key=req.key)
             for t in targets
         ]  # fmt: skip
-        return (await self._accept(msgs, where=""))[0]
+        return (await self._accept(msgs, where="", copies=True))[0]
 
     async def batch(self, req: p.Batch) -> list[int]:
         return (await self._accept(req.messages, where="messages"))[0]
 
-    async def _accept(self, msgs: list[p.NewMessage], where: str) -> tuple[list[int], int]:
+    async def _accept(self, msgs: list[p.NewMessage], where: str, copies: bool = False) -> tuple[list[int], int]:
         """Validate all, then store the new ones in one transaction: (ids in input order, how many were new).
 
         A message whose idempotency key is already known gets the first message's
         id and stores nothing. Nothing is stored unless every message is valid.
+        With `copies` (a broadcast) each message's key is the broadcast's: its copy
+        is stored with the key `p.broadcast_key(key, recipient)`.
         """
         check_not_empty(msgs, where)
         entries: list[int | Record] = []
@@ -82,19 +82,22 @@ class Sending:
         control_chars = self.config.daemon.control_chars
         for i, m in enumerate(msgs):
             check_message(m, self.agents, control_chars, f"{where}[{i}]." if where else "")
-            if m.key is not None:
-                known = by_key.get(m.key) or self.admission.known_key(m.key, waits)
+            key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
+            if key is not None:
+                known = by_key.get(key) or self.admission.known_key(key, waits)
+                if known is None and copies and m.key is not None:
+                    known = self.store.find_legacy_copy(m.key, m.to)
                 if known is not None:
                     entries.append(known)
                     continue
             rec = Record(
                 id=0, agent=m.to, body=m.body, priority=m.priority, created=now,
-                sender=m.sender, kind=m.kind, tags=m.tags or None, key=m.key,
+                sender=m.sender, kind=m.kind, tags=m.tags or None, key=key,
             )  # fmt: skip
             fresh.append(rec)
             entries.append(rec)
-            if m.key is not None:
-                by_key[m.key] = rec
+            if key is not None:
+                by_key[key] = rec
         size = self.admission.check_limits(fresh, self.config.queue)
         for rec in fresh:
             rec.id = self.store.allocate_id()

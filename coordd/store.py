@@ -228,6 +228,9 @@ class Store:
     def find_key(self, key: str) -> tuple[int, str] | None:
         return self.reads.find_key(key)
 
+    def find_legacy_copy(self, key: str, agent: str) -> int | None:
+        return self.reads.find_legacy_copy(key, agent)
+
     def load_queued(self) -> list[Record]:
         return self.reads.load_queued()
 

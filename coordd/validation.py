@@ -21,7 +21,24 @@ MAX_WAIT_S = 3600.0
 MAX_ID = (1 << 63) - 1  # SQLite's largest integer
 # Control characters: C0 but tab and newline, DEL, C1. In a terminal they are keystrokes, not text.
 BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # senders, kinds, tags: a line of a header, so no newline
+# Senders, kinds, tags and keys are each one line (of a header, of a table): no control character,
+# and no line break of any kind: C0 has LF, VT, FF, CR and FS/GS/RS, C1 has NEL (U+0085), and
+# Unicode adds the line and paragraph separators U+2028 and U+2029.
+NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Names for the characters an error quotes (unicodedata has none for controls).
+CONTROL_NAMES = {
+    0x00: "NULL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "TAB", 0x0A: "LINE FEED", 0x0B: "LINE TABULATION",
+    0x0C: "FORM FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x1C: "FILE SEPARATOR", 0x1D: "GROUP SEPARATOR",
+    0x1E: "RECORD SEPARATOR", 0x1F: "UNIT SEPARATOR", 0x7F: "DELETE", 0x85: "NEXT LINE",
+    0x9B: "CONTROL SEQUENCE INTRODUCER",
+    0x2028: "LINE SEPARATOR", 0x2029: "PARAGRAPH SEPARATOR",
+}  # fmt: skip
+
+
+def char_name(ch: str) -> str:
+    """``U+2028 LINE SEPARATOR``, ``U+001B ESCAPE``, or just ``U+0081``."""
+    name = CONTROL_NAMES.get(ord(ch))
+    return f"U+{ord(ch):04X} {name}" if name else f"U+{ord(ch):04X}"
 
 
 def check_ids(req: p.Request) -> None:
@@ -40,12 +57,12 @@ def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, 
     if not m.body.strip():
         raise Refused("bad_request", f"{where}body is empty: give the message some text")
     if control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
-        raise Refused("bad_request", f"{where}body has the control character U+{ord(bad[0]):04X} at offset "
+        raise Refused("bad_request", f"{where}body has the control character {char_name(bad[0])} at offset "
                       f"{bad.start()}, refused by daemon.control_chars = \"reject\": remove it from the text")  # fmt: skip
-    for field, value in (("sender", m.sender), ("kind", m.kind), *(("tags", t) for t in m.tags)):
+    for field, value in (("sender", m.sender), ("kind", m.kind), ("key", m.key), *(("tags", t) for t in m.tags)):
         if value is not None and (bad := NAME_CONTROL.search(value)):
-            raise Refused("bad_request", f"{where}{field} has the control character U+{ord(bad[0]):04X}: "
-                          "names are one line of plain text")  # fmt: skip
+            raise Refused("bad_request", f"{where}{field} contains {char_name(bad[0])}: use a single line of "
+                          "plain text, without line breaks or control characters")  # fmt: skip
     for field, value, limit in (("sender", m.sender, MAX_NAME), ("kind", m.kind, MAX_NAME), ("key", m.key, MAX_KEY)):
         if value is not None and not 0 < len(value) <= limit:
             raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")

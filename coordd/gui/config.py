@@ -91,7 +91,7 @@ class GuiAgent(msgspec.Struct, tag="gui", tag_field="transport", forbid_unknown_
 
 HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
                  "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
-KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*$")  # "ctrl+shift+v", "enter", "f5"
+KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*\Z")  # "ctrl+shift+v", "enter", "f5"
 
 
 def apply_gui(cfg: Any, source: str) -> None:
