@@ -47,6 +47,9 @@ class BadInput(click.ClickException):
 
     exit_code = EXIT_USAGE
 
+    def format_message(self) -> str:
+        return human.visible(self.message)  # it may quote the file's text
+
 
 class CoordGroup(click.Group):
     """Turns client errors into an exit code and one line on stderr."""
@@ -55,10 +58,10 @@ class CoordGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DaemonUnavailable as e:
-            click.echo(f"error [unavailable]: {e.message}", err=True)
+            human.echo(f"error [unavailable]: {e.message}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
         except CoordError as e:
-            click.echo(f"error [{e.code}]: {e.describe()}", err=True)
+            human.echo(f"error [{e.code}]: {e.describe()}", err=True)
             ctx.exit(EXIT_REFUSED)
 
 
@@ -114,7 +117,7 @@ def plain(obj: object) -> object:
 
 
 def emit_json(obj: object) -> None:
-    click.echo(msgspec.json.encode(plain(obj)))
+    click.echo(human.json_escaped(msgspec.json.encode(plain(obj))))
 
 
 def read_body(message: str) -> str:
@@ -190,13 +193,13 @@ def send(
     if state.json:
         emit_json(reply)
     elif wait:
-        click.echo(f"{reply.id} {reply.status}")
+        human.echo(f"{reply.id} {reply.status}")
     else:
-        click.echo(reply.id)
+        human.echo(str(reply.id))
     if reply.duplicate and not state.json:
-        click.echo(f"note: key {key!r} was used before; {reply.id} is the original message", err=True)
+        human.echo(f"note: key {key!r} was used before; {reply.id} is the original message", err=True)
     if wait and reply.status != "delivered":  # the daemon says so with an error; this is belt and braces
-        click.echo(f"error [not_delivered]: message {reply.id} is {reply.status}", err=True)
+        human.echo(f"error [not_delivered]: message {reply.id} is {reply.status}", err=True)
         click.get_current_context().exit(EXIT_REFUSED)
 
 
@@ -228,7 +231,7 @@ def batch(state: State, file: BinaryIO) -> None:
 @sender_option
 @kind_option
 @tag_option
-@click.option("--key", help="Idempotency key; each agent's copy uses KEY:AGENT.")
+@click.option("--key", help="Idempotency key: broadcasting again with the same key stores nothing new.")
 @pass_state
 def broadcast(
     state: State, message: str, group: str | None, priority: str, sender: str | None, kind: str | None,
@@ -247,7 +250,7 @@ def print_ids(state: State, ids: list[int]) -> None:
         emit_json({"ids": ids})
     else:
         for i in ids:
-            click.echo(i)
+            human.echo(str(i))
 
 
 @cli.command()
@@ -259,7 +262,7 @@ def status(state: State, as_json: bool) -> None:
     if state.json or as_json:
         emit_json(info)
     else:
-        click.echo(format_status(info))
+        human.echo(format_status(info))
     click.get_current_context().exit(status_exit_code(info))
 
 
@@ -395,11 +398,11 @@ def print_page(state: State, page: protocol.Page) -> None:
             )
             for m in page.messages
         ]
-        click.echo(human.table(headers, rows))
+        human.echo(human.table(headers, rows))
     else:
-        click.echo("no messages", err=True)
+        human.echo("no messages", err=True)
     if page.cursor is not None:
-        click.echo(f"next page: --cursor {page.cursor}", err=True)
+        human.echo(f"next page: --cursor {page.cursor}", err=True)
 
 
 @cli.command()
@@ -411,7 +414,7 @@ def show(state: State, message_id: int) -> None:
     if state.json:
         emit_json(reply)
     else:
-        click.echo(format_message(reply))
+        human.echo(format_message(reply))
 
 
 def format_message(reply: protocol.Message) -> str:
@@ -424,7 +427,7 @@ def format_message(reply: protocol.Message) -> str:
         ("priority", m.priority),
         ("kind", opt(m.kind)),
         ("tags", ", ".join(m.tags) or "-"),
-        ("key", opt(m.key)),
+        ("key", key_text(m.key)),
         ("created", human.timestamp(m.created)),
         ("delivered", human.timestamp(m.delivered)),
         ("attempts", str(m.attempts)),
@@ -449,6 +452,14 @@ def format_message(reply: protocol.Message) -> str:
     return "\n".join(lines)
 
 
+def key_text(key: str | None) -> str:
+    """A key as typed: a broadcast's copy's key (``KEY`` U+001F ``AGENT``) as the broadcast's key and its agent."""
+    if key is None:
+        return "-"
+    broadcast, sep, agent = key.partition(protocol.BROADCAST_KEY_SEP)
+    return f"{broadcast}  (broadcast, the copy for {agent})" if sep else key
+
+
 @cli.command()
 @click.argument("message_id", metavar="ID", type=int)
 @pass_state
@@ -470,7 +481,7 @@ def print_sent(state: State, reply: protocol.Reply) -> None:
     if state.json:
         emit_json(sent)
     else:
-        click.echo(f"{sent.id} {sent.status}")
+        human.echo(f"{sent.id} {sent.status}")
 
 
 @cli.group(invoke_without_command=True)
@@ -490,7 +501,7 @@ def list_agents(state: State) -> None:
         emit_json({"agents": found})
         return
     rows = [(a.id, a.transport, ",".join(a.groups) or "-", health(a.healthy, a.reason)) for a in found]
-    click.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
+    human.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
 
 
 @cli.command()
@@ -505,9 +516,9 @@ def ping(state: State) -> None:
     if state.json:
         emit_json({"version": pong.version, "protocol": pong.protocol, "rtt_ms": round(rtt_ms, 3)})
     else:
-        click.echo(f"coordd {pong.version}  protocol {pong.protocol}  round trip {rtt_ms:.3f} ms")
+        human.echo(f"coordd {pong.version}  protocol {pong.protocol}  round trip {rtt_ms:.3f} ms")
     if pong.protocol != protocol.PROTOCOL_VERSION:
-        click.echo(f"warning: coordctl speaks protocol {protocol.PROTOCOL_VERSION}", err=True)
+        human.echo(f"warning: coordctl speaks protocol {protocol.PROTOCOL_VERSION}", err=True)
 
 
 @cli.command()
@@ -518,7 +529,7 @@ def reload(state: State) -> None:
     if state.json:
         emit_json(done)
         return
-    click.echo(f"reloaded {done.config}")
+    human.echo(f"reloaded {done.config}")
     for label, names in (
         ("added", done.added),
         ("removed", done.removed),
@@ -526,9 +537,9 @@ def reload(state: State) -> None:
         ("needs a restart", done.restart_needed),
     ):
         if names:
-            click.echo(f"{label}: {', '.join(names)}")
+            human.echo(f"{label}: {', '.join(names)}")
     if done.orphaned:
-        click.echo(f"orphaned: {done.orphaned} queued messages wait for agents no longer configured")
+        human.echo(f"orphaned: {done.orphaned} queued messages wait for agents no longer configured")
 
 
 # --- observability ---------------------------------------------------------------
@@ -561,7 +572,7 @@ def metrics(state: State) -> None:
     if state.json:
         emit_json({"text": text})
     else:
-        click.echo(text, nl=False)
+        human.echo(text, nl=False)
 
 
 # --- gui agents --------------------------------------------------------------------
@@ -574,7 +585,7 @@ def import_coords(file: str) -> None:
     from coordctl import coords  # its json import is for this command only
 
     try:
-        click.echo(coords.to_toml(coords.load(file)), nl=False)
+        human.echo(coords.to_toml(coords.load(file)), nl=False)
     except coords.CoordsError as e:
         raise BadInput(str(e)) from None
 
@@ -590,7 +601,7 @@ def onboard(state: State, agent: str, message: str | None) -> None:
     if state.json:
         emit_json(done)
     else:
-        click.echo(f"onboarded {done.agent}: {done.steps} steps")
+        human.echo(f"onboarded {done.agent}: {done.steps} steps")
 
 
 @cli.group()
@@ -610,18 +621,18 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
     client = state.client()
     client.ping()  # fail now, not after the countdown, when coordd is not running
     if delay:
-        click.echo(f"Point the mouse at {agent}'s {what}:", err=True, nl=False)
+        human.echo(f"Point the mouse at {agent}'s {what}:", err=True, nl=False)
         for left in range(delay, 0, -1):
-            click.echo(f" {left}", err=True, nl=False)
+            human.echo(f" {left}", err=True, nl=False)
             time.sleep(1)  # noqa: sleep-ok: a countdown for a person moving the mouse
-        click.echo("", err=True)
+        human.echo("", err=True)
     at = client.pointer()
     keys = ("onboarding_x", "onboarding_y") if onboarding else ("x", "y")
     if state.json:
         emit_json({"agent": agent, keys[0]: at.x, keys[1]: at.y})
         return
-    click.echo(f"# {agent}: {what} ({at.screen_width}x{at.screen_height} screen)")
-    click.echo(f"{keys[0]} = {at.x}\n{keys[1]} = {at.y}")
+    human.echo(f"# {agent}: {what} ({at.screen_width}x{at.screen_height} screen)")
+    human.echo(f"{keys[0]} = {at.x}\n{keys[1]} = {at.y}")
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def event_line(ev: protocol.Event) -> str:
 def as_json(item: protocol.Event | protocol.Missed) -> str:
     if type(item) is protocol.Missed:
         return msgspec.json.encode({"event": "missed", "count": item.count}).decode()
-    return msgspec.json.encode(msgspec.structs.asdict(item)).decode()
+    return human.json_escaped(msgspec.json.encode(msgspec.structs.asdict(item))).decode()
 
 
 def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
@@ -77,7 +77,7 @@ def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
             elif skip is not None and skip(item):
                 continue
             else:
-                text = as_json(item) if json else event_line(item)
+                text = as_json(item) if json else human.visible(event_line(item))
             out.write(text + "\n")
     except KeyboardInterrupt:
         pass

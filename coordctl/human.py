@@ -1,21 +1,82 @@
 """Text for people: tables, durations, sizes, timestamps, and the time specs
 that ``--since``/``--until`` accept. No third-party formatting libraries: the
 CLI must start fast.
+
+Every human-readable line coordctl prints goes through `echo` (or, for a stream,
+`visible`): what it shows is other people's text (bodies, senders, kinds, the
+errors transports report), and on a terminal a control character in it is a
+command, not text: ``ESC ] 52`` writes the clipboard, ``ESC [ 2 J`` clears the
+screen, CR overwrites the line, U+202E shows what follows reversed. So they are
+made visible, on a terminal and in a pipe alike:
+
+- C0 controls but newline and tab, and DEL, become their Unicode Control
+  Pictures, one column wide like a character: ESC is ``␛`` (U+241B), BEL ``␇``,
+  CR ``␍``, DEL ``␡``. An escape sequence is then inert text: ``␛]52;c;SGVsbG8=␇``.
+- C1 controls (U+0080-U+009F), the bidirectional controls (U+061C, U+200E,
+  U+200F, U+202A-U+202E, U+2066-U+2069) and the line and paragraph separators
+  (U+2028, U+2029), which have no picture, become ``<U+009B>``.
+
+``--json`` keeps the exact text; `json_escaped` writes those characters as JSON
+``\\u`` escapes, which decode to the same string.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
+
+import click
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+# What `visible` replaces: C0 but tab and newline; DEL and C1; U+061C, U+200E-200F, U+2028-202E, U+2066-2069.
+_HIDDEN = [(0x00, 0x08), (0x0B, 0x1F), (0x7F, 0x9F), (0x061C, 0x061C), (0x200E, 0x200F), (0x2028, 0x202E),
+           (0x2066, 0x2069)]  # fmt: skip
+
+
+def _shown(c: int) -> int | str:
+    """What `visible` puts for code point c: its control picture (U+2400 + c; U+2421 for DEL), else <U+XXXX>."""
+    if c < 0x80:
+        return 0x2421 if c == 0x7F else 0x2400 + c
+    return f"<U+{c:04X}>"
+
+
+_VISIBLE = {c: _shown(c) for lo, hi in _HIDDEN for c in range(lo, hi + 1)}  # for str.translate
+# To look for them first: most text has none, and a search costs a fifth of a translate for a table cell and a
+# tenth for text that is not ASCII (measured: 0.2 against 1.0 us for "Agent-1"; 9 against 146 ms for 1.4 MB).
+_CONTROL = re.compile("[" + "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in _HIDDEN) + "]")
+# The ones msgspec's JSON leaves raw (it escapes C0 itself), as UTF-8: DEL, C1 (C2 80-9F), U+061C (D8 9C),
+# U+200E/F, U+2028-202E (E2 80 ..), U+2066-2069 (E2 81 ..). Each begins with a lead byte, so no match is
+# ever the middle of another character.
+_JSON_RAW = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters made visible (see the module's doc); newline and tab stay."""
+    return text.translate(_VISIBLE) if _CONTROL.search(text) else text
+
+
+def echo(text: str, err: bool = False, nl: bool = True) -> None:
+    """Print a line (or lines) for people: what every human-readable printer uses."""
+    click.echo(visible(text), err=err, nl=nl)
+
+
+def json_escaped(encoded: bytes) -> bytes:
+    """msgspec's JSON with DEL, C1 and the bidi and line-separator characters escaped as ``\\u00XX``:
+    the same JSON string, but none of them reaches a terminal raw."""
+    if _JSON_RAW.search(encoded) is None:
+        return encoded
+    return _JSON_RAW.sub(lambda m: b"\\u%04x" % ord(m[0].decode()), encoded)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns two spaces apart; the last column is not padded."""
+    """Left-aligned columns two spaces apart; the last column is not padded. Cells are made `visible`
+    first, so that the columns line up."""
+    rows = [[visible(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (headers, *rows)

@@ -39,8 +39,20 @@ ERROR_CODES = (
     "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
     "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
     "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
+    "internal",  # a bug in coordd failed this request (its log has the traceback); the daemon goes on serving
     "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
 )
+
+# A broadcast's copy for agent A is stored with the key KEY + U+001F + A. The keys of send and batch may not
+# hold control characters (bad_request), so none can equal a copy's key: `standup:Agent-1` sent to Agent-1
+# and a broadcast keyed `standup` are two messages. (Stores of schema 1 hold "KEY:A", which could: see
+# coordd/store.py's migration 2.)
+BROADCAST_KEY_SEP = "\x1f"
+
+
+def broadcast_key(key: str, agent: str) -> str:
+    """The key of the copy for `agent` of a broadcast keyed `key`."""
+    return f"{key}{BROADCAST_KEY_SEP}{agent}"
 
 
 class _Req(msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -89,7 +101,7 @@ class Broadcast(_Req, tag="broadcast"):
     priority: Priority = "regular"
     kind: str | None = None
     tags: list[str] = []
-    key: str | None = None  # per-agent key is f"{key}:{agent}"
+    key: str | None = None  # each agent's copy is stored with the key broadcast_key(key, agent)
 
 
 class StatusRequest(_Req, tag="status"):

@@ -17,12 +17,16 @@ from typing import Literal, Union
 import msgspec
 
 from coordctl.paths import runtime_socket_path
+# The [gui] section and the gui agent are defined with the rest of the GUI; they are part of the config as well.
+from coordd.gui.config import (  # noqa: F401
+    DEFAULT_SEQUENCE, ClickStep, Gui, GuiAgent, HotkeyStep, PasteStep, Step, SubmitStep, WaitStep, apply_gui,
+)  # fmt: skip
+from coordd.model import ConfigError  # noqa: F401  (config.ConfigError: what loading a config raises)
 
-AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Also group names and tmux socket names. \Z, not $: $ would let a trailing newline through.
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
-class ConfigError(Exception):
-    pass
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -75,48 +79,6 @@ class Metrics(_Section):
     watch_buffer: int = 1000  # events held per watcher that falls behind; past it they are counted as missed
 
 
-class _Step(msgspec.Struct, tag_field="do", forbid_unknown_fields=True, kw_only=True):
-    """One step of a GUI onboarding sequence."""
-
-
-class ClickStep(_Step, tag="click"):
-    at: Literal["onboarding", "chat"] = "onboarding"  # onboarding_x/_y (x/y when unset), or x/y
-
-
-class HotkeyStep(_Step, tag="hotkey"):
-    keys: str  # "ctrl+n", "enter"
-
-
-class PasteStep(_Step, tag="paste"):
-    text: str = "{message}"  # {message}: the onboarding message; {agent}: the agent's id
-
-
-class SubmitStep(_Step, tag="submit"):
-    urgent: bool = False  # press urgent_submit_key instead of submit_key
-
-
-class WaitStep(_Step, tag="wait"):
-    ms: int
-
-
-Step = Union[ClickStep, HotkeyStep, PasteStep, SubmitStep, WaitStep]
-DEFAULT_SEQUENCE: list[Step] = [ClickStep(), PasteStep(), SubmitStep()]
-
-
-class Gui(_Section):
-    """Settings shared by every gui agent: one mouse, one keyboard, one clipboard."""
-
-    pause_ms: int = 0  # pyautogui.PAUSE: its pause after every call (its own default is 100 ms)
-    failsafe: bool = True  # pyautogui's fail-safe: the mouse in a screen corner pauses GUI delivery
-    header: str = "[A2A] {sender} -> {to} | {PRIORITY}"
-    restore_clipboard: bool = True
-    confirm_paste: bool = True  # wait until the application fetched the pasted text
-    paste_timeout_ms: int = 2000
-    coords_file: str = ""
-    onboarding_message: str = "You are {agent}. Messages from the other agents arrive in this chat."
-    sequences: dict[str, list[Step]] = {}
-
-
 class _Agent(msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, kw_only=True):
     id: str
     groups: list[str] = []
@@ -127,34 +89,6 @@ class InboxAgent(_Agent, tag="inbox"):
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
     chunk: int = 16  # files written per turn of the event loop
     file_mode: str = "0600"  # octal; e.g. "0640" to let the group read a shared workspace
-
-
-class GuiAgent(_Agent, tag="gui"):
-    """An agent reached by clicking its chat input and pasting (an IDE chat window).
-
-    Coordinates are screen pixels (negative x: a monitor left of the primary); x and y
-    may come from gui.coords_file instead. Delays are what the target application
-    needs between steps; see config.example.toml for what each is for. What all gui
-    agents share (pyautogui's pause, the header, the clipboard policy) is the [gui] section.
-    """
-
-    x: int | None = None
-    y: int | None = None
-    onboarding_x: int | None = None
-    onboarding_y: int | None = None
-    paste_hotkey: str = "ctrl+v"
-    submit_key: str = "enter"
-    urgent_submit_key: str = "ctrl+enter"
-    click_settle_ms: int = 10
-    paste_settle_ms: int = 10
-    submit_settle_ms: int = 10
-    onboarding: str = "default"  # a sequence name from [gui.sequences], or "default"
-    header: str | None = None  # this agent's header template; unset: gui.header
-    coalesce: bool = False
-    coalesce_max_messages: int = 10
-    coalesce_max_bytes: int = 16384
-    multiline: str | None = None  # "join" | "paste" | "keys"; unset: "join" when submit_key is "enter", else "paste"
-    newline_key: str = "shift+enter"  # multiline = "keys": starts a new line in the input without submitting
 
 
 class TmuxAgent(_Agent, tag="tmux"):
@@ -215,9 +149,7 @@ def parse(raw: dict, source: str) -> Config:
         raise ConfigError(f"{source}: {e}") from None
     _fill_defaults(cfg)
     if cfg.gui.coords_file or any(isinstance(a, GuiAgent) for a in cfg.agents):
-        from coordd.gui_config import apply_gui  # coordinates from gui.coords_file, gui checks
-
-        apply_gui(cfg, source)
+        apply_gui(cfg, source)  # coordinates from gui.coords_file, gui checks
     _validate(cfg, source)
     return cfg
 
@@ -303,6 +235,8 @@ def _validate(cfg: Config, src: str) -> None:
             _validate_tmux(src, f"agents[{i}]", a)
         elif isinstance(a, GuiAgent):
             _require_gui_extra(src, f"agents[{i}]")
+            if a.multiline is not None:
+                check_multiline(src, f"agents[{i}].multiline", a.multiline)
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
 
@@ -368,7 +302,7 @@ def check_multiline(src: str, key: str, value: str) -> None:
 # tmux key names send-keys knows (`C-`, `M-`, `S-` for ctrl, meta, shift), or one printable character. An
 # unknown name would be typed as text, and a leading '-' read as an option, so neither is accepted.
 TMUX_KEY = re.compile(r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
-                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])$")  # fmt: skip
+                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])\Z")  # fmt: skip
 def _validate_file_mode(src: str, where: str, mode: str) -> None:
     """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
     No execute or special bits, and never writable by others: they could rewrite the messages."""
@@ -379,7 +313,7 @@ def _validate_file_mode(src: str, where: str, mode: str) -> None:
 
 
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
-TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)$", re.ASCII)
+TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)\Z", re.ASCII)
 TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
                       "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
 

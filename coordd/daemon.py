@@ -15,19 +15,34 @@ import logging
 import os
 import signal
 
-from coordd import listener, observer, retention, systemd
+from coordctl import protocol as p
+from coordd import listener, systemd
+from coordd.admission import Admission
 from coordd.config import Config
 from coordd.delivery import Delivery
+from coordd.events import EventBus
 from coordd.handlers import Handlers
+from coordd.hooks import NO_HOOKS
+from coordd.metrics import Collector, Metrics
+from coordd.observer import BENCH_OFF, Observer, start_http
+from coordd.queries import Queries
 from coordd.reload import Reloader
+from coordd.retention import Pruner
+from coordd.retry_cancel import RetryCancel
+from coordd.sending import Sending
 from coordd.server import Server
 from coordd.store import Store
-from coordd.transports import make_transport
+from coordd.transports import Transport
+from coordd.transports.factory import make_transport
 
 log = logging.getLogger("coordd")
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:
+    """The composition root: the one place that builds every long-lived object, and so knows the whole graph.
+
+    Each object gets what it needs when it is built; later changes (a reload) go through its own methods.
+    """
     # Every file coordd creates is its user's alone (the database's temp files, the lock files), whatever
     # umask it was started with; an inbox agent's file_mode widens its own files on purpose.
     os.umask(0o077)
@@ -45,69 +60,79 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     stop = asyncio.Event()
     reloader: Reloader | None = None
     _handle_signals(loop, notifier, stop, lambda: reloader and reloader.on_sighup())
-    store = Store(config.store.path, config.store.synchronous)
-    store.max_rows = config.retention.max_messages
+    store = Store(config.store.path, config.store.synchronous, config.retention.max_messages)
     transports = {a.id: make_transport(a, config) for a in config.agents}
-    delivery = Delivery(config.delivery, store, transports)
-    server = aserver = metrics_http = None
+    delivery: Delivery | None = None
+    server = aserver = endpoint = sock = None
     try:
         await store.open()
         for t in transports.values():
             await t.start()
-        _requeue(store, delivery)
-        handlers = Handlers(config, store, delivery, socket_path)
-        d = config.daemon
-        server = Server(handlers, d.max_frame_bytes, d.max_connections, {os.getuid(), *d.allow_uids}, set(d.allow_gids))
-        watched = observer.install(config, store, delivery, handlers, server)  # metrics and watch events
         # Bound now, so that a second daemon finds the socket taken; connections wait in the backlog until
         # everything they may ask for is in place (start_serving, just before READY).
         sock = inherited or listener.bind(socket_path)
-        aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False)
-        metrics_http = await observer.start_http(watched, config)
-
-        def summary() -> str:
-            return _summary(handlers, delivery)
-
         async with asyncio.TaskGroup() as tg:
-            background: dict[str, asyncio.Task] = {}
 
-            def spawn(coro, name: str) -> asyncio.Task:
+            def spawn(coro, name: str) -> asyncio.Task:  # every task of the daemon is in this group
                 return tg.create_task(coro, name=name)
 
-            def start_pruner() -> None:
-                if "retention" in background:
-                    background["retention"].cancel()
-                background["retention"] = spawn(retention.run(store, handlers.config.retention), "retention")
+            metrics, bus = Metrics(), EventBus(config.metrics.watch_buffer)
+            hooks = Observer(metrics, bus)  # metrics and watch events, reported by delivery, handlers, server
+            if os.environ.get(BENCH_OFF):
+                log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
+                hooks = NO_HOOKS
+            delivery = Delivery(config.delivery, store, transports, spawn, hooks)
+            collector = Collector(metrics, delivery, store, bus)
+            endpoint = await start_http(collector, config)
 
-            reloader = Reloader(config_path, handlers, delivery, server, store, notifier, spawn, summary)
-            reloader.on_retention_change = start_pruner
-            handlers.reloader = reloader.reload
-            for q in delivery.queues.values():
-                q.task = spawn(delivery.worker(q), f"deliver:{q.id}")
-            start_pruner()
+            async def reload() -> p.Reloaded:  # the `reload` request; the reloader is built below
+                return await reloader.reload()
+
+            sending = Sending(config, store, delivery, Admission(store, delivery), hooks)
+            queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
+            retry_cancel = RetryCancel(config, store, delivery, hooks)
+            handlers = Handlers(config, delivery, sending, queries, retry_cancel, reload, hooks, collector.text)
+            server = Server(handlers, config.daemon, hooks, bus)
+            pruner = Pruner(store, config.retention, spawn)
+
+            def summary() -> str:
+                return _summary(handlers, delivery)
+
+            reloader = Reloader(config_path, handlers, delivery, server, store, pruner, notifier, spawn, summary)
+            aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False)
+
+            _requeue(store, delivery)
+            delivery.start()
+            pruner.start()
+            background: list[asyncio.Task] = []
             if notifier:
-                background["status"] = spawn(systemd.refresh_status(notifier, summary), "status")
+                background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
             if watchdog_period and notifier:
-                background["watchdog"] = spawn(systemd.watchdog(notifier, store, watchdog_period), "watchdog")
+                background.append(spawn(systemd.watchdog(notifier, lambda: store.write([]), watchdog_period), "watchdog"))
             log.info("coordd serving %d agents on %s (%sdb %s, %d queued)", len(config.agents), socket_path,
                      "socket-activated, " if inherited else "", store.path, delivery.queued())  # fmt: skip
             await aserver.start_serving()
             notifier.notify("READY=1", f"STATUS={summary()}")  # the socket serves and the store is open
             await stop.wait()
-            await _stop(aserver, handlers, delivery, server, background)
+            await _stop(aserver, handlers, delivery, server, pruner, background)
     finally:
-        if metrics_http is not None:
-            metrics_http.close()
+        if endpoint is not None and endpoint.server is not None:
+            endpoint.server.close()
         if server is not None:
             server.close_all()
-        for t in {id(q.transport): q.transport for q in delivery.all_queues() if q.transport}.values():
+        for t in _in_use(delivery, transports):
             await t.close()
         await store.close()  # the final commit
-        if aserver is not None and inherited is None:  # an inherited socket is systemd's: never unlinked
+        if sock is not None and inherited is None:  # an inherited socket is systemd's: never unlinked
             with contextlib.suppress(FileNotFoundError):  # its directory may have been deleted under us
                 os.unlink(socket_path)
         os.close(lock_fd)
         log.info("stopped")
+
+
+def _in_use(delivery: Delivery | None, transports: dict[str, Transport]) -> list[Transport]:
+    """The transports to close: those delivery holds now (a reload may have replaced some), else those built."""
+    return delivery.transports() if delivery is not None else list(transports.values())
 
 
 def _handle_signals(loop, notifier: systemd.Notifier, stop: asyncio.Event, reload) -> None:
@@ -129,26 +154,27 @@ def _handle_signals(loop, notifier: systemd.Notifier, stop: asyncio.Event, reloa
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
-async def _stop(aserver, handlers: Handlers, delivery: Delivery, server: Server, background: dict) -> None:
+async def _stop(aserver, handlers: Handlers, delivery: Delivery, server: Server, pruner: Pruner,
+                background: list[asyncio.Task]) -> None:  # fmt: skip
     """Stop accepting; let deliveries in progress finish within the grace time; the rest stay queued."""
     loop = asyncio.get_running_loop()
     grace = handlers.config.daemon.shutdown_grace_ms / 1000
     deadline = loop.time() + grace
     log.info("stopping: no new connections, finishing deliveries in progress (up to %g s)", grace)
     aserver.close()
-    handlers.accepting = False
+    handlers.stop_accepting()
     delivery.stop()
-    for task in background.values():
+    pruner.stop()
+    for task in background:
         task.cancel()
-    workers = [q.task for q in delivery.all_queues() if q.task is not None and not q.task.done()]
+    workers = delivery.workers()
     if workers:
         _, late = await asyncio.wait(workers, timeout=grace)
         for task in late:  # their messages stay queued in the database for the next start
             task.cancel()
         if late:
             log.warning("%d deliveries did not finish within daemon.shutdown_grace_ms; they stay queued", len(late))
-    if server.tasks:  # replies to requests already being handled
-        await asyncio.wait(list(server.tasks), timeout=max(0.0, deadline - loop.time()))
+    await server.finish(timeout=max(0.0, deadline - loop.time()))  # replies to requests already being handled
 
 
 def _summary(handlers: Handlers, delivery: Delivery) -> str:

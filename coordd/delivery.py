@@ -16,12 +16,14 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
-from coordd import store as s
+from coordd import schema as s
 from coordd.config import Delivery as DeliveryConfig
-from coordd.observer import NO_HOOKS, Hooks
-from coordd.store import Record, Store
-from coordd.transports import DeliveryError, Transport, TransportDown
+from coordd.hooks import NO_HOOKS, Hooks
+from coordd.model import DeliveryError, Record, TransportDown
+from coordd.store import Store
+from coordd.transports import Transport
 
 log = logging.getLogger("coordd.delivery")
 
@@ -90,9 +92,12 @@ class AgentQueue:
 
 
 class Delivery:
-    def __init__(self, config: DeliveryConfig, store: Store, transports: dict[str, Transport]) -> None:
+    def __init__(self, config: DeliveryConfig, store: Store, transports: dict[str, Transport],
+                 spawn: Callable[..., asyncio.Task], observer: Hooks = NO_HOOKS) -> None:  # fmt: skip
         self.config = config
         self.store = store
+        self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
+        self.observer = observer  # metrics and watch events
         self.queues = {agent_id: AgentQueue(agent_id, t) for agent_id, t in transports.items()}
         # Queued messages of agents no longer configured, kept in order (and in the database) for
         # when the agent comes back. A reload moves queues between the two dicts.
@@ -101,7 +106,67 @@ class Delivery:
         self.waiters: dict[int, list[asyncio.Future]] = {}
         self.unrecorded: set[int] = set()  # delivered or failed, outcome not yet committed
         self.stopping = False
-        self.observer: Hooks = NO_HOOKS  # metrics and watch events; the daemon installs its Observer
+
+    def start(self) -> None:
+        """A worker for each agent's queue."""
+        for q in self.queues.values():
+            self._start_worker(q)
+
+    def _start_worker(self, q: AgentQueue) -> None:
+        q.task = self.spawn(self.worker(q), f"deliver:{q.id}")
+
+    # --- what a reload changes (coordd.reload); none of these awaits, so a request sees one config -----
+
+    def configure(self, config: DeliveryConfig, agents: list[str]) -> None:
+        """The [delivery] settings, and the configured agents in config order (their queues exist by now)."""
+        self.config = config
+        self.queues = {agent_id: self.queues[agent_id] for agent_id in agents}
+
+    def retire(self, agent_id: str) -> None:
+        """The agent left the config: its worker stops after its delivery in progress, whose transport is then
+        closed; its messages stay queued (orphaned) for when it comes back."""
+        q = self.queues.pop(agent_id)
+        old, q.transport = q.transport, None
+        q.retired = True
+        q.wakeup.set()  # the worker leaves its wait and exits
+        self.orphans[agent_id] = q
+        self._close_after_delivery(q, old)
+
+    def replace_transport(self, agent_id: str, transport: Transport) -> None:
+        """The agent's transport changed: the new one takes the next delivery, the old one closes after the
+        delivery in progress."""
+        q = self.queues[agent_id]
+        old, q.transport = q.transport, transport
+        if old is not None:
+            transport.take_over(old)
+        q.down = None
+        q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
+        q.wakeup.set()
+        self._close_after_delivery(q, old)
+
+    def add(self, agent_id: str, transport: Transport) -> None:
+        """A new agent; one configured before gets back its orphaned messages, in their order."""
+        q = self.orphans.pop(agent_id, None)
+        if q is None:
+            q = AgentQueue(agent_id, transport)
+        else:
+            q.transport, q.retired, q.down, q.resume_at = transport, False, None, 0.0
+            q.wakeup.set()
+        self.queues[agent_id] = q
+        if q.task is None or q.task.done():  # else the retired worker had not exited yet, and carries on
+            self._start_worker(q)
+
+    def _close_after_delivery(self, q: AgentQueue, transport: Transport | None) -> None:
+        if transport is not None:
+            self.spawn(_close_when_idle(q, transport), f"close:{q.id}")
+
+    def workers(self) -> list[asyncio.Task]:
+        """The workers still running."""
+        return [q.task for q in self.all_queues() if q.task is not None and not q.task.done()]
+
+    def transports(self) -> list[Transport]:
+        """The transports in use, each once (to close at the end)."""
+        return list({id(q.transport): q.transport for q in self.all_queues() if q.transport}.values())
 
     # --- what the request handlers use -----------------------------------------
 
@@ -251,3 +316,11 @@ class Delivery:
                 if not fut.done():
                     fut.set_result(("queued", "the daemon is shutting down"))
 
+
+async def _close_when_idle(q: AgentQueue, transport: Transport) -> None:
+    async with q.busy:  # the delivery in progress, if any, ran on `transport`: let it finish
+        pass
+    try:
+        await transport.close()
+    except Exception:
+        log.exception("closing the replaced %s transport of %s failed", transport.name, q.id)

@@ -118,6 +118,10 @@ class EventBus:
         self.pending: list[p.Event] = []  # published, not yet handed to the subscribers
         self._flush: asyncio.TimerHandle | None = None
 
+    def configure(self, buffer: int) -> None:
+        """[metrics] watch_buffer: the backlog of each subscriber made from now on."""
+        self.buffer = buffer
+
     def publish(self, ev: p.Event) -> None:
         pending = self.pending
         pending.append(ev)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from collections import deque
 from typing import Any, get_args
 
 from coordctl import protocol as p
 from coordd import __version__
+from coordd.model import Histogram
 
 log = logging.getLogger("coordd.metrics")
 
@@ -36,23 +36,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_OPS = {cls: cls.__struct_config__.tag for cls in get_args(p.Request)}
 
 
-# Writes per group commit (the store's): 1 while sends come one at a time, more as they crowd in.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-
-
-class Histogram:
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-
 class AgentStats:
     """One agent's counts under one transport (a reload that changes the transport starts a new series)."""
 
@@ -61,7 +44,7 @@ class AgentStats:
     def __init__(self, transport: str, window: deque | None = None) -> None:
         self.transport = transport
         self.accepted = self.delivered = self.failed = self.retried = self.cancelled = 0
-        self.latency = Histogram()  # accepted to delivered, seconds
+        self.latency = Histogram(BUCKETS)  # accepted to delivered, seconds
         self.window: deque[tuple[float, float]] = window if window is not None else deque(maxlen=WINDOW_SAMPLES)
 
     def percentiles(self, now: float) -> tuple[float | None, float | None]:
@@ -82,10 +65,9 @@ class Metrics:
     def __init__(self) -> None:
         self.agents: dict[str, AgentStats] = {}  # by agent id: the series now counting
         self.series: dict[tuple[str, str], AgentStats] = {}  # by (agent, transport), kept across reloads
-        self.rpc: dict[type, Histogram] = {cls: Histogram() for cls in REQUEST_OPS}
+        self.rpc: dict[type, Histogram] = {cls: Histogram(BUCKETS) for cls in REQUEST_OPS}
         self.rejected: dict[str, int] = dict.fromkeys(p.ERROR_CODES, 0)
-        self.collector: Collector | None = None
-        self._registry = None
+        self.connections = 0  # open client connections
 
     def configure(self, config: Any) -> None:
         """Series for every configured agent (at start and at each reload), so all show from the first scrape."""
@@ -106,11 +88,30 @@ class Metrics:
         if code in self.rejected:
             self.rejected[code] += 1
 
+
+
+class Collector:
+    """Turns the counts, and the daemon's state as it is now, into metric families and their exposition.
+
+    delivery, store and bus are the daemon's (coorddelivery.Delivery, coordstore.Store,
+    coordd.events.EventBus), read only at scrape time; without them, the counts alone.
+    """
+
+    def __init__(self, metrics: Metrics, delivery: Any = None, store: Any = None, bus: Any = None) -> None:
+        self.metrics = metrics
+        self.delivery = delivery
+        self.store = store
+        self.bus = bus
+        self._registry = None
+
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4) of every metric."""
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry())
+
+    def text(self) -> str:
+        return self.exposition().decode()
 
     def registry(self):
         """The private CollectorRegistry, made on first use (the only place prometheus_client is imported)."""
@@ -118,17 +119,9 @@ class Metrics:
             from prometheus_client import CollectorRegistry, ProcessCollector
 
             self._registry = CollectorRegistry(auto_describe=False)
-            self._registry.register(self.collector or Collector(self, None))
+            self._registry.register(self)
             ProcessCollector(registry=self._registry)
         return self._registry
-
-
-class Collector:
-    """Turns the counts, and the daemon's state as it is now, into metric families."""
-
-    def __init__(self, metrics: Metrics, daemon: Any) -> None:
-        self.metrics = metrics
-        self.daemon = daemon  # has .delivery, .server, .store, .bus; None: counts only
 
     def describe(self) -> list:
         return []  # nothing to check at registration: names are fixed here
@@ -159,13 +152,13 @@ class Collector:
         for code, n in m.rejected.items():
             rejected.add_metric([code], n)
         yield rejected
-        if self.daemon is not None:
+        if self.delivery is not None:
             yield from self._state()
 
     def _state(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        d, now = self.daemon, time.time()
+        delivery, store, bus, now = self.delivery, self.store, self.bus, time.time()
         depth, held, oldest, flight, healthy = (GaugeMetricFamily(name, doc, labels=["agent", "transport"]) for name, doc in (
             ("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)"),
             ("coordd_queue_bytes", "Bytes the bodies of undelivered messages hold, in flight too (queue.max_bytes bounds the sum)"),
@@ -173,7 +166,7 @@ class Collector:
             ("coordd_deliveries_in_flight", "Messages being delivered now"),
             ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
         ))  # fmt: skip
-        for q in d.delivery.queues.values():
+        for q in delivery.queues.values():
             key = [q.id, q.transport.name if q.transport is not None else "none"]
             created = q.oldest_created()
             depth.add_metric(key, len(q))
@@ -184,19 +177,19 @@ class Collector:
         yield from (depth, held, oldest, flight, healthy)
         for name, doc, value in (
             ("coordd_orphaned_messages", "Messages queued for agents no longer configured",
-             sum(d.delivery.orphaned().values())),
-            ("coordd_connections", "Open client connections", len(d.server.connections)),
-            ("coordd_watchers", "Active watch subscriptions", len(d.bus.subscribers)),
-            ("coordd_store_rows", "Messages stored", d.store.rows),
-            ("coordd_store_size_bytes", "Database size on disk, with its WAL", d.store.size_bytes()),
+             sum(delivery.orphaned().values())),
+            ("coordd_connections", "Open client connections", self.metrics.connections),
+            ("coordd_watchers", "Active watch subscriptions", len(bus.subscribers)),
+            ("coordd_store_rows", "Messages stored", store.rows),
+            ("coordd_store_size_bytes", "Database size on disk, with its WAL", store.size_bytes()),
         ):  # fmt: skip
             yield GaugeMetricFamily(name, doc, value=value)
         yield _histograms("coordd_store_commit_batch_size", "Writes per group commit", [],
-                          [([], d.store.commit_sizes)])  # fmt: skip
+                          [([], store.commit_sizes)])  # fmt: skip
         for name, doc, value in (
-            ("coordd_store_pruned", "Messages removed by retention", d.store.pruned),
-            ("coordd_store_commits", "Group commits", d.store.commits),
-            ("coordd_watch_events_missed", "Events dropped for watchers that fell behind", d.bus.missed),
+            ("coordd_store_pruned", "Messages removed by retention", store.pruned),
+            ("coordd_store_commits", "Group commits", store.commits),
+            ("coordd_watch_events_missed", "Events dropped for watchers that fell behind", bus.missed),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
 
@@ -221,7 +214,7 @@ MAX_HEAD = 8192  # bytes of request line and headers
 HTTP_TIMEOUT_S = 10.0  # for a scraper to send its request
 
 
-async def serve_http(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+async def serve_http(collector: Collector, host: str, port: int) -> asyncio.Server:
     """Serve GET /metrics on host:port, on the event loop (a scrape reads the daemon's state in place)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -235,7 +228,7 @@ async def serve_http(metrics: Metrics, host: str, port: int) -> asyncio.Server:
                 elif path not in (b"/metrics", b"/"):
                     status, body, ctype = "404 Not Found", b"metrics are at /metrics\n", "text/plain"
                 else:
-                    status, body, ctype = "200 OK", metrics.exposition(), CONTENT_TYPE
+                    status, body, ctype = "200 OK", collector.exposition(), CONTENT_TYPE
                 writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                              "Connection: close\r\n\r\n".encode() + (b"" if method == b"HEAD" else body))  # fmt: skip
                 await writer.drain()

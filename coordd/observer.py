@@ -1,8 +1,7 @@
 """What happens to messages and requests, reported once, to the metrics and to watchers.
 
-delivery.py, handlers.py and server.py call these hooks where outcomes happen.
-`Hooks` does nothing: those classes start with it, so they work on their own.
-The daemon installs an `Observer` (`install`), which counts into `Metrics` and,
+delivery.py, handlers.py and server.py call the hooks (coordd.hooks) where
+outcomes happen. The `Observer` implements them: it counts into `Metrics` and,
 while anyone watches, publishes events on the `EventBus`; with nobody watching,
 no event is built at all. `start_http` serves the metrics when configured.
 """
@@ -11,70 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 from coordctl import protocol as p
 from coordd.config import Config, split_listen
 from coordd.events import EventBus
+from coordd.hooks import Hooks
 from coordd.metrics import Collector, Metrics, serve_http
-from coordd.store import Record
+from coordd.model import Record
 
 log = logging.getLogger("coordd.observer")
 
 PREVIEW = 80  # characters of a body's first line in an `accepted` event
 _LEADING_SPACE = re.compile(r"\s*")
-
-
-class Hooks:
-    """The hooks, doing nothing."""
-
-    def accepted(self, recs: list[Record]) -> None:
-        """Committed, and about to join their queues."""
-
-    def delivering(self, agent: str, recs: list[Record]) -> None:
-        """An attempt starts for each of recs."""
-
-    def delivered(self, agent: str, recs: list[Record], finished: float) -> None:
-        """recs were delivered; their `attempts` count the attempt that did it."""
-
-    def retried(self, agent: str, rec: Record, error: str | None, retry_in: float | None) -> None:
-        """rec goes back to its queue: its attempt failed (error), or a `retry` request (error None)."""
-
-    def failed(self, agent: str, rec: Record, error: str) -> None:
-        """rec's last allowed attempt failed."""
-
-    def cancelled(self, rec: Record) -> None:
-        """rec was cancelled while queued."""
-
-    def answered(self, req: p.Request, started: float, code: str | None) -> None:
-        """A request was answered; started is its time.perf_counter() on arrival; code: the error's, if refused."""
-
-    def rejected(self, code: str) -> None:
-        """An error that no decoded request's answer reports (an undecodable frame, a refused connection)."""
-
-    # --- configuration, and what `status` and `metrics` read ---------------------------------
-
-    metrics_url: str | None = None  # where the HTTP endpoint listens
-    metrics_error: str | None = None  # why it does not, though configured
-
-    def configure(self, config: Config) -> None:
-        """Serve `config` from now on (at start, and at each reload)."""
-
-    def percentiles(self, agent: str, now: float) -> tuple[float | None, float | None]:
-        """An agent's p50 and p99 delivery latency over the last 5 minutes."""
-        return None, None
-
-    def watchers(self) -> int:
-        return 0
-
-    def exposition(self) -> str:
-        return ""
-
-
-NO_HOOKS = Hooks()
 
 
 class Observer(Hooks):
@@ -84,7 +34,7 @@ class Observer(Hooks):
 
     def configure(self, config: Config) -> None:
         self.metrics.configure(config)  # ([metrics] listen is read once, at start: see start_http)
-        self.bus.buffer = config.metrics.watch_buffer
+        self.bus.configure(config.metrics.watch_buffer)
 
     def percentiles(self, agent: str, now: float) -> tuple[float | None, float | None]:
         stats = self.metrics.agents.get(agent)
@@ -92,9 +42,6 @@ class Observer(Hooks):
 
     def watchers(self) -> int:
         return len(self.bus.subscribers)
-
-    def exposition(self) -> str:
-        return self.metrics.exposition().decode()
 
     # Events are built only while someone watches (bus.active); publishing one is a list append.
 
@@ -146,6 +93,9 @@ class Observer(Hooks):
     def rejected(self, code: str) -> None:
         self.metrics.reject(code)
 
+    def connections(self, count: int) -> None:
+        self.metrics.connections = count
+
 
 def _event(kind: p.EventType, rec: Record, at: float, attempt: int = 0, error: str | None = None,
            retry_in: float | None = None, latency: float | None = None, preview: str | None = None) -> p.Event:
@@ -162,42 +112,36 @@ def preview(body: str) -> str:
     return body[start : end if end >= 0 else start + PREVIEW]
 
 
-# --- wiring ----------------------------------------------------------------------------------
+# --- the HTTP endpoint --------------------------------------------------------------------------
 
-# For perf/bench_observability.py only: the daemon runs without any of this, as the baseline.
+# For perf/bench_observability.py only: the daemon runs without hooks at all, as the baseline.
 BENCH_OFF = "COORDD_BENCH_NO_OBSERVER"
 
 
-def install(config: Config, store, delivery, handlers, server) -> Observer:
-    """Make the daemon's Observer and hook it into delivery, handlers and server."""
-    metrics, bus = Metrics(), EventBus(config.metrics.watch_buffer)
-    observer = Observer(metrics, bus)
-    observer.configure(config)
-    metrics.collector = Collector(metrics, SimpleNamespace(delivery=delivery, server=server, store=store, bus=bus))
-    if os.environ.get(BENCH_OFF):
-        log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
-        return observer
-    delivery.observer = handlers.observer = server.observer = observer
-    server.bus = bus
-    return observer
+@dataclass(frozen=True)
+class Endpoint:
+    """The Prometheus endpoint as `status` shows it: where it listens, or why it does not though configured."""
+
+    url: str | None = None
+    error: str | None = None
+    server: asyncio.Server | None = None
 
 
-async def start_http(observer: Observer, config: Config) -> asyncio.Server | None:
+async def start_http(collector: Collector, config: Config) -> Endpoint:
     """The Prometheus endpoint, if [metrics] listen is set. A failure to listen is logged and shown in status,
     and the daemon goes on: messages matter more than metrics."""
     listen = config.metrics.listen
     if not listen:
-        return None
+        return Endpoint()
     host, port = split_listen(listen)
     try:
-        server = await serve_http(observer.metrics, host, port)
+        server = await serve_http(collector, host, port)
     except OSError as e:
-        observer.metrics_error = f"cannot listen on {listen}: {e.strerror or e}"
-        log.error("metrics: %s; serving without the HTTP endpoint (`coordctl metrics` still works)",
-                  observer.metrics_error)  # fmt: skip
-        return None
-    observer.metrics.registry()  # prometheus_client's import (~30 ms) now, not at the first scrape mid-service
+        error = f"cannot listen on {listen}: {e.strerror or e}"
+        log.error("metrics: %s; serving without the HTTP endpoint (`coordctl metrics` still works)", error)
+        return Endpoint(error=error)
+    collector.registry()  # prometheus_client's import (~30 ms) now, not at the first scrape mid-service
     port = server.sockets[0].getsockname()[1]  # port 0: the one the kernel chose
-    observer.metrics_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
-    log.info("metrics at %s", observer.metrics_url)
-    return server
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    log.info("metrics at %s", url)
+    return Endpoint(url=url, server=server)

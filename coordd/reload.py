@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 
 import msgspec
 
 from coordctl import protocol as p
 from coordd import config as c
-from coordd.delivery import AgentQueue, Delivery
-from coordd.handlers import Handlers, Refused
+from coordd.delivery import Delivery
+from coordd.handlers import Handlers
+from coordd.model import Refused
+from coordd.retention import Pruner
 from coordd.server import Server
 from coordd.store import Store
 from coordd.systemd import Notifier, monotonic_usec
-from coordd.transports import Transport, make_transport
+from coordd.transports import Transport
+from coordd.transports.factory import make_transport
 
 log = logging.getLogger("coordd.reload")
 
@@ -43,18 +45,20 @@ def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
 
 
 class Reloader:
-    def __init__(self, config_path: str | None, handlers: Handlers, delivery: Delivery, server: Server,
-                 store: Store, notifier: Notifier, spawn: Callable, summary: Callable[[], str]) -> None:  # fmt: skip
+    """Applies a new config to the objects that serve it, each through its own `configure`-like method."""
+
+    def __init__(self, config_path: str | None, handlers: Handlers, delivery: Delivery, server: Server, store: Store,
+                 pruner: Pruner, notifier: Notifier, spawn: Callable, summary: Callable[[], str]) -> None:  # fmt: skip
         self.config_path = config_path
         self.handlers = handlers
         self.delivery = delivery
         self.server = server
         self.store = store
+        self.pruner = pruner
         self.notifier = notifier
         self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
         self.summary = summary
         self.running = self._restart_only(handlers.config)  # as configured at start, still in use
-        self.on_retention_change: Callable[[], None] = lambda: None
         self.lock = asyncio.Lock()
 
     def on_sighup(self) -> None:
@@ -89,15 +93,17 @@ class Reloader:
 
         # The switch: no await from here on.
         for agent_id in removed:
-            self._retire(agent_id)
+            self.delivery.retire(agent_id)
         for agent_id in changed:
-            self._swap(self.delivery.queues[agent_id], fresh[agent_id])
+            self.delivery.replace_transport(agent_id, fresh[agent_id])
         for agent_id in added:
-            self._add(agent_id, fresh[agent_id])
-        self.delivery.queues = {a.id: self.delivery.queues[a.id] for a in new.agents}  # config order
+            self.delivery.add(agent_id, fresh[agent_id])
+        self.delivery.configure(new.delivery, [a.id for a in new.agents])
         self.handlers.configure(new)
-        self.handlers.config_error = None
-        self._apply_settings(old, new)
+        self.store.configure(new.retention.max_messages)
+        self.server.configure(new.daemon)
+        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        self.pruner.configure(new.retention)
         restart = [k for k, v in self._restart_only(new).items() if v != self.running[k]]
         orphaned = sum(self.delivery.orphaned().values())
         log.info("reloaded %s: added %s, removed %s, changed %s, %d orphaned%s", self.config_path or "config",
@@ -107,7 +113,7 @@ class Reloader:
                           changed=changed, restart_needed=restart, orphaned=orphaned)  # fmt: skip
 
     def _fail(self, error: str) -> None:
-        self.handlers.config_error = error
+        self.handlers.reload_failed(error)
         log.error("reload failed, still serving the previous config: %s", error)
         raise Refused("bad_config", f"{error} (coordd still serves the previous config: fix the file and reload again)")
 
@@ -124,60 +130,8 @@ class Reloader:
             self._fail(f"agent {agent_id}: its transport does not start: {e}")
         return started
 
-    def _retire(self, agent_id: str) -> None:
-        q = self.delivery.queues.pop(agent_id)
-        old, q.transport = q.transport, None
-        q.retired = True
-        q.wakeup.set()  # the worker leaves its wait and exits
-        self.delivery.orphans[agent_id] = q
-        self._close_after_delivery(q, old)
-
-    def _swap(self, q: AgentQueue, transport: Transport) -> None:
-        old, q.transport = q.transport, transport
-        if old is not None:
-            transport.take_over(old)
-        q.down = None
-        q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
-        q.wakeup.set()
-        self._close_after_delivery(q, old)
-
-    def _add(self, agent_id: str, transport: Transport) -> None:
-        q = self.delivery.orphans.pop(agent_id, None)
-        if q is None:
-            q = AgentQueue(agent_id, transport)
-        else:  # configured again: its orphaned messages go out, in their order
-            q.transport, q.retired, q.down, q.resume_at = transport, False, None, 0.0
-            q.wakeup.set()
-        self.delivery.queues[agent_id] = q
-        if q.task is None or q.task.done():  # else the retired worker had not exited yet, and carries on
-            q.task = self.spawn(self.delivery.worker(q), f"deliver:{agent_id}")
-
-    def _close_after_delivery(self, q: AgentQueue, transport: Transport | None) -> None:
-        if transport is not None:
-            self.spawn(_close_when_idle(q, transport), f"close:{q.id}")
-
-    def _apply_settings(self, old: c.Config, new: c.Config) -> None:
-        self.delivery.config = new.delivery
-        self.store.max_rows = new.retention.max_messages
-        d = new.daemon
-        self.server.max_frame = d.max_frame_bytes
-        self.server.max_connections = d.max_connections
-        self.server.allowed_uids = {os.getuid(), *d.allow_uids}
-        self.server.allowed_gids = set(d.allow_gids)
-        logging.getLogger().setLevel(d.log_level.upper())
-        if new.retention != old.retention:
-            self.on_retention_change()
-
     @staticmethod
     def _restart_only(cfg: c.Config) -> dict[str, object]:
         return {"daemon.socket": cfg.daemon.socket, "store.path": cfg.store.path,
                 "store.synchronous": cfg.store.synchronous, "metrics.listen": cfg.metrics.listen}  # fmt: skip
 
-
-async def _close_when_idle(q: AgentQueue, transport: Transport) -> None:
-    async with q.busy:  # the delivery in progress, if any, ran on `transport`: let it finish
-        pass
-    try:
-        await transport.close()
-    except Exception:
-        log.exception("closing the replaced %s transport of %s failed", transport.name, q.id)

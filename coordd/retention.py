@@ -16,11 +16,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import time
+from collections.abc import Callable
 
 from coordd.config import Retention
+from coordd.schema import TERMINAL
 from coordd.store import Store
 
 log = logging.getLogger("coordd.retention")
+
+
+class Pruner:
+    """The retention passes, as one task in the daemon's task group; a reload that changes [retention] restarts it."""
+
+    def __init__(self, store: Store, config: Retention, spawn: Callable[..., asyncio.Task]) -> None:
+        self.store = store
+        self.config = config
+        self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = self.spawn(run(self.store, self.config), "retention")
+
+    def configure(self, config: Retention) -> None:
+        if config != self.config:
+            self.config = config
+            self.stop()
+            self.start()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 async def run(store: Store, config: Retention) -> None:
@@ -31,14 +58,56 @@ async def run(store: Store, config: Retention) -> None:
         store.overflow.clear()
         pruned = 0
         while True:
-            await store.writable()  # also yields to the loop between chunks
-            n = store.prune_chunk(config.max_messages, max_age_s, config.prune_chunk)
+            await store.writer.writable()  # also yields to the loop between chunks
+            n = prune_chunk(store, config.max_messages, max_age_s, config.prune_chunk)
             if not n:
                 break
             pruned += n
-            store.pruned += n
             await asyncio.sleep(0)  # noqa: sleep-ok: a yield to other work between chunks, not a wait
         if pruned:
             log.info("pruned %d finished messages (%d rows left)", pruned, store.rows)
-            await store.writable()
-            store.reclaim_if_sparse()
+            await store.writer.writable()
+            reclaim_if_sparse(store.db)
+
+
+def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -> int:
+    """Delete up to `chunk` of the oldest finished messages that are over a bound; return how many.
+
+    Call after `await store.writer.writable()`. Select and delete run in one step, so a message
+    cannot be retried (failed -> queued) in between.
+    """
+    db = store.db
+    over = store.rows - max_messages
+    ids: list[int] = []
+    if over > 0:
+        ids = [r[0] for r in db.execute(
+            f"SELECT id FROM messages WHERE status IN {TERMINAL} ORDER BY id LIMIT ?", (min(over, chunk),)
+        )]  # fmt: skip
+    if not ids:
+        ids = [r[0] for r in db.execute(
+            f"SELECT id FROM messages WHERE status IN {TERMINAL} AND created < ? ORDER BY id LIMIT ?",
+            (time.time() - max_age_s, chunk),
+        )]  # fmt: skip
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    try:
+        store.writer.commit_now([[
+            (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
+            (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
+        ]])  # fmt: skip
+    except sqlite3.Error as e:  # a delete needs room in the WAL too: the next pass tries again
+        log.warning("pruning failed: %s", e)
+        return 0
+    store.deleted(len(ids))
+    return len(ids)
+
+def reclaim_if_sparse(db: sqlite3.Connection, pages: int = 1024) -> None:
+    """When over a quarter of the file is free pages, hand some back to the file system."""
+    try:
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        total = db.execute("PRAGMA page_count").fetchone()[0]
+        if free * 4 > total:
+            db.execute(f"PRAGMA incremental_vacuum({pages})")
+    except sqlite3.Error as e:
+        log.warning("handing free pages back failed: %s", e)

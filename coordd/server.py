@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import socket
 import struct
@@ -35,8 +36,10 @@ import msgspec
 
 from coordctl import protocol as p
 from coordd import events
-from coordd.handlers import Handlers, Refused
-from coordd.observer import NO_HOOKS, Hooks
+from coordd.config import Daemon as DaemonConfig
+from coordd.handlers import Handlers
+from coordd.hooks import NO_HOOKS, Hooks
+from coordd.model import Refused
 
 log = logging.getLogger("coordd.server")
 
@@ -71,37 +74,39 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 class Server:
-    def __init__(self, handlers: Handlers, max_frame: int, max_connections: int, allowed_uids: set[int],
-                 allowed_gids: set[int]) -> None:  # fmt: skip
+    def __init__(self, handlers: Handlers, config: DaemonConfig, observer: Hooks = NO_HOOKS,
+                 bus: events.EventBus | None = None) -> None:  # fmt: skip
         self.handlers = handlers
-        self.max_frame = max_frame
-        self.max_connections = max_connections
-        self.allowed_uids = allowed_uids
-        self.allowed_gids = allowed_gids
+        self.observer = observer  # metrics
+        self.bus = bus if bus is not None else events.EventBus()  # watch subscriptions: the bus the observer feeds
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task] = set()
         self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
         self._sweep_handle: asyncio.TimerHandle | None = None
-        raise_fd_limit(max_connections)
-        self.observer: Hooks = NO_HOOKS  # metrics; the daemon installs its Observer
-        self.bus = events.EventBus()  # watch subscriptions; the daemon installs the one its Observer feeds
+        self.configure(config)
+        raise_fd_limit(config.max_connections)
+
+    def configure(self, config: DaemonConfig) -> None:
+        """The [daemon] limits and who may connect (at start, and at each reload)."""
+        self.max_frame = config.max_frame_bytes
+        self.max_connections = config.max_connections
+        self.allowed_uids = {os.getuid(), *config.allow_uids}
+        self.allowed_gids = set(config.allow_gids)
+        self.idle_timeout = config.idle_timeout_s
+        self.max_write_buffer = config.max_write_buffer_bytes
 
     def protocol(self) -> Connection:
         return Connection(self)
-
-    # Read live from the config, so a reload applies them.
-    @property
-    def idle_timeout(self) -> float:
-        return self.handlers.config.daemon.idle_timeout_s
-
-    @property
-    def max_write_buffer(self) -> int:
-        return self.handlers.config.daemon.max_write_buffer_bytes
 
     async def drain(self) -> None:
         """Wait for the requests already being handled to reply."""
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def finish(self, timeout: float) -> None:
+        """Give the requests already being handled up to timeout seconds to reply."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
 
     def close_all(self) -> None:
         for conn in list(self.connections):
@@ -154,6 +159,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         srv = self.server
         srv.connections.add(self)
+        srv.observer.connections(len(srv.connections))
         self.last_active = asyncio.get_running_loop().time()
         transport.set_write_buffer_limits(high=srv.max_write_buffer)
         sock = transport.get_extra_info("socket")
@@ -170,6 +176,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.observer.connections(len(self.server.connections))
         self.closing = True
         for sub in self.watches.values():
             self.server.bus.unsubscribe(sub)
@@ -260,9 +267,10 @@ class Connection(asyncio.Protocol):
             rep = await (self._heavy(req) if isinstance(req, HEAVY) else self.server.handlers.handle(req))
         except Refused as e:
             rep = p.Error(code=e.code, message=e.message, message_id=e.message_id)
-        except Exception as e:
+        except Exception as e:  # a bug in coordd, not in the request: say so, and keep serving
             log.exception("request %s failed", type(req).__name__)
-            rep = p.Error(code="bad_request", message=f"internal error handling {type(req).__name__}: {e!r}")
+            rep = p.Error(code="internal", message=f"coordd failed handling {type(req).__name__}: {e!r}; it goes on "
+                          "serving, and its log has the traceback (please report it)")  # fmt: skip
         finally:
             self.pending -= 1
         rep.rid = req.rid

@@ -21,8 +21,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from coordd.store import Store
-
 log = logging.getLogger("coordd.systemd")
 
 SD_LISTEN_FDS_START = 3
@@ -87,19 +85,19 @@ def watchdog_period() -> float | None:
     return int(usec) / 2e6
 
 
-async def watchdog(notifier: Notifier, store: Store, period: float) -> None:
+async def watchdog(notifier: Notifier, commit: Callable[[], asyncio.Future], period: float) -> None:
     """Ping only while both the event loop and the store writer work.
 
-    Each round submits an empty write through the group-committing writer. The
-    writer runs on the loop thread, so a hung loop or a hung writer means no
-    commit, and no ping: systemd then restarts us (Restart=on-failure).
+    Each round submits an empty write through the group-committing writer (`commit()`: the
+    store's `write([])`). The writer runs on the loop thread, so a hung loop or a hung writer
+    means no commit, and no ping: systemd then restarts us (Restart=on-failure).
     """
     loop = asyncio.get_running_loop()
     probe: asyncio.Future | None = None
     while True:
         started = loop.time()
         if probe is None or probe.done():
-            probe = store.write([])
+            probe = commit()
         # asyncio.wait, not wait_for: it never cancels the write's future (the writer resolves it later),
         # and on Python 3.11 wait_for can swallow a cancellation that coincides with the result.
         await asyncio.wait([probe], timeout=period)

@@ -352,7 +352,7 @@ def bench_cli(cfg, ctx) -> list[dict]:
 
 def sqlite_floor(n: int, reps: int) -> list[float]:
     """Seconds per commit of n message rows (executemany) into a fresh WAL DB with coordd's schema and pragmas."""
-    from coordd.store import INSERT_MESSAGE, MIGRATIONS
+    from coordd.schema import INSERT_MESSAGE, MIGRATIONS
 
     tmp = tempfile.mkdtemp(prefix="coordd-sqlite-")
     try:

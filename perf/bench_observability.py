@@ -173,7 +173,7 @@ def hook_cost(n: int) -> dict[str, float]:
     from coordd.events import EventBus
     from coordd.metrics import Metrics
     from coordd.observer import Observer
-    from coordd.store import Record
+    from coordd.model import Record
 
     class Sink:
         def push(self, data: bytes) -> bool:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from coordctl import Client, CoordError  # noqa: E402
 from coordd.config import TmuxAgent  # noqa: E402
-from coordd.store import Record  # noqa: E402
+from coordd.model import Record  # noqa: E402
 from coordd.transports import tmux_control  # noqa: E402
 from coordd.transports.tmux import TmuxTransport  # noqa: E402
 from coordd.transports.tmux_control import TmuxError  # noqa: E402

@@ -16,6 +16,10 @@ COORDD_TEST_GATE_DELIVERY=PATH: before each delivery, while PATH exists, the
 worker waits (in a thread: the loop goes on serving) until PATH is read to the
 end; then the real delivery runs. tests/test_systemd.py stops coordd while a
 delivery is held this way.
+
+COORDD_TEST_HANDLER_RAISES=OP: every request whose op is OP (e.g. "get") raises
+a RuntimeError in the handlers, as a bug would: tests/test_core.py shows the
+client gets `internal` and the connection and the daemon go on serving.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import asyncio
 import logging
 import os
 
-import coordd.transports
+import coordd.transports.factory
 from coordd.cli import main
-from coordd.store import Store
+from coordd.handlers import Handlers
+from coordd.writer import Writer
 
-HOOKS = ("COORDD_TEST_HANG_WRITER", "COORDD_TEST_GATE_DELIVERY")
+HOOKS = ("COORDD_TEST_HANG_WRITER", "COORDD_TEST_GATE_DELIVERY", "COORDD_TEST_HANDLER_RAISES")
 log = logging.getLogger("coordd.faults")
 
 
@@ -40,18 +45,18 @@ def _read_to_end(path: str, what: str) -> None:
 
 
 def hang_writer(path: str) -> None:
-    commit = Store._commit
+    commit = Writer._commit
 
     def commit_unless_hung(self, writes):
         if os.path.exists(path):
             _read_to_end(path, "the store writer")
         commit(self, writes)
 
-    Store._commit = commit_unless_hung
+    Writer._commit = commit_unless_hung
 
 
 def gate_deliveries(path: str) -> None:
-    make_transport = coordd.transports.make_transport
+    make_transport = coordd.transports.factory.make_transport
 
     def make_gated(agent, config):
         t = make_transport(agent, config)
@@ -66,7 +71,18 @@ def gate_deliveries(path: str) -> None:
         return t
 
     # Before coordd.daemon is imported (coordd.cli imports it only in `run`), so its import takes this one.
-    coordd.transports.make_transport = make_gated
+    coordd.transports.factory.make_transport = make_gated
+
+
+def raise_in_handler(op: str) -> None:
+    handle = Handlers.handle
+
+    async def handle_or_raise(self, req):
+        if type(req).__struct_config__.tag == op:
+            raise RuntimeError(f"test hook: the {op} handler fails")
+        return await handle(self, req)
+
+    Handlers.handle = handle_or_raise
 
 
 if __name__ == "__main__":
@@ -74,4 +90,6 @@ if __name__ == "__main__":
         hang_writer(hang)
     if gate := os.environ.pop("COORDD_TEST_GATE_DELIVERY", ""):
         gate_deliveries(gate)
+    if op := os.environ.pop("COORDD_TEST_HANDLER_RAISES", ""):
+        raise_in_handler(op)
     main()

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from coordctl import PROTOCOL_VERSION, Client, CoordError
+import figures
 from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, run_as, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
@@ -134,6 +135,28 @@ def test_pipelined_requests_on_one_connection(daemon: Daemon):
         assert isinstance(replies[100], p.Pong)
         ids = [r.id for r in replies if isinstance(r, p.Sent)]
         assert len(ids) == 200 and ids == sorted(ids)  # acceptance order is request order
+
+
+def test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on(make_daemon, monkeypatch):
+    """A bug in a handler (injected by tests/faulty_coordd.py into the real daemon): the client gets `internal`,
+    the log the traceback, and the same connection and the daemon go on serving."""
+    from coordctl import protocol as p
+
+    monkeypatch.setenv("COORDD_TEST_HANDLER_RAISES", "get")
+    d = make_daemon()
+    with d.client() as c:
+        replies = c.pipeline([p.Send(to="Agent-1", body="before"), p.Get(message_id=1), p.Ping(),
+                              p.Send(to="Agent-1", body="after", wait=True)])  # fmt: skip
+        assert isinstance(replies[1], p.Error) and replies[1].code == "internal", replies[1]
+        assert "test hook: the get handler fails" in replies[1].message and "log" in replies[1].message
+        assert isinstance(replies[2], p.Pong) and isinstance(replies[3], p.Sent) and replies[3].status == "delivered"
+        assert [m.body for m in c.history(agent="Agent-1").messages] == ["after", "before"]
+    with d.client() as c:
+        assert c.ping().version
+    log = d.logtext()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: test hook: the get handler fails" in log
+    figures.record("hardening_internal_error", hardening="a handler raises an unexpected exception",
+                   outcome="`internal` + traceback in the log; connection serves on")  # fmt: skip
 
 
 def test_batch_is_validated_whole(daemon: Daemon):

@@ -18,8 +18,8 @@ import pytest
 from conftest import Daemon, concurrently, wait_until
 from coordctl import Client, CoordError, coords, protocol
 from coordd import config
-from coordd.store import Record
-from coordd.transports.gui import GuiTransport, coalesce, render
+from coordd.gui.transport import GuiTransport, coalesce, render
+from coordd.model import Record
 from tmux_fixtures import READER, records
 from x11 import XServer, xserver  # noqa: F401  (the fixture)
 
@@ -97,7 +97,7 @@ def clipboard() -> bytes | None:
 
 def warp(x: XServer, px: int, py: int) -> None:
     """Move the real mouse pointer (as a person would)."""
-    from coordd.clipboard import open_display
+    from coordd.gui.clipboard import open_display
 
     d = open_display(x.display)
     d.screen().root.warp_pointer(px, py)

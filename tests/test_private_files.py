@@ -20,7 +20,7 @@ import pytest
 
 from conftest import Daemon, read_inbox_file
 from coordd import config
-from coordd.store import Record
+from coordd.model import Record
 from coordd.transports.inbox import render
 from figures import record
 

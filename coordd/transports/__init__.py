@@ -21,11 +21,15 @@ as several inputs (`hi\n/exit`: the second one a command). The tmux and gui agen
 each newline shown as LINE_SEPARATOR; "paste" pastes it as it is (right for a
 program that takes a bracketed paste, or a GUI input where a pasted newline is
 text); "keys" types each line and presses the agent's `newline_key` between them.
+
+Which transport an agent gets: coordd.transports.factory.
 """
 
 from __future__ import annotations
 
-from coordd.store import Record
+from coordd.model import DeliveryError, Record, TransportDown
+
+__all__ = ["LINE_SEPARATOR", "DeliveryError", "Record", "Transport", "TransportDown", "input_lines", "one_line"]
 
 # What "join" shows in place of each newline: visible, plainly not part of the text, and no key to a terminal.
 LINE_SEPARATOR = " \u23ce "  # " ⏎ "
@@ -39,20 +43,6 @@ def input_lines(text: str) -> list[str]:
 def one_line(text: str) -> str:
     """The text as one input line ("join"): each line end shown as LINE_SEPARATOR."""
     return LINE_SEPARATOR.join(input_lines(text))
-
-
-class DeliveryError(Exception):
-    def __init__(self, reason: str, delivered: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
-
-
-class TransportDown(Exception):
-    def __init__(self, reason: str, delivered: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delivered = delivered
 
 
 class Transport:
@@ -76,28 +66,3 @@ class Transport:
 
     async def deliver(self, messages: list[Record]) -> None:
         raise NotImplementedError
-
-
-def make_transport(agent, config) -> Transport:
-    """The transport for one configured agent, chosen by its `transport` key (config: the whole Config,
-    for the sections transports of one kind share, such as [gui])."""
-    from coordd import config as c
-
-    # Imported on demand: pyautogui needs a DISPLAY, so it loads only when a gui agent exists.
-    if isinstance(agent, c.InboxAgent):
-        from coordd.transports.inbox import InboxTransport
-
-        return InboxTransport(agent)
-    if isinstance(agent, c.GuiAgent):
-        from coordd.transports.gui import GuiTransport
-
-        return GuiTransport(agent, config.gui)
-    if isinstance(agent, c.TmuxAgent):
-        from coordd.transports.tmux import TmuxTransport
-
-        return TmuxTransport(agent)
-    if isinstance(agent, c.DiscardAgent):
-        from coordd.transports.discard import DiscardTransport
-
-        return DiscardTransport(agent)
-    raise ValueError(f"no transport for {agent!r}")

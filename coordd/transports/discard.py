@@ -8,8 +8,7 @@ retention. Never configure it for a real agent: what it delivers, nobody reads.
 from __future__ import annotations
 
 from coordd.config import DiscardAgent
-from coordd.store import Record
-from coordd.transports import Transport
+from coordd.transports import Record, Transport
 
 
 class DiscardTransport(Transport):

@@ -24,8 +24,7 @@ import time
 from json.encoder import encode_basestring
 
 from coordd.config import InboxAgent
-from coordd.store import Record
-from coordd.transports import DeliveryError, Transport
+from coordd.transports import DeliveryError, Record, Transport
 
 
 def render(m: Record) -> str:

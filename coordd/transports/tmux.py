@@ -75,8 +75,7 @@ import shutil
 import tempfile
 
 from coordd.config import TmuxAgent
-from coordd.store import Record
-from coordd.transports import DeliveryError, Transport, TransportDown, one_line
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, one_line
 from coordd.transports.tmux_control import Connection, TmuxError, acquire, release, server_args
 
 log = logging.getLogger("coordd.tmux")

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from coordd.config import Gui
-from coordd.transports import DeliveryError, TransportDown
+from coordd.model import DeliveryError, TransportDown
 
 log = logging.getLogger("coordd.gui")
 
@@ -99,7 +99,7 @@ class GuiOwner:
         """If e means the display cannot be used now, mark the owner down and return why; else None."""
         from Xlib import error as xerror
 
-        from coordd.clipboard import ClipboardDead
+        from coordd.gui.clipboard import ClipboardDead
 
         if isinstance(e, Down):
             self.down = str(e)
@@ -120,7 +120,7 @@ class GuiOwner:
         return self.down
 
     def _server_answers(self) -> bool:
-        from coordd.clipboard import open_display
+        from coordd.gui.clipboard import open_display
 
         try:
             open_display(os.environ.get("DISPLAY")).close()
@@ -168,7 +168,7 @@ class GuiOwner:
             raise Down("no DISPLAY: start coordd in the graphical session, or pass DISPLAY (and XAUTHORITY) "
                        "to it, e.g. `systemctl --user import-environment DISPLAY XAUTHORITY`")  # fmt: skip
         self._disconnect()
-        from coordd.clipboard import Clipboard
+        from coordd.gui.clipboard import Clipboard
 
         try:
             # pyautogui and mouseinfo print python-xlib's xauth warnings on stdout: keep them out.
@@ -237,7 +237,7 @@ class GuiOwner:
 
     def pointer(self) -> tuple[int, int, int, int]:
         """Where the mouse is, and the screen size: (x, y, width, height). Needs no pyautogui."""
-        from coordd.clipboard import open_display
+        from coordd.gui.clipboard import open_display
 
         name = os.environ.get("DISPLAY")
         if not name:

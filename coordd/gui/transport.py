@@ -1,6 +1,6 @@
 """The gui transport: click the agent's chat input, paste the message, press the submit key.
 
-Every step runs on the one GUI thread (coordd.gui_owner), whichever gui agent it
+Every step runs on the one GUI thread (coordd.gui.owner), whichever gui agent it
 is for. A message is pasted under a header line made from the `gui.header`
 template. With `coalesce`, the messages queued for an agent go out in one paste
 (bounded by count and bytes, counted before joining), each still recorded as
@@ -22,9 +22,8 @@ display usable again.
 from __future__ import annotations
 
 from coordd.config import DEFAULT_SEQUENCE, ClickStep, Gui, GuiAgent, HotkeyStep, PasteStep, SubmitStep, WaitStep
-from coordd.gui_owner import OWNER, PasteNotTaken, settle
-from coordd.store import Record
-from coordd.transports import DeliveryError, Transport, TransportDown, input_lines, one_line
+from coordd.gui.owner import OWNER, PasteNotTaken, settle
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, input_lines, one_line
 
 SEPARATOR = "\n\n"  # between coalesced messages in one paste
 

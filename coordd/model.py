@@ -1,0 +1,99 @@
+"""The plain data every layer shares: a message as the daemon holds it, the errors that cross layers, a histogram.
+
+Nothing here does I/O or imports another coordd module, so the store, the
+transports, delivery and the handlers can all depend on it without depending on
+each other. Statuses and the error codes clients see are the wire protocol's
+(coordctl.protocol: Status, TERMINAL_STATUSES, ERROR_CODES).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import msgspec
+
+
+class Record(msgspec.Struct, gc=False):
+    """A message as the daemon holds it while it is queued or being delivered.
+
+    gc=False: its fields are scalars and a list of str, so it can be in no reference cycle, and the
+    collector need not track the thousands that wait in the queues.
+    """
+
+    id: int
+    agent: str
+    body: str
+    priority: str
+    created: float
+    sender: str | None = None
+    kind: str | None = None
+    tags: list[str] | None = None
+    key: str | None = None
+    attempts: int = 0  # total attempts, as stored
+    tries: int = 0  # attempts since it was last (re)queued; the retry budget counts these
+    error: str | None = None
+
+    def row(self) -> tuple:
+        tags = msgspec.json.encode(self.tags).decode() if self.tags else None
+        return (self.id, self.agent, self.sender, self.priority, self.kind, tags, self.key, self.body, self.created)
+
+
+class ConfigError(Exception):
+    """A config that cannot be served; the message names the file and the key."""
+
+
+class StorageError(Exception):
+    """The database refused a write; nothing in that write was stored."""
+
+
+class StorageFull(StorageError):
+    """The disk holding the database is full; writes succeed again once space is freed."""
+
+
+# --- what a transport raises (coordd.transports describes when) ---------------------------------
+
+
+class DeliveryError(Exception):
+    """The first `delivered` messages went out; the next one failed (an attempt, retried with backoff)."""
+
+    def __init__(self, reason: str, delivered: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered
+
+
+class TransportDown(Exception):
+    """The first `delivered` messages went out; the transport cannot deliver now (no attempt is counted)."""
+
+    def __init__(self, reason: str, delivered: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered = delivered
+
+
+# --- what a request handler raises ----------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A request is refused: the server answers an Error with this stable code (coordctl.protocol.ERROR_CODES)."""
+
+    def __init__(self, code: str, message: str, message_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_id = message_id
+
+
+class Histogram:
+    """Counts of observed values by bucket (upper bounds, ascending; the last bucket is +Inf) and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value

@@ -1,0 +1,101 @@
+"""Reads: the cheap indexed ones a request needs to decide its answer, on the loop thread; the scans through
+aiosqlite on a second connection, so a large history page never stalls sends (WAL lets that reader see
+committed rows while the writer writes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import aiosqlite
+
+from coordctl import protocol as p
+from coordd.model import Record
+from coordd.schema import COLUMNS, info_from_row, record_from_row
+
+HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
+
+
+class Reads:
+    def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
+        self.db = db  # the writer's connection: reads on the loop thread (cheap, indexed, needed to decide an answer)
+        self.reader = reader  # aiosqlite, read-only: the scans
+        # Ids below it may hold broadcast copies keyed "KEY:AGENT" (schema.MIGRATIONS[1]).
+        self.legacy_keys_below = db.execute("SELECT below FROM legacy_keys").fetchone()[0]
+
+    def find_key(self, key: str) -> tuple[int, str] | None:
+        return self.db.execute("SELECT id, status FROM messages WHERE key = ?", (key,)).fetchone()
+
+    def find_legacy_copy(self, key: str, agent: str) -> int | None:
+        """The id of `agent`'s copy of a broadcast keyed `key` that a coordd of schema 1 stored (see MIGRATIONS[1])."""
+        if not self.legacy_keys_below:
+            return None
+        legacy = (f"{key}:{agent}", agent, self.legacy_keys_below)
+        row = self.db.execute("SELECT id FROM messages WHERE key = ? AND agent = ? AND id < ?", legacy).fetchone()
+        return row[0] if row else None
+
+    def load_queued(self) -> list[Record]:
+        cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
+        return [record_from_row(r) for r in cur]
+
+    def load_record(self, message_id: int) -> tuple[Record, str] | None:
+        r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return (record_from_row(r), r[8]) if r else None
+
+    async def get(self, message_id: int) -> p.Message | None:
+        async with self.reader.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        async with self.reader.execute(
+            "SELECT number, started, finished, ok, error FROM attempts WHERE message_id = ? ORDER BY number",
+            (message_id,),
+        ) as cur:
+            attempts = [p.Attempt(number=a[0], started=a[1], finished=a[2], ok=bool(a[3]), error=a[4]) async for a in cur]
+        return p.Message(message=info_from_row(row), attempts=attempts)
+
+    async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:
+        """A page of q.limit messages at most, newest first; it stops early once the bodies pass max_bytes.
+
+        Rows are fetched HISTORY_BATCH at a time, so a page of large bodies never holds
+        more than about max_bytes plus one batch in memory.
+        """
+        where, args = [], []
+        for column, value in (("agent", q.agent), ("sender", q.sender), ("status", q.status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.since is not None:
+            where.append("created >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("created < ?")
+            args.append(q.until)
+        if q.contains:
+            where.append("instr(body, ?) > 0")
+            args.append(q.contains)
+        if q.cursor is not None:
+            where.append("id < ?")
+            args.append(q.cursor)
+        sql = f"SELECT {COLUMNS} FROM messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(q.limit + 1)  # one extra row tells whether another page exists
+        rows: list[tuple] = []
+        size = 0
+        async with self.reader.execute(sql, args) as cur:
+            while len(rows) <= q.limit and size <= max_bytes:
+                batch = await cur.fetchmany(min(HISTORY_BATCH, q.limit + 1 - len(rows)))
+                if not batch:
+                    break
+                rows += batch
+                size += sum(len(r[7]) for r in batch)
+        more = len(rows) > q.limit or size > max_bytes
+        messages = [info_from_row(r) for r in rows[: q.limit]]
+        return p.Page(messages=messages, cursor=messages[-1].id if more and messages else None)
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Stored messages by (agent, status)."""
+        async with self.reader.execute("SELECT agent, status, count(*) FROM messages GROUP BY agent, status") as cur:
+            return {(a, s): n async for a, s, n in cur}

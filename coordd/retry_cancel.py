@@ -1,0 +1,75 @@
+"""retry and cancel: a failed message goes back to its queue; a queued one leaves it for good.
+
+Both change the stored status first and memory (the queues, the waiters) only
+once that is committed, so a refusal for storage changes nothing.
+"""
+
+from __future__ import annotations
+
+from coordctl import protocol as p
+from coordd import schema as s
+from coordd.config import Config
+from coordd.delivery import Delivery
+from coordd.hooks import NO_HOOKS, Hooks
+from coordd.model import Refused
+from coordd.queries import status_of
+from coordd.store import Store, StorageError, StorageFull
+
+
+class RetryCancel:
+    def __init__(self, config: Config, store: Store, delivery: Delivery, observer: Hooks = NO_HOOKS) -> None:
+        self.store = store
+        self.delivery = delivery
+        self.observer = observer
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        self.agents = {a.id for a in config.agents}
+
+    async def retry(self, message_id: int) -> p.Sent:
+        found = self.store.load_record(message_id)
+        if found is None:
+            raise Refused("unknown_message", f"no message {message_id}: it never existed or retention pruned it")
+        rec, status = found
+        if status != "failed":
+            now = status_of(message_id, self.delivery, self.store)
+            raise Refused("bad_state", f"message {message_id} is {now}; only failed messages can be retried")
+        if rec.agent not in self.agents:
+            raise Refused("unknown_agent", f"message {message_id} is for {rec.agent!r}, which is no longer configured")
+        await self._write(message_id, [(s.MARK_REQUEUED, (message_id,), False)])
+        rec.error = None
+        self.observer.retried(rec.agent, rec, None, None)
+        self.delivery.enqueue(rec)
+        return p.Sent(id=message_id, status="queued")
+
+    async def cancel(self, message_id: int) -> p.Sent:
+        found = self.store.load_record(message_id)
+        if found is None:
+            raise Refused("unknown_message", f"no message {message_id}: it never existed or retention pruned it")
+        rec, status = found
+        q = self.delivery.queue_of(rec.agent)  # an orphaned queue too: a re-added agent must not get it
+        queued = q.remove(message_id) if q is not None else None
+        orphan = rec.agent not in self.agents and status == "queued" and not self.delivery.in_flight(message_id)
+        if queued is None and not orphan:
+            now = status_of(message_id, self.delivery, self.store)
+            raise Refused("bad_state", f"message {message_id} is {now}; only queued messages can be cancelled")
+        try:
+            await self._write(message_id, [(s.MARK_CANCELLED, (message_id,), False)])
+        except Refused:
+            if queued is not None:
+                q.put_back([queued])
+            raise
+        if queued is not None:
+            q.release([queued])
+        self.delivery.settle(message_id, "cancelled")
+        self.observer.cancelled(rec)
+        return p.Sent(id=message_id, status="cancelled")
+
+    async def _write(self, message_id: int, ops: s.Write) -> None:
+        try:
+            await self.store.write(ops)
+        except StorageFull as e:
+            raise Refused("storage_full", f"the disk holding {self.store.path} is full ({e}); nothing changed: "
+                          "free some space there and retry", message_id) from None  # fmt: skip
+        except StorageError as e:
+            raise Refused("storage_error", f"the database refused the write ({e}); nothing changed", message_id) from None

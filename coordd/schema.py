@@ -1,0 +1,131 @@
+"""The database's schema: its tables, their migrations, the SQL every part of the store runs, rows as objects.
+
+A new schema version is a new entry at the end of MIGRATIONS (append, never edit);
+`migrate` brings an older file up to date at open.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from coordctl import protocol as p
+from coordd.model import Record, StorageError
+
+log = logging.getLogger("coordd.store")
+
+SCHEMA_VERSION = 2
+
+# Each migration takes the schema from version i to i+1. Append, never edit.
+MIGRATIONS = [
+    """
+    CREATE TABLE messages (
+        id        INTEGER PRIMARY KEY,
+        agent     TEXT NOT NULL,
+        sender    TEXT,
+        priority  TEXT NOT NULL,
+        kind      TEXT,
+        tags      TEXT,              -- JSON array, NULL when empty
+        key       TEXT,              -- idempotency key
+        body      TEXT NOT NULL,
+        status    TEXT NOT NULL,     -- queued | delivered | failed | cancelled
+        created   REAL NOT NULL,
+        delivered REAL,
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        error     TEXT
+    );
+    CREATE UNIQUE INDEX messages_key ON messages(key) WHERE key IS NOT NULL;
+    CREATE INDEX messages_agent ON messages(agent, id);
+    CREATE INDEX messages_sender ON messages(sender, id);
+    CREATE INDEX messages_status ON messages(status, id);
+    CREATE INDEX messages_created ON messages(created);
+    CREATE TABLE attempts (
+        message_id INTEGER NOT NULL,
+        number     INTEGER NOT NULL,
+        started    REAL NOT NULL,
+        finished   REAL NOT NULL,
+        ok         INTEGER NOT NULL,
+        error      TEXT,
+        PRIMARY KEY (message_id, number)
+    ) WITHOUT ROWID;
+    """,
+    # 2: a broadcast's copies get keys no send's key can equal (coordctl.protocol.broadcast_key). Schema 1
+    # stored them as "KEY:AGENT", the same as a send keyed "KEY:AGENT": those keys stay as they are, since
+    # nothing tells the two apart, and `below` is the first id after them, so that a broadcast retried
+    # across the upgrade still finds the copies stored before it (Reads.find_legacy_copy). 0: none.
+    """
+    CREATE TABLE legacy_keys (below INTEGER NOT NULL);
+    INSERT INTO legacy_keys SELECT coalesce(max(id) + 1, 0) FROM messages WHERE key IS NOT NULL;
+    """,
+]
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)"
+)
+INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
+MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"
+MARK_FAILED = "UPDATE messages SET status = 'failed', attempts = ?, error = ? WHERE id = ?"
+MARK_ATTEMPTED = "UPDATE messages SET attempts = ?, error = ? WHERE id = ?"
+MARK_CANCELLED = "UPDATE messages SET status = 'cancelled' WHERE id = ? AND status = 'queued'"
+MARK_REQUEUED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = ?"
+
+TERMINAL = "('delivered', 'failed', 'cancelled')"
+COLUMNS = "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error"
+
+# A write is a list of (sql, params, many): one statement, or executemany when many.
+Write = list[tuple[str, Any, bool]]
+
+
+_tags_decoder = msgspec.json.Decoder(list[str])
+
+
+def info_from_row(r: tuple) -> p.MessageInfo:
+    return p.MessageInfo(
+        id=r[0], to=r[1], sender=r[2], priority=r[3], kind=r[4],
+        tags=_tags_decoder.decode(r[5]) if r[5] else [], key=r[6], body=r[7], status=r[8],
+        created=r[9], delivered=r[10], attempts=r[11], error=r[12],
+    )  # fmt: skip
+
+
+def record_from_row(r: tuple) -> Record:
+    return Record(
+        id=r[0], agent=r[1], sender=r[2], priority=r[3], kind=r[4],
+        tags=_tags_decoder.decode(r[5]) if r[5] else None, key=r[6], body=r[7],
+        created=r[9], attempts=r[11], error=r[12],
+    )  # fmt: skip
+
+
+def check_integrity(db: sqlite3.Connection, path: str) -> None:
+    problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise StorageError(f"database {path} is corrupt ({'; '.join(problems)}). coordd never replaces it: "
+                           "move it aside (keep it for recovery, e.g. sqlite3 .recover) or set store.path "
+                           "to another file")  # fmt: skip
+
+
+def migrate(db: sqlite3.Connection, path: str) -> None:
+    version = schema_version(db, path)
+    for i in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN")
+        for stmt in MIGRATIONS[i].split(";"):
+            if stmt.strip():
+                db.execute(stmt)
+        db.execute(f"PRAGMA user_version = {i + 1}")
+        db.execute("COMMIT")
+        log.info("migrated %s to schema version %d", path, i + 1)
+
+
+def schema_version(db: sqlite3.Connection, path: str) -> int:
+    """The file's coordd schema version (0: a new, empty database); an error for anything else."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this coordd ({SCHEMA_VERSION}): upgrade coordd"
+        )
+    if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StorageError(f"{path} is an SQLite database but not a coordd one: choose another store.path")
+    return version

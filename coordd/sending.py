@@ -1,0 +1,138 @@
+"""send, batch and broadcast: validated whole, admitted, committed, then queued; and `wait` for the outcome.
+
+A send is acknowledged only once its row is committed; only then does it join its
+agent's queue. Nothing of a batch is stored unless every message of it is valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from coordctl import protocol as p
+from coordd.admission import Admission
+from coordd.config import Config
+from coordd.delivery import Delivery
+from coordd.hooks import NO_HOOKS, Hooks
+from coordd.model import Record, Refused
+from coordd.queries import status_of
+from coordd.store import Store, StorageError, StorageFull
+from coordd.validation import check_message, check_not_empty, check_wait_timeout
+
+
+class Sending:
+    def __init__(self, config: Config, store: Store, delivery: Delivery, admission: Admission,
+                 observer: Hooks = NO_HOOKS) -> None:  # fmt: skip
+        self.store = store
+        self.delivery = delivery
+        self.admission = admission
+        self.observer = observer
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.agents = {a.id: a for a in config.agents}
+        self.groups: dict[str, list[str]] = {}
+        for a in config.agents:
+            for g in a.groups:
+                self.groups.setdefault(g, []).append(a.id)
+
+    async def send(self, req: p.Send) -> p.Sent:
+        msg = p.NewMessage(
+            to=req.to, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=req.tags, key=req.key
+        )  # fmt: skip
+        check_wait_timeout(req)
+        [message_id], stored = await self._accept([msg], where="")
+        if req.wait:
+            return await self._await_outcome(message_id, req.timeout or self.config.daemon.wait_timeout_s)
+        return p.Sent(id=message_id, duplicate=not stored)
+
+    async def broadcast(self, req: p.Broadcast) -> list[int]:
+        if req.group is None:
+            targets = list(self.agents)
+        elif req.group in self.groups:
+            targets = self.groups[req.group]
+        else:
+            groups = ", ".join(sorted(self.groups)) or "none are configured"
+            raise Refused("unknown_agent", f"group: no group named {req.group!r}; groups: {groups}")
+        msgs = [
+            p.NewMessage(to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=req.tags,
+                         key=req.key)
+            for t in targets
+        ]  # fmt: skip
+        return (await self._accept(msgs, where="", copies=True))[0]
+
+    async def batch(self, req: p.Batch) -> list[int]:
+        return (await self._accept(req.messages, where="messages"))[0]
+
+    async def _accept(self, msgs: list[p.NewMessage], where: str, copies: bool = False) -> tuple[list[int], int]:
+        """Validate all, then store the new ones in one transaction: (ids in input order, how many were new).
+
+        A message whose idempotency key is already known gets the first message's
+        id and stores nothing. Nothing is stored unless every message is valid.
+        With `copies` (a broadcast) each message's key is the broadcast's: its copy
+        is stored with the key `p.broadcast_key(key, recipient)`.
+        """
+        check_not_empty(msgs, where)
+        entries: list[int | Record] = []
+        fresh: list[Record] = []
+        by_key: dict[str, Record] = {}
+        waits: list[asyncio.Future] = []
+        now = time.time()
+        control_chars = self.config.daemon.control_chars
+        for i, m in enumerate(msgs):
+            check_message(m, self.agents, control_chars, f"{where}[{i}]." if where else "")
+            key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
+            if key is not None:
+                known = by_key.get(key) or self.admission.known_key(key, waits)
+                if known is None and copies and m.key is not None:
+                    known = self.store.find_legacy_copy(m.key, m.to)
+                if known is not None:
+                    entries.append(known)
+                    continue
+            rec = Record(
+                id=0, agent=m.to, body=m.body, priority=m.priority, created=now,
+                sender=m.sender, kind=m.kind, tags=m.tags or None, key=key,
+            )  # fmt: skip
+            fresh.append(rec)
+            entries.append(rec)
+            if key is not None:
+                by_key[key] = rec
+        size = self.admission.check_limits(fresh, self.config.queue)
+        for rec in fresh:
+            rec.id = self.store.allocate_id()
+        if waits:  # a key still being committed by another request: answer once it is stored
+            await asyncio.gather(*waits, return_exceptions=True)
+        if fresh:
+            await self._commit(fresh, size)
+        return [e if isinstance(e, int) else e.id for e in entries], len(fresh)
+
+    async def _commit(self, fresh: list[Record], size: int) -> None:
+        fut = self.store.insert(fresh)
+        self.admission.committing(fresh, size, fut)
+        try:
+            await fut
+        except StorageFull as e:
+            raise Refused("storage_full", f"the disk holding {self.store.path} is full, nothing was stored ({e}): "
+                          "free some space there and retry; coordd goes on by itself") from None  # fmt: skip
+        except StorageError as e:
+            raise Refused("storage_error", f"the database refused the write, nothing was stored ({e}); "
+                          f"check the disk holding {self.store.path} and retry") from None  # fmt: skip
+        finally:
+            self.admission.committed(fresh, size)
+        self.observer.accepted(fresh)
+        for rec in fresh:
+            self.delivery.enqueue(rec)
+
+    async def _await_outcome(self, message_id: int, timeout: float) -> p.Sent:
+        status = status_of(message_id, self.delivery, self.store)
+        error = None
+        if status not in p.TERMINAL_STATUSES:
+            try:
+                status, error = await asyncio.wait_for(self.delivery.wait_for(message_id), timeout)
+            except TimeoutError:
+                raise Refused("not_delivered", f"message {message_id} was not delivered within {timeout:g} s; "
+                              "it stays queued (see `coordctl show`)", message_id) from None  # fmt: skip
+        if status != "delivered":
+            raise Refused("not_delivered", f"message {message_id} is {status}: {error or 'see coordctl show'}", message_id)
+        return p.Sent(id=message_id, status="delivered")

@@ -1,0 +1,87 @@
+"""Is a request well-formed? The checks on its fields that need nothing but the request and the config.
+
+Each failure raises Refused("bad_request" or "unknown_agent") with a message that
+names the field and says what to change. Queue limits and idempotency keys,
+which depend on what is queued, are coordd.admission's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from coordctl import protocol as p
+from coordd.model import Refused
+
+MAX_NAME = 64  # sender, kind, tag
+MAX_KEY = 256
+MAX_TAGS = 16
+MAX_PAGE = 1000
+MAX_WAIT_S = 3600.0
+MAX_ID = (1 << 63) - 1  # SQLite's largest integer
+# Control characters: C0 but tab and newline, DEL, C1. In a terminal they are keystrokes, not text.
+BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Senders, kinds, tags and keys are each one line (of a header, of a table): no control character,
+# and no line break of any kind: C0 has LF, VT, FF, CR and FS/GS/RS, C1 has NEL (U+0085), and
+# Unicode adds the line and paragraph separators U+2028 and U+2029.
+NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Names for the characters an error quotes (unicodedata has none for controls).
+CONTROL_NAMES = {
+    0x00: "NULL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "TAB", 0x0A: "LINE FEED", 0x0B: "LINE TABULATION",
+    0x0C: "FORM FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x1C: "FILE SEPARATOR", 0x1D: "GROUP SEPARATOR",
+    0x1E: "RECORD SEPARATOR", 0x1F: "UNIT SEPARATOR", 0x7F: "DELETE", 0x85: "NEXT LINE",
+    0x9B: "CONTROL SEQUENCE INTRODUCER",
+    0x2028: "LINE SEPARATOR", 0x2029: "PARAGRAPH SEPARATOR",
+}  # fmt: skip
+
+
+def char_name(ch: str) -> str:
+    """``U+2028 LINE SEPARATOR``, ``U+001B ESCAPE``, or just ``U+0081``."""
+    name = CONTROL_NAMES.get(ord(ch))
+    return f"U+{ord(ch):04X} {name}" if name else f"U+{ord(ch):04X}"
+
+
+def check_ids(req: p.Request) -> None:
+    """A message id or cursor must fit SQLite's integers."""
+    for field in ("message_id", "cursor"):
+        value = getattr(req, field, None)
+        if value is not None and not -MAX_ID <= value <= MAX_ID:
+            raise Refused("bad_request", f"{field} {value} is out of range: ids are 64-bit integers")
+
+
+def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, where: str) -> None:
+    """One message of a send, batch or broadcast (where: its place in the request, e.g. "messages[3].")."""
+    if m.to not in agents:
+        names = ", ".join(agents)
+        raise Refused("unknown_agent", f"{where}to: no agent named {m.to!r}; configured agents: {names}")
+    if not m.body.strip():
+        raise Refused("bad_request", f"{where}body is empty: give the message some text")
+    if control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
+        raise Refused("bad_request", f"{where}body has the control character {char_name(bad[0])} at offset "
+                      f"{bad.start()}, refused by daemon.control_chars = \"reject\": remove it from the text")  # fmt: skip
+    for field, value in (("sender", m.sender), ("kind", m.kind), ("key", m.key), *(("tags", t) for t in m.tags)):
+        if value is not None and (bad := NAME_CONTROL.search(value)):
+            raise Refused("bad_request", f"{where}{field} contains {char_name(bad[0])}: use a single line of "
+                          "plain text, without line breaks or control characters")  # fmt: skip
+    for field, value, limit in (("sender", m.sender, MAX_NAME), ("kind", m.kind, MAX_NAME), ("key", m.key, MAX_KEY)):
+        if value is not None and not 0 < len(value) <= limit:
+            raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
+    if len(m.tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME for t in m.tags):
+        raise Refused("bad_request", f"{where}tags: at most {MAX_TAGS} tags of 1 to {MAX_NAME} characters each")
+
+
+def check_not_empty(msgs: list[p.NewMessage], where: str) -> None:
+    if not msgs:
+        raise Refused("bad_request", f"{where or 'messages'} is empty: give at least one message")
+
+
+def check_wait_timeout(req: p.Send) -> None:
+    if req.wait and req.timeout is not None and not 0 < req.timeout <= MAX_WAIT_S:
+        raise Refused("bad_request", f"timeout must be more than 0 and at most {MAX_WAIT_S:g} seconds, got {req.timeout}")
+
+
+def check_page(req: p.History, agents: Collection[str], orphans: Collection[str]) -> None:
+    if not 1 <= req.limit <= MAX_PAGE:
+        raise Refused("bad_request", f"limit must be 1 to {MAX_PAGE}, got {req.limit}")
+    if req.agent is not None and req.agent not in agents and req.agent not in orphans:
+        raise Refused("unknown_agent", f"agent: no agent named {req.agent!r}; configured agents: {', '.join(agents)}")
