@@ -511,12 +511,16 @@ def _ping_as(path: str, uid: int, gid: int) -> str:
 
 def test_db_file_stops_growing_under_steady_load(make_daemon):
     d = make_daemon(agents=[{"id": "A"}], retention={"max_messages": 300, "prune_chunk": 100})
-    sizes = []
+    sizes, wal = [], 0
     with d.client() as c:
         for round_ in range(12):
             c.batch([{"to": "A", "body": f"round {round_} message {i} " + "x" * 200} for i in range(300)])
             wait_until(lambda: c.status().queued == 0, what="deliveries")
             c.send("A", "flush", wait=True)
             wait_until(lambda: c.status().rows <= 300, what="pruning")
-            sizes.append(os.path.getsize(d.db) + os.path.getsize(d.db + "-wal"))
+            sizes.append(os.path.getsize(d.db))
+            wal = max(wal, os.path.getsize(d.db + "-wal"))
+    # Pruned rows' pages are reused: the database file stops growing. The WAL's size at a given moment depends
+    # on when the last checkpoint ran (off the loop, so it races the sends); it is bounded, not steady.
     assert max(sizes[6:]) <= max(sizes[:6]) * 1.1, sizes
+    assert wal <= 64 << 20, wal  # journal_size_limit

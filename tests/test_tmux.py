@@ -449,6 +449,8 @@ def test_a_shell_in_the_pane_holds_messages_until_the_agent_runs(make_daemon, tm
         server.tmux("send-keys", "-t", pane, "-l", f"exec {sys.executable} {READER} {out}")
         server.tmux("send-keys", "-t", pane, "Enter")
         wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery once the agent runs")
+    # Delivered means the pane took the input; the reader writes it to its file a moment later.
+    wait_until(lambda: records(out), 10, "the reader to record the message")
     assert [r["text"] for r in records(out)] == [body]
     assert not marker.exists()
 
@@ -467,6 +469,7 @@ def test_an_agent_that_quits_mid_batch_keeps_the_rest_queued(make_daemon, tmux_s
         server.tmux("send-keys", "-t", pane, "Enter")
         wait_until(lambda: delivered(c, 3), 10, "the rest once the agent runs again")
         assert [c.get(i).message.attempts for i in ids] == [1, 1, 1]
+    wait_until(lambda: len(records(out)) >= 3, 10, "the reader to record the three")
     assert [r["text"] for r in records(out)] == ["m0", "m1", "m2"]
 
 
