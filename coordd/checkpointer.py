@@ -31,17 +31,18 @@ class Checkpointer:
 
     async def start(self) -> None:
         # Its own connection (and thread): a reader's half-read cursor would make it fail as "locked".
-        self._db = await aiosqlite.connect(self.path)
-        self._task = asyncio.create_task(self._run(), name="checkpoint")
+        db = self._db = await aiosqlite.connect(self.path)
+        self._task = asyncio.create_task(self._run(db), name="checkpoint")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            await self._db.close()
+        task, db = self._task, self._db
+        if task is not None and db is not None:  # start() set both
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await db.close()
             self._task = None
 
-    async def _run(self) -> None:
+    async def _run(self, db: aiosqlite.Connection) -> None:
         """Checkpoint in two steps.
 
         PASSIVE copies the bulk of the WAL into the database while writes go on. But the
@@ -50,7 +51,7 @@ class Checkpointer:
         with flushes held back meanwhile. Held back, not blocked: requests keep being
         read and their writes gather for the next group commit.
         """
-        writer, db = self.writer, self._db
+        writer = self.writer
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(writer.checkpoint_due.wait(), CHECKPOINT_IDLE_S)
@@ -65,7 +66,9 @@ class Checkpointer:
             writer.hold()
             try:
                 async with db.execute("PRAGMA wal_checkpoint(RESTART)") as cur:
-                    busy, frames, copied = await cur.fetchone()
+                    row = await cur.fetchone()
+                assert row is not None  # the pragma always answers one row
+                busy, frames, copied = row
                 log.debug("checkpoint: busy=%d, %d frames in the WAL, %d copied", busy, frames, copied)
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed: %s", e)

@@ -53,6 +53,9 @@ class AgentQueue:
         """Messages waiting to be taken (not counting those in flight)."""
         return len(self.urgent) + len(self.regular)
 
+    def transport_name(self) -> str:
+        return self.transport.name if self.transport is not None else "none"
+
     def depth(self) -> int:
         """Messages not yet delivered: waiting plus in flight. Queue limits count these."""
         return len(self) + len(self.in_flight)
@@ -221,7 +224,9 @@ class Delivery:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(q.wakeup.wait(), delay if q and delay > 0 else None)
                 continue
-            q.down = q.transport.health()
+            transport = q.transport
+            assert transport is not None  # a worker's queue has one until retire(), which ends the worker
+            q.down = transport.health()
             if q.down:
                 q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
                 continue
@@ -233,6 +238,7 @@ class Delivery:
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
         transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with
+        assert transport is not None  # the worker checked q.retired under q.busy: only retire() clears it
         batch = q.take(transport.max_batch)
         q.in_flight = batch
         self.observer.delivering(q.id, batch)
@@ -266,7 +272,7 @@ class Delivery:
             attempts.append((rec.id, rec.attempts, started, finished, 1, None))
             delivered.append((finished, rec.attempts, rec.id))
         ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
-        outcomes = [(rec.id, "delivered", None) for rec in batch[:done]]
+        outcomes: list[tuple[int, str, str | None]] = [(rec.id, "delivered", None) for rec in batch[:done]]
         if done:
             q.release(batch[:done])
             self.observer.delivered(q.id, batch[:done], finished)

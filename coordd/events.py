@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from coordctl import protocol as p
@@ -41,7 +41,7 @@ class Pushable(Protocol):
 
 
 class Subscriber:
-    def __init__(self, bus: EventBus, conn: Pushable, rid: int, agents: list[str], events: list[str],
+    def __init__(self, bus: EventBus, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str],
                  limit: int) -> None:  # fmt: skip
         self.bus = bus
         self.conn = conn
@@ -140,7 +140,7 @@ class EventBus:
             for sub in self.subscribers:
                 sub.take(batch)
 
-    def subscribe(self, conn: Pushable, rid: int, agents: list[str], events: list[str]) -> Subscriber:
+    def subscribe(self, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str]) -> Subscriber:
         self.flush()  # what waits happened before this watch began
         sub = Subscriber(self, conn, rid, agents, events, self.buffer)
         self.subscribers.append(sub)

@@ -47,4 +47,4 @@ def hold(path: str) -> int:
 
 def reason(e: OSError) -> str:
     """Why a file opened with O_NOFOLLOW could not be used, in words."""
-    return "it is a symbolic link, which coordd never follows" if e.errno == errno.ELOOP else e.strerror
+    return "it is a symbolic link, which coordd never follows" if e.errno == errno.ELOOP else e.strerror or str(e)

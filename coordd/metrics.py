@@ -19,11 +19,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from coordctl import protocol as p
 from coordd import __version__
 from coordd.model import Histogram
+
+if TYPE_CHECKING:  # imported at the first scrape only
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("coordd.metrics")
 
@@ -102,7 +105,7 @@ class Collector:
         self.delivery = delivery
         self.store = store
         self.bus = bus
-        self._registry = None
+        self._registry: CollectorRegistry | None = None
 
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4) of every metric."""
@@ -113,7 +116,7 @@ class Collector:
     def text(self) -> str:
         return self.exposition().decode()
 
-    def registry(self):
+    def registry(self) -> CollectorRegistry:
         """The private CollectorRegistry, made on first use (the only place prometheus_client is imported)."""
         if self._registry is None:
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -167,7 +170,7 @@ class Collector:
             ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
         ))  # fmt: skip
         for q in delivery.queues.values():
-            key = [q.id, q.transport.name if q.transport is not None else "none"]
+            key = [q.id, q.transport_name()]
             created = q.oldest_created()
             depth.add_metric(key, len(q))
             held.add_metric(key, q.held)

@@ -86,7 +86,7 @@ class Queries:
             q = self.delivery.queues[a.id]
             oldest = q.oldest_created()
             agents.append(p.AgentStatus(
-                id=a.id, transport=q.transport.name,
+                id=a.id, transport=q.transport_name(),
                 healthy=q.down is None, reason=q.down, queued=len(q), in_flight=len(q.in_flight),
                 delivered=counts.get((a.id, "delivered"), 0), failed=counts.get((a.id, "failed"), 0),
                 cancelled=counts.get((a.id, "cancelled"), 0),
@@ -111,4 +111,4 @@ class Queries:
 
     def _agent_info(self, a: Agent) -> p.AgentInfo:
         q = self.delivery.queues[a.id]
-        return p.AgentInfo(id=a.id, transport=q.transport.name, groups=a.groups, healthy=q.down is None, reason=q.down)
+        return p.AgentInfo(id=a.id, transport=q.transport_name(), groups=a.groups, healthy=q.down is None, reason=q.down)

@@ -6,6 +6,8 @@ committed rows while the writer writes).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -60,7 +62,8 @@ class Reads:
         Rows are fetched HISTORY_BATCH at a time, so a page of large bodies never holds
         more than about max_bytes plus one batch in memory.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("agent", q.agent), ("sender", q.sender), ("status", q.status)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -82,7 +85,7 @@ class Reads:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(q.limit + 1)  # one extra row tells whether another page exists
-        rows: list[tuple] = []
+        rows: list[Sequence[Any]] = []
         size = 0
         async with self.reader.execute(sql, args) as cur:
             while len(rows) <= q.limit and size <= max_bytes:

@@ -56,10 +56,10 @@ class RetryCancel:
         try:
             await self._write(message_id, [(s.MARK_CANCELLED, (message_id,), False)])
         except Refused:
-            if queued is not None:
+            if q is not None and queued is not None:
                 q.put_back([queued])
             raise
-        if queued is not None:
+        if q is not None and queued is not None:
             q.release([queued])
         self.delivery.settle(message_id, "cancelled")
         self.observer.cancelled(rec)

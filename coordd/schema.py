@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -83,7 +84,7 @@ Write = list[tuple[str, Any, bool]]
 _tags_decoder = msgspec.json.Decoder(list[str])
 
 
-def info_from_row(r: tuple) -> p.MessageInfo:
+def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite3.Row
     return p.MessageInfo(
         id=r[0], to=r[1], sender=r[2], priority=r[3], kind=r[4],
         tags=_tags_decoder.decode(r[5]) if r[5] else [], key=r[6], body=r[7], status=r[8],
@@ -91,7 +92,7 @@ def info_from_row(r: tuple) -> p.MessageInfo:
     )  # fmt: skip
 
 
-def record_from_row(r: tuple) -> Record:
+def record_from_row(r: Sequence[Any]) -> Record:
     return Record(
         id=r[0], agent=r[1], sender=r[2], priority=r[3], kind=r[4],
         tags=_tags_decoder.decode(r[5]) if r[5] else None, key=r[6], body=r[7],

@@ -54,7 +54,7 @@ class Notifier:
 
     def __init__(self) -> None:
         address = os.environ.pop("NOTIFY_SOCKET", "")
-        self.address: str | None = None
+        self.address = ""  # where to send, while self.sock is set
         self.sock: socket.socket | None = None
         if address.startswith("@"):
             address = "\0" + address[1:]  # an abstract socket

@@ -25,6 +25,7 @@ import queue
 import select
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 from Xlib import X, Xatom, error
 from Xlib.display import Display
@@ -69,7 +70,8 @@ class Clipboard:
         self.lost = 0  # times another client took the selection from us
         self.dead: str | None = None
         self.cond = threading.Condition()
-        self._incr: dict[tuple[int, int], tuple[object, int, bytes, int]] = {}  # (window, prop) -> transfer
+        # (window, prop) -> the transfer: (the requestor's Xlib window, type, data, offset)
+        self._incr: dict[tuple[int, int], tuple[Any, int, bytes, int]] = {}
         self._reading: Future | None = None
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -233,17 +235,18 @@ class Clipboard:
     def _answer(self, ev) -> None:
         prop = ev.property or ev.target  # obsolete clients leave the property to the owner
         ok = False
-        if ev.selection == self.CLIPBOARD and self.owned and self.content is not None:
+        content = self.content
+        if ev.selection == self.CLIPBOARD and self.owned and content is not None:
             if ev.target == self.TARGETS:
                 targets = [self.TARGETS, *self.text_targets]
                 ev.requestor.change_property(prop, Xatom.ATOM, 32, targets)
                 ok = True
             elif ev.target in self.text_targets:
                 ok = True
-                if len(self.content) > INCR_CHUNK:
-                    self._incr_start(ev.requestor, prop, ev.target)
+                if len(content) > INCR_CHUNK:
+                    self._incr_start(ev.requestor, prop, ev.target, content)
                 else:
-                    ev.requestor.change_property(prop, self._type(ev.target), 8, self._data(ev.target))
+                    ev.requestor.change_property(prop, self._type(ev.target), 8, _as_target(content, ev.target))
                     self.fetched += 1
                     self.cond.notify_all()
         reply = event.SelectionNotify(
@@ -255,13 +258,8 @@ class Clipboard:
     def _type(self, target: int) -> int:
         return Xatom.STRING if target == Xatom.STRING else self.UTF8
 
-    def _data(self, target: int) -> bytes:
-        if target == Xatom.STRING:  # Latin-1 by definition
-            return self.content.decode("utf-8", "replace").encode("latin-1", "replace")
-        return self.content
-
-    def _incr_start(self, requestor, prop: int, target: int) -> None:
-        data = self._data(target)
+    def _incr_start(self, requestor, prop: int, target: int, content: bytes) -> None:
+        data = _as_target(content, target)
         requestor.change_attributes(event_mask=X.PropertyChangeMask)
         requestor.change_property(prop, self.INCR, 32, [len(data)])
         self._incr[(requestor.id, prop)] = (requestor, self._type(target), data, 0)
@@ -286,3 +284,10 @@ class Clipboard:
     def _x_error(self, err, req) -> None:
         # A requestor window that vanished mid-transfer: drop its transfer, keep serving.
         log.debug("X error on the clipboard connection: %s", err)
+
+
+def _as_target(content: bytes, target: int) -> bytes:
+    """content (UTF-8) as the requested target type."""
+    if target == Xatom.STRING:  # Latin-1 by definition
+        return content.decode("utf-8", "replace").encode("latin-1", "replace")
+    return content

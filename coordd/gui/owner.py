@@ -27,14 +27,19 @@ import subprocess
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from coordd.config import Gui
 from coordd.model import DeliveryError, TransportDown
+
+if TYPE_CHECKING:  # imported at run time on the GUI thread only: it needs Xlib
+    from coordd.gui.clipboard import Clipboard
 
 log = logging.getLogger("coordd.gui")
 
 NOT_STARTED = "the GUI thread has not connected to the display yet"
 FAILSAFE_REASON = "pyautogui fail-safe: the mouse is in a screen corner; move it away to resume GUI delivery"
+PyAutoGui = Any  # the pyautogui module: it has no type information
 
 
 class Down(Exception):
@@ -45,8 +50,8 @@ class GuiOwner:
     def __init__(self) -> None:
         self.executor: ThreadPoolExecutor | None = None
         self.down: str | None = NOT_STARTED
-        self.pag = None  # the pyautogui module, once imported
-        self.clipboard = None
+        self.pag: PyAutoGui | None = None  # the pyautogui module, once imported
+        self.clipboard: Clipboard | None = None  # set while the X connections are open (not broken)
         self.broken = True  # the X connections must be (re)opened before the next use
         self.users = 0  # started gui transports; the last one to close closes the owner
         self._probe: Future | None = None
@@ -134,21 +139,27 @@ class GuiOwner:
         if not enabled:
             yield
             return
-        previous = self.clipboard.read()
+        clip = self._open_clipboard()
+        previous = clip.read()
         try:
             yield
         finally:
             with contextlib.suppress(Exception):  # a display gone mid-job: nothing left to restore to
                 if previous is None:
-                    self.clipboard.release()
+                    clip.release()
                 else:
-                    self.clipboard.own(previous)
+                    clip.own(previous)
 
-    def ready(self, settings: Gui):
+    def _open_clipboard(self) -> Clipboard:
+        """The clipboard of a job, which has called ready() first: that opened it (or raised Down)."""
+        assert self.clipboard is not None, "a GUI job uses the clipboard before ready()"
+        return self.clipboard
+
+    def ready(self, settings: Gui) -> PyAutoGui:
         """pyautogui, set up for a job; raises Down when the display is not usable."""
-        if self.broken or self.pag is None:
-            self._connect()
         pag = self.pag
+        if self.broken or pag is None:
+            pag = self._connect()
         pag.PAUSE = settings.pause_ms / 1000
         pag.FAILSAFE = settings.failsafe
         return pag
@@ -162,7 +173,8 @@ class GuiOwner:
             log.info("GUI delivery resumes (it was down: %s)", self.down)
         self.down = None
 
-    def _connect(self) -> None:
+    def _connect(self) -> PyAutoGui:
+        """Open the X connections; the pyautogui module."""
         name = os.environ.get("DISPLAY")
         if not name:
             raise Down("no DISPLAY: start coordd in the graphical session, or pass DISPLAY (and XAUTHORITY) "
@@ -173,11 +185,12 @@ class GuiOwner:
         try:
             # pyautogui and mouseinfo print python-xlib's xauth warnings on stdout: keep them out.
             with contextlib.redirect_stdout(io.StringIO()):
-                if self.pag is None:
+                pag = self.pag
+                if pag is None:
                     t = time.perf_counter()
                     import pyautogui
 
-                    self.pag = pyautogui
+                    pag = self.pag = pyautogui
                     log.info("pyautogui loaded in %.0f ms", (time.perf_counter() - t) * 1000)
                 else:
                     importlib.reload(sys.modules["pyautogui._pyautogui_x11"])  # a new display connection
@@ -190,6 +203,7 @@ class GuiOwner:
                            "session's authority file") from None  # fmt: skip
             raise Down(f"cannot open X display {name}: {e}") from None
         self.broken = False
+        return pag
 
     def _hand_over_clipboard(self) -> None:
         """At stop: the text we serve as the restored clipboard would vanish with us; xclip keeps it."""
@@ -220,7 +234,7 @@ class GuiOwner:
 
     def paste(self, pag, text: str, paste_keys: str, settings: Gui, settle_ms: int, where: str) -> None:
         """Put text on the clipboard, press the paste keys, and wait until the application fetched it."""
-        clip = self.clipboard
+        clip = self._open_clipboard()
         clip.own(text.encode("utf-8"))
         mark = clip.mark()
         self.hotkey(pag, paste_keys)

@@ -63,6 +63,14 @@ class GuiTransport(Transport):
         self.agent = agent
         self.settings = settings  # the config's [gui]: shared by every gui agent
         self.max_batch = agent.coalesce_max_messages if agent.coalesce else 1
+        # Loading the config checked that x and y are set, and onboarding_x/_y both or neither.
+        assert agent.x is not None and agent.y is not None, f"gui agent {agent.id} has no x, y"
+        self.chat_at = (agent.x, agent.y)  # the chat input's screen position
+        self.onboarding_at = (
+            (agent.onboarding_x, agent.onboarding_y)
+            if agent.onboarding_x is not None and agent.onboarding_y is not None
+            else self.chat_at
+        )
         self.where = f"({agent.x}, {agent.y})"
         self.multiline = agent.multiline or ("join" if agent.submit_key == "enter" else "paste")
         self._keys_ok = False
@@ -105,7 +113,7 @@ class GuiTransport(Transport):
         with self._clipboard_restored():
             for count, text in groups:
                 try:
-                    OWNER.click(pag, a.x, a.y, a.click_settle_ms)
+                    OWNER.click(pag, *self.chat_at, a.click_settle_ms)
                     self._put(pag, text)
                     OWNER.hotkey(pag, submit)
                     settle(a.submit_settle_ms)
@@ -126,10 +134,9 @@ class GuiTransport(Transport):
             for step in steps:
                 match step:
                     case ClickStep(at="chat"):
-                        OWNER.click(pag, a.x, a.y, a.click_settle_ms)
+                        OWNER.click(pag, *self.chat_at, a.click_settle_ms)
                     case ClickStep():
-                        ox, oy = (a.onboarding_x, a.onboarding_y) if a.onboarding_x is not None else (a.x, a.y)
-                        OWNER.click(pag, ox, oy, a.click_settle_ms)
+                        OWNER.click(pag, *self.onboarding_at, a.click_settle_ms)
                     case HotkeyStep():
                         OWNER.hotkey(pag, step.keys)
                     case PasteStep():

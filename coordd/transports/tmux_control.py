@@ -34,6 +34,9 @@ _QUOTE.update({c: f"\\{c:03o}" for c in [*range(1, 0x20), 0x7F]})
 _QUOTE.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
+_Reply = tuple[bool, list[str]]  # a command's outcome: %end (True) or %error, and its output lines
+
+
 class TmuxError(Exception):
     """The connection failed (server gone, tmux missing) or a command answered %error."""
 
@@ -72,15 +75,17 @@ class Connection:
         self.label = describe(server)
         self.users = 0
         self.proc: asyncio.subprocess.Process | None = None
-        self.pending: collections.deque[asyncio.Future] = collections.deque()
-        self.reader: asyncio.Task | None = None
-        self.ready: asyncio.Future | None = None
+        self.stdin: asyncio.StreamWriter | None = None  # self.proc's stdin: both set, or both None
+        self.pending: collections.deque[asyncio.Future[_Reply]] = collections.deque()
+        self.reader: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()
         self.exit_reason = ""
 
-    def alive(self) -> bool:
-        return (self.proc is not None and not self.proc.stdin.is_closing()
-                and self.reader is not None and not self.reader.done())  # fmt: skip
+    def live_stdin(self) -> asyncio.StreamWriter | None:
+        """The process's input while it and its reader run; None when the next command must connect first."""
+        if self.stdin is None or self.stdin.is_closing() or self.reader is None or self.reader.done():
+            return None
+        return self.stdin
 
     async def run(self, *argv: str) -> list[str]:
         """Run one command; its output lines. TmuxError when the connection fails or tmux refuses it."""
@@ -90,58 +95,71 @@ class Connection:
     async def run_many(self, *commands: tuple[str, ...]) -> list[list[str]]:
         """Pipeline several commands (one round trip); every one runs even if an earlier one fails."""
         outcomes = await asyncio.gather(*await self.send(list(commands)), return_exceptions=True)
+        replies: list[_Reply] = []
         for outcome in outcomes:  # every reply is collected (none left unretrieved), then the first failure raised
             if isinstance(outcome, BaseException):
                 raise outcome
-        return [_checked(outcome) for outcome in outcomes]
+            replies.append(outcome)
+        return [_checked(reply) for reply in replies]
 
-    async def send(self, commands: list[tuple[str, ...]]) -> list[asyncio.Future]:
-        if not self.alive():
-            await self.connect()
+    async def send(self, commands: list[tuple[str, ...]]) -> list[asyncio.Future[_Reply]]:
+        stdin = self.live_stdin()
+        if stdin is None:
+            stdin = await self.connect()
         data = b"".join(command_line(argv) for argv in commands)
         loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in commands]
+        futs: list[asyncio.Future[_Reply]] = [loop.create_future() for _ in commands]
         # Queue the futures and write the lines with no await in between: reply order = write order.
         self.pending.extend(futs)
         try:
-            self.proc.stdin.write(data)
+            stdin.write(data)
         except (RuntimeError, ConnectionError) as e:  # the process is gone; its reader has not seen the end yet
             for _ in futs:
                 self.pending.pop()
             raise TmuxError(f"{self.label} is not reachable: {e}") from None
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.proc.stdin.drain()  # a broken pipe surfaces as the reader's end of file
+            await stdin.drain()  # a broken pipe surfaces as the reader's end of file
         return futs
 
-    async def connect(self) -> None:
+    async def connect(self) -> asyncio.StreamWriter:
+        """Start the control client unless one runs; its stdin."""
         async with self.lock:
-            if self.alive():
-                return
+            if (stdin := self.live_stdin()) is not None:
+                return stdin
             await self._stop_process()
             tmux = shutil.which("tmux")
             if tmux is None:
                 raise TmuxError("tmux is not installed (no `tmux` on PATH)")
             env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-            self.proc = await asyncio.create_subprocess_exec(
+            proc = self.proc = await asyncio.create_subprocess_exec(
                 tmux, "-u", "-N", *self.server, "-C", "attach-session", "-f", "no-output,ignore-size",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=env, limit=1 << 20, start_new_session=True,
             )  # fmt: skip
+            # All three are pipes (created with PIPE above).
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            stdin = self.stdin = proc.stdin
             self.exit_reason = ""
-            self.ready = asyncio.get_running_loop().create_future()
-            self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even after a timeout
-            self.reader = asyncio.create_task(self._read(self.proc), name=f"tmux-control:{self.label}")
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even after a timeout
+            self.reader = asyncio.create_task(
+                self._read(proc.stdout, proc.stderr, ready), name=f"tmux-control:{self.label}"
+            )
             try:
-                await asyncio.wait_for(asyncio.shield(self.ready), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(ready), CONNECT_TIMEOUT_S)
             except TimeoutError:
                 await self._stop_process()
                 raise TmuxError(f"{self.label} did not answer within {CONNECT_TIMEOUT_S:g} s") from None
+            return stdin
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(
+        self, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, ready: asyncio.Future[None]
+    ) -> None:
+        """Match reply blocks to self.pending until the process ends; ready resolves at the attach's reply."""
         guard: bytes | None = None  # "TIME NUMBER FLAGS" of the open block
         lines: list[str] = []
         try:
-            while line := await proc.stdout.readline():
+            while line := await stdout.readline():
                 line = line.rstrip(b"\n")
                 if guard is None:
                     if line.startswith(b"%begin "):
@@ -152,25 +170,25 @@ class Connection:
                 if (line.startswith(b"%end ") and line[5:] == guard) or (
                     line.startswith(b"%error ") and line[7:] == guard
                 ):
-                    self._finish(guard, line.startswith(b"%end "), lines)
+                    self._finish(guard, line.startswith(b"%end "), lines, ready)
                     guard = None
                 else:
                     lines.append(line.decode("utf-8", "replace"))
         finally:
-            reason = await self._why_closed(proc)
-            if self.ready is not None and not self.ready.done():
-                self.ready.set_exception(TmuxError(reason))
+            reason = await self._why_closed(stderr)
+            if not ready.done():
+                ready.set_exception(TmuxError(reason))
             while self.pending:
                 fut = self.pending.popleft()
                 if not fut.done():
                     fut.set_exception(TmuxError(reason))
 
-    def _finish(self, guard: bytes, ok: bool, lines: list[str]) -> None:
+    def _finish(self, guard: bytes, ok: bool, lines: list[str], ready: asyncio.Future[None]) -> None:
         if not guard.endswith(b" 1"):  # the attach-session of the command line, not one of ours
-            if ok and not self.ready.done():
-                self.ready.set_result(None)
-            elif not ok and not self.ready.done():
-                self.ready.set_exception(TmuxError(f"cannot attach to {self.label}: {' '.join(lines)}"))
+            if ok and not ready.done():
+                ready.set_result(None)
+            elif not ok and not ready.done():
+                ready.set_exception(TmuxError(f"cannot attach to {self.label}: {' '.join(lines)}"))
             return
         if not self.pending:
             return
@@ -178,19 +196,20 @@ class Connection:
         if not fut.done():  # the caller may have been cancelled meanwhile
             fut.set_result((ok, lines))
 
-    async def _why_closed(self, proc: asyncio.subprocess.Process) -> str:
+    async def _why_closed(self, stderr: asyncio.StreamReader) -> str:
         err = b""
         with contextlib.suppress(Exception):
-            err = await asyncio.wait_for(proc.stderr.read(), 1.0)
+            err = await asyncio.wait_for(stderr.read(), 1.0)
         detail = err.decode("utf-8", "replace").strip() or self.exit_reason or "the connection closed"
         return f"{self.label} is not reachable: {detail}"
 
     async def _stop_process(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
+        proc, stdin = self.proc, self.stdin
+        self.proc = self.stdin = None
+        if proc is None or stdin is None:  # both None, or both set
             return
         if proc.returncode is None:
-            proc.stdin.close()  # end of input: a control client detaches and exits
+            stdin.close()  # end of input: a control client detaches and exits
             try:
                 await asyncio.wait_for(proc.wait(), 2.0)
             except TimeoutError:
@@ -205,7 +224,7 @@ class Connection:
             await self._stop_process()
 
 
-def _checked(outcome: tuple[bool, list[str]]) -> list[str]:
+def _checked(outcome: _Reply) -> list[str]:
     ok, lines = outcome
     if not ok:
         raise TmuxError(" ".join(lines) or "tmux refused the command", command_failed=True)
