@@ -22,7 +22,7 @@ from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.events import EventBus
 from coordd.handlers import Handlers
-from coordd.hooks import NO_HOOKS
+from coordd.hooks import NO_HOOKS, Hooks
 from coordd.metrics import Collector, Metrics
 from coordd.observer import BENCH_OFF, Observer, start_http
 from coordd.queries import Queries
@@ -59,7 +59,12 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     lock_fd = listener.lock(socket_path)
     stop = asyncio.Event()
     reloader: Reloader | None = None
-    _handle_signals(loop, notifier, stop, lambda: reloader and reloader.on_sighup())
+
+    def on_sighup() -> None:
+        if reloader is not None:  # else still starting: the config it would read is the one being applied
+            reloader.on_sighup()
+
+    _handle_signals(loop, notifier, stop, on_sighup)
     store = Store(config.store.path, config.store.synchronous, config.retention.max_messages)
     transports = {a.id: make_transport(a, config) for a in config.agents}
     delivery: Delivery | None = None
@@ -77,7 +82,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return tg.create_task(coro, name=name)
 
             metrics, bus = Metrics(), EventBus(config.metrics.watch_buffer)
-            hooks = Observer(metrics, bus)  # metrics and watch events, reported by delivery, handlers, server
+            hooks: Hooks = Observer(metrics, bus)  # metrics and watch events, reported by delivery, handlers, server
             if os.environ.get(BENCH_OFF):
                 log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
                 hooks = NO_HOOKS
@@ -86,6 +91,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             endpoint = await start_http(collector, config)
 
             async def reload() -> p.Reloaded:  # the `reload` request; the reloader is built below
+                assert reloader is not None  # built before the socket serves
                 return await reloader.reload()
 
             sending = Sending(config, store, delivery, Admission(store, delivery), hooks)

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
@@ -85,10 +86,12 @@ class Store:
     def __init__(self, path: str, synchronous: str = "normal", max_rows: int = 0) -> None:
         self.path = path
         self.synchronous = synchronous
-        self.db: sqlite3.Connection | None = None  # the writer's; the loop thread's reads use it too
-        self.writer: Writer | None = None  # the parts, from `open`
-        self.reads: Reads | None = None
-        self.checkpointer: Checkpointer | None = None
+        # Set by `open`, which builds the parts on the connections it opens; `close` undoes it, last first.
+        self.db: sqlite3.Connection  # the writer's; the loop thread's reads use it too
+        self.writer: Writer
+        self.reads: Reads
+        self.checkpointer: Checkpointer
+        self._closers: list[Callable[[], Awaitable[None] | None]] = []
         self.rows = 0  # messages stored; kept in step with every insert and delete
         self.max_rows = max_rows  # retention.max_messages: an insert past it sets `overflow`
         self.overflow = asyncio.Event()  # the pruner should look now
@@ -141,15 +144,20 @@ class Store:
             raise StorageError(f"cannot open database {self.path}: {e}. coordd never replaces it: move it aside "
                                "(keep it for recovery, e.g. sqlite3 .recover) or set store.path to another file") from None  # fmt: skip
         except StorageError:
-            db.close()
+            if db is not None:
+                db.close()
             raise
         self.db = db
+        self._closers.append(self._close_db)
         self.writer = Writer(db, self._outcomes_recorded)
+        self._closers.append(self.writer.close)  # the final commit
         reader = await aiosqlite.connect(self.path)
+        self._closers.append(reader.close)
         await reader.execute("PRAGMA query_only = 1")
         self.reads = Reads(db, reader)
         self.checkpointer = Checkpointer(self.path, self.writer)
         await self.checkpointer.start()
+        self._closers.append(self.checkpointer.close)
 
     def _lock(self) -> None:
         """One daemon per database, whatever socket it serves: an flock on `<db>.lock`, held until close.
@@ -164,20 +172,11 @@ class Store:
             raise StorageError(f"cannot use the lock file {lock_path}: {lockfile.reason(e)}") from None
 
     async def close(self) -> None:
-        if self.checkpointer is not None:
-            await self.checkpointer.close()
-        if self.writer is not None:
-            self.writer.close()  # the final commit
-        if self.reads is not None:
-            await self.reads.reader.close()
-            self.reads = None
-        if self.db is not None:
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as e:  # everything is committed in the WAL; the next start checkpoints it
-                log.warning("final WAL checkpoint failed: %s", e)
-            self.db.close()
-            self.db = None
+        """Undo what `open` did, last first: the checkpointer, the reader, the final commit, the database."""
+        while self._closers:
+            done = self._closers.pop()()
+            if done is not None:
+                await done
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # last: until the final commit, no other daemon may open the database
             self._lock_fd = None
@@ -196,11 +195,21 @@ class Store:
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:
             self.overflow.set()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or self._uncount(len(records)))
+        n = len(records)
+
+        def uncount_if_failed(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                self.rows -= n
+
+        fut.add_done_callback(uncount_if_failed)
         return fut
 
-    def _uncount(self, n: int) -> None:
-        self.rows -= n
+    def _close_db(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:  # everything is committed in the WAL; the next start checkpoints it
+            log.warning("final WAL checkpoint failed: %s", e)
+        self.db.close()
 
     def write(self, ops: Write, *, deferred: bool = False) -> asyncio.Future:
         """Queue a write for the next group commit (coordd.writer); the future resolves once it is committed."""
@@ -217,7 +226,7 @@ class Store:
 
     @property
     def commits(self) -> int:
-        return self.writer.commits if self.writer else 0
+        return self.writer.commits if hasattr(self, "writer") else 0  # 0 before open
 
     @property
     def commit_sizes(self) -> Histogram:
