@@ -28,7 +28,11 @@ RESULTS = ROOT / "perf" / "results"
 OUT = RESULTS / "reliability.json"
 README = ROOT / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
-TESTS = ["test_crash.py", "test_storage_faults.py", "test_transport_faults.py", "test_hostile.py", "test_access.py"]
+TESTS = ["test_crash.py", "test_storage_faults.py", "test_transport_faults.py", "test_hostile.py", "test_access.py",
+         # the hardening tests (issue 10): each records the defect it replays and what happens now
+         "test_client_trust.py", "test_private_files.py", "test_names_and_keys.py", "test_terminal_safety.py",
+         "test_limits.py", "test_tmux.py::test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste",
+         "test_core.py::test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on"]
 SECTION = f"""## Reliability
 
 What the reliability tests prove, each against the real daemon: clients keep sending (with idempotency keys)
@@ -38,7 +42,10 @@ resumes once space is freed, and a corrupt database stops the start without bein
 (`tests/test_storage_faults.py`); failing transports back off, fail with the reason and resume
 (`tests/test_transport_faults.py`); fuzzed frames, a thousand connections and control characters get typed
 errors or a closed connection (`tests/test_hostile.py`); other uids are refused unless allow-listed
-(`tests/test_access.py`). The soak (`perf/soak.py`, not in CI) sends 1,000,000 messages with
+(`tests/test_access.py`); and each hardening test replays an attack or defect found in review (a squatted
+socket, planted links, a second daemon on one database, loose file modes, forged names and keys, terminal
+escapes, deep nesting, slow and idle connection floods, a huge batch) and shows what happens now (one row each
+below). The soak (`perf/soak.py`, not in CI) sends 1,000,000 messages with
 `retention.max_messages = 100000`: the daemon's RSS stays under 80 MB and the database (file and WAL) under
 48 MB for messages of about 100 bytes (with `--transport inbox`, real inbox agents whose files it deletes as
 they arrive, it ran at 4,200 to 5,800 msg/s over two runs, as this disk's state went, with a peak RSS of
