@@ -10,13 +10,15 @@ is the human-readable form of this module.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
 PROTOCOL_VERSION = 2  # 2: watch events come in `events` frames (1 sent an `event` frame each)
 DEFAULT_MAX_FRAME = 1 << 20
 HEADER_SIZE = 4
+MAX_DEPTH = 32  # nesting the daemon decodes; a request nests 4 deep at most (batch, message, tags), deeper is refused
+Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]  # msgpack also holds uint64: refuse past int64
 
 Priority = Literal["regular", "urgent"]
 Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
@@ -43,7 +45,7 @@ ERROR_CODES = (
 
 
 class _Req(msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    rid: int = 0
+    rid: Int64 = 0
 
 
 # --- requests ----------------------------------------------------------------

@@ -17,7 +17,9 @@ What one client can cost is bounded, so that no client can starve the others:
   connection, and only while their client reads;
 - a connection with no request in flight and no traffic for daemon.idle_timeout_s
   is closed (clients reconnect on their next call);
-- past daemon.max_connections a new connection gets `unavailable` and is closed.
+- past daemon.max_connections a new connection gets `unavailable` and is closed;
+- msgspec decodes recursively: a frame nested past Python's recursion limit is a bad_request like any
+  other undecodable frame (its rid found by an iterative scan), never an error that drops the connection.
 A client that shuts down its write side still gets the replies to what it sent.
 """
 
@@ -241,8 +243,9 @@ class Connection(asyncio.Protocol):
         self.last_active = asyncio.get_running_loop().time()
         try:
             req = p.request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            self.reply(p.Error(rid=_salvage_rid(body), code="bad_request", message=f"cannot decode request: {e}"))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+            why = f"nested deeper than {p.MAX_DEPTH} levels" if isinstance(e, RecursionError) else str(e)
+            self.reply(p.Error(rid=_salvage_rid(body), code="bad_request", message=f"cannot decode request: {why}"))
             self.server.observer.rejected("bad_request")
             return
         started = time.perf_counter()
@@ -321,12 +324,82 @@ class Connection(asyncio.Protocol):
 
 
 _rid_only = msgspec.msgpack.Decoder(dict)
+_rid_value = msgspec.msgpack.Decoder(p.Int64)
+_key = msgspec.msgpack.Decoder(str)
+SCAN_VALUES = 4096  # values a scan for the rid of a frame too deep for msgspec looks at before it gives up
+
+# msgpack types by their first byte: scalars of a fixed size (bytes after the first); strings, binaries and
+# extensions (bytes of their length, bytes between it and the data); arrays and maps (bytes of their count,
+# values per entry). The fix- forms (0x00-0xbf, 0xe0-0xff) are decoded from the byte itself.
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2,
+          0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}  # fmt: skip
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1), 0xD9: (1, 0),
+          0xDA: (2, 0), 0xDB: (4, 0)}  # fmt: skip
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
 def _salvage_rid(body: bytes) -> int:
     """Echo the rid of an undecodable request when it can be read, so a pipelining client can match the error."""
     try:
         rid = _rid_only.decode(body).get("rid", 0)
+    except RecursionError:
+        return _scan_rid(body)
     except Exception:
         return 0
-    return rid if type(rid) is int else 0  # not a bool: a reply's rid must decode as an int
+    return rid if type(rid) is int and -(1 << 63) <= rid < 1 << 63 else 0  # an int64, not a bool
+
+
+def _scan_rid(body: bytes) -> int:
+    """The rid of a frame nested too deep for msgspec: its top-level map, read without recursion.
+
+    At most SCAN_VALUES values are looked at (each moves on by a byte at least), so any frame is cheap."""
+    try:
+        head = body[0]
+        if 0x80 <= head <= 0x8F:  # fixmap
+            entries, i = head & 0x0F, 1
+        elif head in (0xDE, 0xDF):  # map 16, map 32
+            width = _CONTAINERS[head][0]
+            entries, i = int.from_bytes(body[1 : 1 + width], "big"), 1 + width
+        else:
+            return 0
+        budget = SCAN_VALUES
+        for _ in range(entries):
+            value, budget = _skip(body, i, budget)
+            end, budget = _skip(body, value, budget)
+            if _key.decode(body[i:value]) == "rid":
+                return _rid_value.decode(body[value:end])
+            i = end
+    except (IndexError, KeyError, ValueError, msgspec.DecodeError):  # not msgpack, or too much to scan
+        pass
+    return 0
+
+
+def _skip(body: bytes, i: int, budget: int) -> tuple[int, int]:
+    """Where the msgpack value at body[i] ends, at any depth (a count of values still to skip, no recursion),
+    and the budget left. ValueError once the budget is spent; IndexError or KeyError: not msgpack."""
+    todo = 1
+    while todo:
+        todo -= 1
+        budget -= 1
+        if budget < 0:
+            raise ValueError("scanned enough")
+        b = body[i]
+        if b <= 0x7F or b >= 0xE0:  # fixint
+            i += 1
+        elif b <= 0x9F:  # fixmap, fixarray
+            todo += (b & 0x0F) * (2 if b <= 0x8F else 1)
+            i += 1
+        elif b <= 0xBF:  # fixstr
+            i += 1 + (b & 0x1F)
+        elif b in _FIXED:
+            i += 1 + _FIXED[b]
+        elif b in _SIZED:
+            width, gap = _SIZED[b]
+            i += 1 + width + gap + int.from_bytes(body[i + 1 : i + 1 + width], "big")
+        else:
+            width, per = _CONTAINERS[b]  # KeyError for 0xc1, which msgpack never uses
+            todo += per * int.from_bytes(body[i + 1 : i + 1 + width], "big")
+            i += 1 + width
+    if i > len(body):
+        raise IndexError("the value runs past the frame")
+    return i, budget
