@@ -40,7 +40,7 @@ ERROR_CODES = (
     "forbidden",  # the peer's uid is not allowed to use this daemon
     "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
     "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
-    "unavailable",  # the daemon could not be reached (client side), or is at max_connections (rid 0, then closed)
+    "unavailable",  # the daemon could not be reached (client side), or is full: max_connections, none idle (rid 0, closed)
 )
 
 

@@ -59,7 +59,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
         # Bound now, so that a second daemon finds the socket taken; connections wait in the backlog until
         # everything they may ask for is in place (start_serving, just before READY).
         sock = inherited or listener.bind(socket_path)
-        aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False)
+        aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False,
+                                                backlog=listener.BACKLOG)
         metrics_http = await observer.start_http(watched, config)
 
         def summary() -> str:

@@ -17,7 +17,9 @@ What one client can cost is bounded, so that no client can starve the others:
   connection, and only while their client reads;
 - a connection with no request in flight and no traffic for daemon.idle_timeout_s
   is closed (clients reconnect on their next call);
-- past daemon.max_connections a new connection gets `unavailable` and is closed;
+- a frame begun must be whole within daemon.frame_timeout_s, or the connection is closed;
+- at daemon.max_connections a new connection closes the one idle longest (see `evictable`) to make
+  room, so stuck clients cannot lock the others out; with none idle it gets `unavailable`;
 - msgspec decodes recursively: a frame nested past Python's recursion limit is a bad_request like any
   other undecodable frame (its rid found by an iterative scan), never an error that drops the connection.
 A client that shuts down its write side still gets the replies to what it sent.
@@ -50,6 +52,7 @@ HEAVY = (p.History, p.Get, p.StatusRequest)
 HEAVY_AT_ONCE = 4
 FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
 REFUSE_FLUSH_S = 10.0  # a refused client gets this long to read what was sent to it before it is dropped
+REFUSAL_LOG_S = 60.0  # refused connections are logged at most this often per uid: a loop of them floods no log
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -84,6 +87,7 @@ class Server:
         self.tasks: set[asyncio.Task] = set()
         self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._refusals: dict[int, tuple[float, int]] = {}  # uid: (when last logged, refused since)
         raise_fd_limit(max_connections)
         self.observer: Hooks = NO_HOOKS  # metrics; the daemon installs its Observer
         self.bus = events.EventBus()  # watch subscriptions; the daemon installs the one its Observer feeds
@@ -100,6 +104,10 @@ class Server:
     def max_write_buffer(self) -> int:
         return self.handlers.config.daemon.max_write_buffer_bytes
 
+    @property
+    def frame_timeout(self) -> float:
+        return self.handlers.config.daemon.frame_timeout_s
+
     async def drain(self) -> None:
         """Wait for the requests already being handled to reply."""
         if self.tasks:
@@ -114,23 +122,47 @@ class Server:
 
     def watch_idle(self) -> None:
         """Make sure an idle sweep is scheduled while there are connections (no task of its own)."""
-        if self._sweep_handle is None and self.idle_timeout > 0:
-            period = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        limits = [t for t in (self.idle_timeout, self.frame_timeout) if t > 0]
+        if self._sweep_handle is None and limits:
+            period = min(max(min(limits) / 4, 0.05), 5.0)
             self._sweep_handle = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_handle = None
-        limit = self.idle_timeout
-        if limit <= 0:
-            return
+        limit, frame_limit = self.idle_timeout, self.frame_timeout
         now = asyncio.get_running_loop().time()
         for conn in list(self.connections):
-            if conn.paused and now - conn.last_active > limit:
+            if frame_limit > 0 and conn.frame_begun is not None and now - conn.frame_begun > frame_limit:
+                conn.drop(f"half a frame for over {frame_limit:g} s (daemon.frame_timeout_s)", debug=True)
+            elif limit <= 0:
+                continue
+            elif conn.paused and now - conn.last_active > limit:
                 conn.drop(f"its replies unread for over {limit:g} s (daemon.idle_timeout_s)")
             elif not conn.pending and not conn.watches and now - conn.last_active > limit:
                 conn.drop(f"idle for over {limit:g} s (daemon.idle_timeout_s)", debug=True)
         if self.connections:
             self.watch_idle()
+
+    def make_room(self, newcomer: Connection) -> bool:
+        """At the connection cap: close the connection idle longest, if any is idle. False: none is."""
+        idle = [c for c in self.connections if c is not newcomer and c.evictable()]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.connections.discard(victim)  # counted out now: connection_lost comes a turn of the loop later
+        victim.drop("the longest idle, to make room for a new one (daemon.max_connections)", debug=True)
+        return True
+
+    def log_refusal(self, uid: int, gid: int) -> None:
+        """Log a refused peer, at most once per REFUSAL_LOG_S per uid, with how many were refused meanwhile."""
+        now = time.monotonic()
+        logged, since = self._refusals.get(uid, (-REFUSAL_LOG_S, 0))
+        if now - logged < REFUSAL_LOG_S:
+            self._refusals[uid] = (logged, since + 1)
+            return
+        more = f" (and {since} more since the last report)" if since else ""
+        log.warning("refused a connection from uid %d gid %d%s", uid, gid, more)
+        self._refusals[uid] = (now, 0)
 
 
 class Connection(asyncio.Protocol):
@@ -148,6 +180,7 @@ class Connection(asyncio.Protocol):
         self.eof = False  # the client shut down its write side: reply to what is here, then close
         self.pending = 0  # requests being handled
         self.last_active = 0.0
+        self.frame_begun: float | None = None  # loop time since which the buffer holds half a frame, while we read
         self.watches: dict[int, events.Subscriber] = {}  # by the watch request's rid
 
     # --- asyncio.Protocol ----------------------------------------------------------
@@ -161,10 +194,10 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         _, uid, gid = peer_credentials(sock)
         if uid not in srv.allowed_uids and gid not in srv.allowed_gids:
-            log.warning("refused a connection from uid %d gid %d", uid, gid)
+            srv.log_refusal(uid, gid)
             self.refuse("forbidden", f"uid {uid} may not use this coordd: it serves its own uid and those in "
                         "daemon.allow_uids / daemon.allow_gids (add it there, or run coordctl as the daemon's user)")  # fmt: skip
-        elif len(srv.connections) > srv.max_connections:
+        elif len(srv.connections) > srv.max_connections and not srv.make_room(self):
             self.refuse("unavailable", f"coordd already has {srv.max_connections} connections "
                         "(daemon.max_connections): close idle clients and retry")  # fmt: skip
         else:
@@ -200,6 +233,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.last_active = asyncio.get_running_loop().time()
         self._parse()
 
     # --- framing and flow control ----------------------------------------------------
@@ -228,6 +262,12 @@ class Connection(asyncio.Protocol):
             self.transport.close()  # every whole frame is answered; what is left is half a frame at most
             return
         self._update_reading()
+        # The rest of a frame is the client's to send, within daemon.frame_timeout_s of its first byte or of
+        # the last whole frame; the clock stops while we do not read (a frame waiting for a free slot).
+        if not buf or not self.reading or self.eof:
+            self.frame_begun = None
+        elif start or self.frame_begun is None:
+            self.frame_begun = asyncio.get_running_loop().time()
 
     def _update_reading(self) -> None:
         if self.eof or self.closing:
@@ -240,7 +280,6 @@ class Connection(asyncio.Protocol):
     # --- requests and replies --------------------------------------------------------
 
     def dispatch(self, body: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
         try:
             req = p.request_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
@@ -309,12 +348,18 @@ class Connection(asyncio.Protocol):
         to the end; one that does not read them within REFUSE_FLUSH_S is dropped."""
         self.server.observer.rejected(code)
         self.closing = True
+        self.server.connections.discard(self)  # no slot held while it flushes: it can serve nobody
         self.outbox.append(p.frame(p.Error(code=code, message=message)))
         self.transport.write(b"".join(self.outbox))
         self.outbox.clear()
         self.transport.close()  # flushes what is buffered, then closes
         if self.transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(REFUSE_FLUSH_S, self.transport.abort)
+
+    def evictable(self) -> bool:
+        """Idle enough to be closed to make room at the connection cap: no request in flight and no watch
+        (half a frame counts as idle), or its client does not read its replies."""
+        return not self.closing and (self.paused or (not self.pending and not self.watches))
 
     def drop(self, why: str, debug: bool = False) -> None:
         """Close at once, discarding unsent replies: for a client that does not read, or has gone quiet."""

@@ -1,4 +1,4 @@
-"""Limits that keep one client from costing the others: nesting, rids.
+"""Limits that keep one client from costing the others: nesting, rids, slow frames, the connection cap.
 
 The daemon is the real one, spoken to over raw sockets where a test needs bytes coordctl would never send.
 """
@@ -12,8 +12,13 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
+from conftest import wait_until
+from coordctl import Client
 from coordctl import protocol as p
 from figures import record
+from test_access import open_daemon  # noqa: F401 (a fixture)
+from test_core import _ping_as
+from test_hostile import closed_by_daemon, connect, raise_nofile
 
 pytestmark = pytest.mark.timeout(180)
 encode = msgspec.msgpack.Encoder().encode
@@ -38,6 +43,17 @@ def replies(sock: socket.socket) -> Iterator[p.Reply]:
 def read_replies(sock: socket.socket, n: int) -> list[p.Reply]:
     """The next n replies on sock (fewer if the daemon closes it first)."""
     return list(itertools.islice(replies(sock), n))
+
+
+def closed(s: socket.socket) -> bool:
+    """Whether the daemon closed s (its end reads EOF or a reset); nothing is consumed."""
+    try:
+        s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
 
 
 def raw(path: str) -> socket.socket:
@@ -85,3 +101,70 @@ def test_a_rid_outside_int64_is_a_bad_request(daemon, rid):
     assert "$.rid" in bad.message, bad.message
     assert isinstance(edge, p.Pong) and edge.rid == -(2**63)  # the int64 range itself is fine
     record("hardening_rid_range", hardening="a rid of 2**63 or 2**64-1 (outside int64)", outcome="bad_request naming $.rid")
+
+
+# --- slow frames and the connection cap -------------------------------------------------------------------------
+
+
+def test_half_a_frame_is_dropped_after_the_frame_timeout(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], daemon={"frame_timeout_s": 0.5})
+    idle = connect(d.socket)  # no frame begun: only idle_timeout_s (600 s) applies to it
+    slow = connect(d.socket)
+    slow.sendall((100).to_bytes(4, "big") + b"\x81\xa2op")  # 7 of 100 bytes, and no more
+    trickle = raw(d.socket)
+    body = encode({"op": "ping", "rid": 5})
+    for b in framed(body):  # a whole frame in many pieces is fine
+        trickle.sendall(bytes([b]))
+    assert [r.rid for r in read_replies(trickle, 1)] == [5]
+    wait_until(lambda: closed_by_daemon([slow]), 10, "the half frame's connection closed")
+    with Client(d.socket) as c:
+        assert c.ping()
+    assert not closed_by_daemon([idle])
+    idle.close()
+    record("hardening_frame_timeout", hardening="half a frame, then silence (slowloris)",
+           outcome="closed after daemon.frame_timeout_s (10 s)")  # fmt: skip
+
+
+def test_at_the_cap_the_longest_idle_connection_makes_room(make_daemon):
+    raise_nofile(2048)
+    d = make_daemon(agents=[{"id": "A"}], daemon={"max_connections": 100})
+    watcher = raw(d.socket)  # a watch is never evicted, however quiet
+    watcher.sendall(p.frame(p.Watch(rid=1)))
+    assert isinstance(read_replies(watcher, 1)[0], p.Watching)
+    slow = []
+    for i in range(500):  # idle ones and half frames, as a flood of stuck clients would hold them
+        s = connect(d.socket)
+        if i % 2:
+            s.sendall((5000).to_bytes(4, "big") + b"\x81\xa2op")
+        slow.append(s)
+    with Client(d.socket, timeout=10) as c:  # a real client is served at once
+        c.send("A", "served", wait=True, timeout=20)
+    # Each newcomer past the cap closed the connection idle longest: the flood's oldest went first. 98 of
+    # the flood are left beside the watcher and the client (once the daemon has closed the others).
+    wait_until(lambda: sum(map(closed, slow)) == 500 - 98, 20, "the oldest slow connections closed")
+    assert all(map(closed, slow[:300])) and not any(map(closed, slow[-50:]))
+    watcher.sendall(p.frame(p.Ping(rid=2)))
+    for reply in replies(watcher):  # the send's events come first
+        if isinstance(reply, p.Pong):
+            break
+        assert isinstance(reply, p.Events), reply
+    else:
+        pytest.fail("the watcher's connection closed")
+    for s in [*slow, watcher]:
+        s.close()
+    record("hardening_connection_flood", hardening="500 idle and half-frame connections, cap 100",
+           outcome="longest-idle closed to make room; client served")  # fmt: skip
+
+
+# --- refused uids ---------------------------------------------------------------------------------------------
+
+
+def test_refused_uid_is_logged_once_a_minute(open_daemon):  # noqa: F811 (the fixture imported above)
+    d = open_daemon()
+    for _ in range(5):
+        assert _ping_as(d.socket, 65534, 65534).startswith("forbidden uid 65534")
+    with d.client() as c:
+        assert c.ping()
+    lines = [line for line in d.logtext().splitlines() if "refused a connection from uid 65534" in line]
+    assert len(lines) == 1, lines
+    record("hardening_refusal_log", hardening="5 connections from a uid not allowed", outcome="refused; logged once a minute per uid")
