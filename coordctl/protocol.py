@@ -51,15 +51,20 @@ class _Req(msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=T
 # --- requests ----------------------------------------------------------------
 
 
-class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """One message to store and deliver; the body of send and of each batch item."""
+class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """One message to store and deliver; the body of send and of each batch item.
+
+    Built to decode fast by the tens of thousands (a batch frame holds up to 80,000): gc=False (strings only,
+    so no reference cycle) and `tags` a tuple (no list allocated per message), so the garbage collector has
+    none of them to walk, over and over, while the frame decodes.
+    """
 
     to: str
     body: str
     sender: str | None = None
     priority: Priority = "regular"
     kind: str | None = None
-    tags: list[str] = []
+    tags: tuple[str, ...] = ()  # on the wire an array of strings, as everywhere
     key: str | None = None  # idempotency key: the same key returns the first id
 
 

@@ -29,6 +29,10 @@ MAX_TAGS = 16
 MAX_PAGE = 1000
 MAX_WAIT_S = 3600.0
 MAX_ID = (1 << 63) - 1  # SQLite's largest integer
+# Messages of a large batch handled per turn of the event loop (checked, stored, queued), so that the other
+# clients are served in between: a turn costs 10-15 ms here. Up to this many, a batch is handled in one
+# turn as a send is. A batch stays all or nothing either way (Store.exclusive).
+CHUNK = 1000
 # Control characters: C0 but tab and newline, DEL, C1. In a terminal they are keystrokes, not text.
 BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # senders, kinds, tags: a line of a header, so no newline
@@ -155,8 +159,12 @@ class Handlers:
         fresh: list[Record] = []
         by_key: dict[str, Record] = {}
         waits: list[asyncio.Future] = []
+        per_agent: dict[str, int] = {}  # new messages by agent
+        size = 0  # what the fresh bodies will hold
         now = time.time()
         for i, m in enumerate(msgs):
+            if i and not i % CHUNK:
+                await asyncio.sleep(0)  # a large batch: serve the other clients between chunks
             self._validate(m, f"{where}[{i}]." if where else "")
             if m.key is not None:
                 known = by_key.get(m.key) or self._known_key(m.key, waits)
@@ -165,19 +173,21 @@ class Handlers:
                     continue
             rec = Record(
                 id=0, agent=m.to, body=m.body, priority=m.priority, created=now,
-                sender=m.sender, kind=m.kind, tags=m.tags or None, key=m.key,
+                sender=m.sender, kind=m.kind, tags=list(m.tags) if m.tags else None, key=m.key,
             )  # fmt: skip
             fresh.append(rec)
             entries.append(rec)
+            per_agent[m.to] = per_agent.get(m.to, 0) + 1
+            size += held_size(m.body)
             if m.key is not None:
                 by_key[m.key] = rec
-        size = self._check_limits(fresh)
-        for rec in fresh:
-            rec.id = self.store.allocate_id()
+        self._check_limits(len(fresh), per_agent, size)
+        for rec, i in zip(fresh, self.store.allocate_ids(len(fresh))):
+            rec.id = i
         if waits:  # a key still being committed by another request: answer once it is stored
             await asyncio.gather(*waits, return_exceptions=True)
         if fresh:
-            await self._commit(fresh, size)
+            await self._commit(fresh, size, per_agent, by_key)
         return [e if isinstance(e, int) else e.id for e in entries], len(fresh)
 
     def _validate(self, m: p.NewMessage, where: str) -> None:
@@ -207,15 +217,13 @@ class Handlers:
         row = self.store.find_key(key)
         return row[0] if row else None
 
-    def _check_limits(self, fresh: list[Record]) -> int:
-        """Refuse what would take a queue past its limits; else the bytes fresh's bodies will hold."""
+    def _check_limits(self, n: int, per_agent: dict[str, int], size: int) -> None:
+        """Refuse what would take a queue past its limits: n new messages, by agent, whose bodies hold size bytes."""
         q = self.config.queue
-        per_agent = {fresh[0].agent: 1} if len(fresh) == 1 else Counter(r.agent for r in fresh)
-        total = self.delivery.queued() + sum(self._unstored.values()) + len(fresh)
+        total = self.delivery.queued() + sum(self._unstored.values()) + n
         if total > q.max_total:
             raise Refused("queue_full", f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
                           "wait for deliveries to drain or raise the limit")  # fmt: skip
-        size = sum(held_size(r.body) for r in fresh)
         held = self.delivery.held() + self._unstored_bytes + size
         if held > q.max_bytes:
             raise Refused("queue_full", f"undelivered messages would hold {held:,} bytes, over queue.max_bytes = "
@@ -225,17 +233,21 @@ class Handlers:
             if depth > q.max_per_agent:
                 raise Refused("queue_full", f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
                               f"{q.max_per_agent}: wait for its deliveries or raise the limit")  # fmt: skip
-        return size
 
-    async def _commit(self, fresh: list[Record], size: int) -> None:
-        fut = self.store.insert(fresh)
+    async def _commit(self, fresh: list[Record], size: int, per_agent: dict[str, int], by_key: dict[str, Record]) -> None:
+        """Store fresh, their room in the queues reserved meanwhile; then queue them."""
+        large = len(fresh) > CHUNK
+        fut = asyncio.get_running_loop().create_future() if large else self.store.insert(fresh)
         self._unstored_bytes += size
-        for rec in fresh:
-            self._unstored[rec.agent] += 1
-            if rec.key is not None:
-                self._unstored_keys[rec.key] = (rec.id, fut)
+        for agent, n in per_agent.items():
+            self._unstored[agent] += n
+        for key, rec in by_key.items():
+            self._unstored_keys[key] = (rec.id, fut)
         try:
-            await fut
+            if large:
+                await self._commit_large(fresh)
+            else:
+                await fut
         except StorageFull as e:
             raise Refused("storage_full", f"the disk holding {self.store.path} is full, nothing was stored ({e}): "
                           "free some space there and retry; coordd goes on by itself") from None  # fmt: skip
@@ -243,13 +255,31 @@ class Handlers:
             raise Refused("storage_error", f"the database refused the write, nothing was stored ({e}); "
                           f"check the disk holding {self.store.path} and retry") from None  # fmt: skip
         finally:
+            if large:
+                fut.set_result(None)  # requests waiting for one of its keys go on, whether it was stored or not
             self._unstored_bytes -= size
-            for rec in fresh:
-                self._unstored[rec.agent] -= 1
-                if rec.key is not None:
-                    self._unstored_keys.pop(rec.key, None)
-        self.observer.accepted(fresh)
-        for rec in fresh:
+            for agent, n in per_agent.items():
+                self._unstored[agent] -= n
+            for key in by_key:
+                self._unstored_keys.pop(key, None)
+        if not large:
+            self._queue(fresh)
+
+    async def _commit_large(self, fresh: list[Record]) -> None:
+        """Store and queue a large batch a chunk per turn of the loop, as the only writer meanwhile: a write
+        that comes in between waits, so it is queued after this batch as its ids say (and committed after:
+        the batch stays all or nothing). Until all are queued their room stays reserved twice, which may
+        refuse a send meanwhile but never lets a queue past its limit."""
+        async with self.store.exclusive():
+            await self.store.insert_chunked(fresh, CHUNK)
+            for i in range(0, len(fresh), CHUNK):
+                if i:
+                    await asyncio.sleep(0)
+                self._queue(fresh[i : i + CHUNK])
+
+    def _queue(self, recs: list[Record]) -> None:
+        self.observer.accepted(recs)
+        for rec in recs:
             self.delivery.enqueue(rec)
 
     async def _await_outcome(self, message_id: int, timeout: float) -> p.Sent:

@@ -11,6 +11,10 @@ previous batch) lands in the next single transaction.
 Queries that scan (history, get, status counts) go through aiosqlite on a
 second connection, so a large history page never stalls sends. WAL lets that
 reader see committed rows while the writer writes.
+
+A large batch is the exception to group commit: `exclusive` holds the other
+writes back while `insert_chunked` stores it in one transaction, a chunk of rows
+per turn of the loop, so that the loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiosqlite
@@ -42,6 +47,9 @@ CHECKPOINT_IDLE_S = 1.0
 # Bookkeeping writes (delivery outcomes) wait this long to gather into one transaction of their
 # own, so a send's acknowledgement never waits behind them.
 DEFERRED_S = 0.005
+# Rows one commit of bookkeeping writes at most (a few ms); the rest commit in the next turn of the loop. Outcomes
+# pile up while a large insert holds the writer (Store.exclusive), and one commit of them all would stall the loop.
+DEFERRED_MAX_ROWS = 1024
 # A deferred write the disk had no room for is tried again after this long (the writes stay in order).
 DEFERRED_RETRY_S = 0.5
 # SQLite's primary result codes for a full disk and an I/O error (extended codes carry them in the low byte).
@@ -185,8 +193,9 @@ class Store:
         self._checkpointer: asyncio.Task | None = None
         self._checkpoint_due = asyncio.Event()
         self._checkpointed_at = (0, 0)  # (total_changes, commits) at the last checkpoint
-        self._held = False  # flushes wait while a RESTART checkpoint runs
+        self._held = 0  # flushes wait while a RESTART checkpoint runs, or a large insert (holds at once)
         self._writable = asyncio.Event()  # set while not held
+        self._exclusive = asyncio.Lock()  # one large insert at a time
         self._writable.set()
         self._retrying = False  # deferred writes are waiting for the disk
         self._failure_logged = -FAILURE_LOG_S
@@ -291,8 +300,7 @@ class Store:
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed: %s", e)
                 continue
-            self._held = True
-            self._writable.clear()
+            self._hold()
             try:
                 async with self._checkpoint_db.execute("PRAGMA wal_checkpoint(RESTART)") as cur:
                     busy, frames, copied = await cur.fetchone()
@@ -300,9 +308,17 @@ class Store:
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed: %s", e)
             finally:
-                self._held = False
-                self._writable.set()
-                self._resume()
+                self._release()
+
+    def _hold(self) -> None:
+        self._held += 1
+        self._writable.clear()
+
+    def _release(self) -> None:
+        self._held -= 1
+        if not self._held:
+            self._writable.set()
+            self._resume()
 
     def _note_commit(self) -> None:
         self.commits += 1
@@ -318,6 +334,9 @@ class Store:
         for handle in (self._flush_handle, self._deferred_handle):
             if handle is not None:
                 handle.cancel()
+        if self.db is not None and self.db.in_transaction:  # a large insert cut short: it was never acknowledged
+            self.db.execute("ROLLBACK")
+        self._held = 0
         self._flush()
         self._deferred_handle = None
         batch, self._deferred = self._deferred, []
@@ -335,11 +354,11 @@ class Store:
 
     # --- the write path ---------------------------------------------------------
 
-    def allocate_id(self) -> int:
+    def allocate_ids(self, n: int) -> range:
         """Ids are handed out in arrival order, so id order is acceptance order."""
-        i = self._next_id
-        self._next_id += 1
-        return i
+        first = self._next_id
+        self._next_id += n
+        return range(first, first + n)
 
     def insert(self, records: list[Record]) -> asyncio.Future:
         """Store new messages; the future resolves once they are committed."""
@@ -352,6 +371,47 @@ class Store:
 
     def _uncount(self, n: int) -> None:
         self.rows -= n
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Be the only writer for the block (for insert_chunked): other writes wait, pruning too.
+
+        The writes already waiting are committed first, so writes still commit in the order they came."""
+        async with self._exclusive:
+            while self._held:  # a checkpoint is finishing
+                await self._writable.wait()
+            self._hold()
+            try:
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                    self._commit_group(batch)
+                yield
+            finally:
+                self._release()
+
+    async def insert_chunked(self, records: list[Record], chunk: int) -> None:
+        """Within exclusive(): store new messages in one transaction, `chunk` rows per turn of the event loop.
+        All or nothing: StorageError (or StorageFull) and none is stored."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for i in range(0, len(records), chunk):
+                await asyncio.sleep(0)  # let the loop serve other clients; their writes wait for the commit
+                db.executemany(INSERT_MESSAGE, [r.row() for r in records[i : i + chunk]])
+            await asyncio.sleep(0)  # the commit writes every page of the WAL: a turn of its own
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if not isinstance(e, sqlite3.Error):
+                raise
+            self._log_failure(e)
+            raise storage_error(e) from None
+        self.rows += len(records)
+        if self.max_rows and self.rows > self.max_rows:
+            self.overflow.set()
+        self.commit_sizes.observe(1)
+        self._note_commit()
 
     def write(self, ops: Write, *, deferred: bool = False) -> asyncio.Future:
         """Queue a write for the next group commit; the future resolves once it is committed.
@@ -380,8 +440,14 @@ class Store:
     def _flush_deferred(self) -> None:
         self._deferred_handle = None
         if not self._held:
-            batch, self._deferred = self._deferred, []
+            n = rows = 0
+            while n < len(self._deferred) and rows < DEFERRED_MAX_ROWS:
+                rows += sum(len(params) if many else 1 for _, params, many in self._deferred[n][0])
+                n += 1
+            batch, self._deferred = self._deferred[:n], self._deferred[n:]
             self._commit_group(batch, retry=True)
+            if self._deferred and self._deferred_handle is None:  # (a failed group is retried later instead)
+                self._deferred_handle = asyncio.get_running_loop().call_soon(self._flush_deferred)
 
     def _resume(self) -> None:
         loop = asyncio.get_running_loop()
