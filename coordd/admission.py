@@ -13,7 +13,7 @@ import asyncio
 from collections import Counter
 
 from coordd.config import Queue
-from coordd.delivery import Delivery, held_size
+from coordd.delivery import Delivery
 from coordd.model import Record, Refused
 from coordd.store import Store
 
@@ -36,37 +36,37 @@ class Admission:
         row = self.store.find_key(key)
         return row[0] if row else None
 
-    def check_limits(self, fresh: list[Record], q: Queue) -> int:
-        """Refuse what would take a queue past its limits; else the bytes fresh's bodies will hold."""
-        per_agent = {fresh[0].agent: 1} if len(fresh) == 1 else Counter(r.agent for r in fresh)
-        total = self.delivery.queued() + sum(self._unstored.values()) + len(fresh)
+    def check_limits(self, n: int, per_agent: dict[str, int], size: int, q: Queue) -> None:
+        """Refuse what would take a queue past its limits: n new messages, by agent, whose bodies hold size bytes
+        (counted by the caller as it checks each message: a large batch is checked a chunk per turn)."""
+        total = self.delivery.queued() + sum(self._unstored.values()) + n
         if total > q.max_total:
             raise Refused("queue_full", f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
                           "wait for deliveries to drain or raise the limit")  # fmt: skip
-        size = sum(held_size(r.body) for r in fresh)
         held = self.delivery.held() + self._unstored_bytes + size
         if held > q.max_bytes:
             raise Refused("queue_full", f"undelivered messages would hold {held:,} bytes, over queue.max_bytes = "
                           f"{q.max_bytes:,}: wait for deliveries to drain, send smaller messages, or raise the limit")  # fmt: skip
-        for agent, n in per_agent.items():
-            depth = self.delivery.queues[agent].depth() + self._unstored[agent] + n
+        for agent, count in per_agent.items():
+            depth = self.delivery.queues[agent].depth() + self._unstored[agent] + count
             if depth > q.max_per_agent:
                 raise Refused("queue_full", f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
                               f"{q.max_per_agent}: wait for its deliveries or raise the limit")  # fmt: skip
-        return size
 
-    def committing(self, fresh: list[Record], size: int, fut: asyncio.Future) -> None:
-        """fresh (holding size bytes) are being committed by fut: count them until `committed`."""
+    def committing(self, per_agent: dict[str, int], size: int, by_key: dict[str, Record],
+                   fut: asyncio.Future) -> None:  # fmt: skip
+        """New messages (by agent, holding size bytes, by_key those with a key) are being committed by fut:
+        count them until `committed`."""
         self._unstored_bytes += size
-        for rec in fresh:
-            self._unstored[rec.agent] += 1
-            if rec.key is not None:
-                self._unstored_keys[rec.key] = (rec.id, fut)
+        for agent, n in per_agent.items():
+            self._unstored[agent] += n
+        for key, rec in by_key.items():
+            self._unstored_keys[key] = (rec.id, fut)
 
-    def committed(self, fresh: list[Record], size: int) -> None:
-        """fresh's commit is done, or failed: the queues (or nothing) hold them now."""
+    def committed(self, per_agent: dict[str, int], size: int, by_key: dict[str, Record]) -> None:
+        """Their commit is done, or failed: the queues (or nothing) hold them now."""
         self._unstored_bytes -= size
-        for rec in fresh:
-            self._unstored[rec.agent] -= 1
-            if rec.key is not None:
-                self._unstored_keys.pop(rec.key, None)
+        for agent, n in per_agent.items():
+            self._unstored[agent] -= n
+        for key in by_key:
+            self._unstored_keys.pop(key, None)

@@ -44,6 +44,7 @@ class Daemon(_Section):
     allow_uids: list[int] = []  # peers allowed besides the daemon's own uid
     allow_gids: list[int] = []
     idle_timeout_s: float = 600.0  # close a connection with nothing in flight and no traffic this long; 0: never
+    frame_timeout_s: float = 10.0  # close a connection whose frame, once begun, is not whole this long after; 0: never
     max_write_buffer_bytes: int = 1 << 20  # replies buffered for a client; past it, its requests wait until it reads
     control_chars: Literal["allow", "reject"] = "allow"  # in message bodies (tab and newline always allowed)
 
@@ -204,8 +205,9 @@ def _validate(cfg: Config, src: str) -> None:
         _positive(src, key, value)
     if cfg.daemon.shutdown_grace_ms < 0:
         raise ConfigError(f"{src}: `daemon.shutdown_grace_ms` must be 0 or more")
-    if not 0 <= cfg.daemon.idle_timeout_s < float("inf"):
-        raise ConfigError(f"{src}: `daemon.idle_timeout_s` must be 0 (never) or a number of seconds")
+    for key in ("idle_timeout_s", "frame_timeout_s"):
+        if not 0 <= getattr(cfg.daemon, key) < float("inf"):
+            raise ConfigError(f"{src}: `daemon.{key}` must be 0 (never) or a number of seconds")
     _positive(src, "daemon.max_write_buffer_bytes", cfg.daemon.max_write_buffer_bytes)
     if cfg.queue.max_bytes < cfg.daemon.max_frame_bytes:
         raise ConfigError(f"{src}: `queue.max_bytes` ({cfg.queue.max_bytes}) is less than `daemon.max_frame_bytes` "

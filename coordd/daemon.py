@@ -105,7 +105,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return _summary(handlers, delivery)
 
             reloader = Reloader(config_path, handlers, delivery, server, store, pruner, notifier, spawn, summary)
-            aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False)
+            aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False,
+                                                    backlog=listener.BACKLOG)
 
             _requeue(store, delivery)
             delivery.start()

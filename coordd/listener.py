@@ -20,6 +20,11 @@ from coordctl import trust
 from coordd import lockfile
 
 
+# Connections waiting to be accepted. The event loop listens again with its own backlog (100 unless told),
+# so the daemon passes this one on too: a burst of connects then waits instead of failing with EAGAIN.
+BACKLOG = 512
+
+
 class ListenerError(Exception):
     pass
 
@@ -76,7 +81,7 @@ def bind(socket_path: str) -> socket.socket:
             sock.bind(socket_path)
         finally:
             os.umask(old)
-        sock.listen(512)
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise ListenerError(f"cannot listen on {socket_path}: {e.strerror}") from None

@@ -9,6 +9,7 @@ each other. Statuses and the error codes clients see are the wire protocol's
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 
 import msgspec
 
@@ -16,8 +17,8 @@ import msgspec
 class Record(msgspec.Struct, gc=False):
     """A message as the daemon holds it while it is queued or being delivered.
 
-    gc=False: its fields are scalars and a list of str, so it can be in no reference cycle, and the
-    collector need not track the thousands that wait in the queues.
+    gc=False: its fields are scalars and a list (or tuple) of str, so it can be in no reference cycle, and
+    the collector need not track the thousands that wait in the queues.
     """
 
     id: int
@@ -27,7 +28,7 @@ class Record(msgspec.Struct, gc=False):
     created: float
     sender: str | None = None
     kind: str | None = None
-    tags: list[str] | None = None
+    tags: Sequence[str] | None = None  # as decoded: a request's tuple, a stored row's list
     key: str | None = None
     attempts: int = 0  # total attempts, as stored
     tries: int = 0  # attempts since it was last (re)queued; the retry budget counts these

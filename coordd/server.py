@@ -17,7 +17,11 @@ What one client can cost is bounded, so that no client can starve the others:
   connection, and only while their client reads;
 - a connection with no request in flight and no traffic for daemon.idle_timeout_s
   is closed (clients reconnect on their next call);
-- past daemon.max_connections a new connection gets `unavailable` and is closed.
+- a frame begun must be whole within daemon.frame_timeout_s, or the connection is closed;
+- at daemon.max_connections a new connection closes the one idle longest (see `evictable`) to make
+  room, so stuck clients cannot lock the others out; with none idle it gets `unavailable`;
+- msgspec decodes recursively: a frame nested past Python's recursion limit is a bad_request (rid 0) like
+  any other undecodable frame, never an error that drops the connection.
 A client that shuts down its write side still gets the replies to what it sent.
 """
 
@@ -31,6 +35,7 @@ import socket
 import struct
 import time
 from collections import deque
+from typing import cast
 
 import msgspec
 
@@ -51,6 +56,7 @@ HEAVY = (p.History, p.Get, p.StatusRequest)
 HEAVY_AT_ONCE = 4
 FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
 REFUSE_FLUSH_S = 10.0  # a refused client gets this long to read what was sent to it before it is dropped
+REFUSAL_LOG_S = 60.0  # refused connections are logged at most this often per uid: a loop of them floods no log
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -83,6 +89,7 @@ class Server:
         self.tasks: set[asyncio.Task] = set()
         self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._refusals: dict[int, tuple[float, int]] = {}  # uid: (when last logged, refused since)
         self.configure(config)
         raise_fd_limit(config.max_connections)
 
@@ -93,6 +100,7 @@ class Server:
         self.allowed_uids = {os.getuid(), *config.allow_uids}
         self.allowed_gids = set(config.allow_gids)
         self.idle_timeout = config.idle_timeout_s
+        self.frame_timeout = config.frame_timeout_s
         self.max_write_buffer = config.max_write_buffer_bytes
 
     def protocol(self) -> Connection:
@@ -117,30 +125,54 @@ class Server:
 
     def watch_idle(self) -> None:
         """Make sure an idle sweep is scheduled while there are connections (no task of its own)."""
-        if self._sweep_handle is None and self.idle_timeout > 0:
-            period = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        limits = [t for t in (self.idle_timeout, self.frame_timeout) if t > 0]
+        if self._sweep_handle is None and limits:
+            period = min(max(min(limits) / 4, 0.05), 5.0)
             self._sweep_handle = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_handle = None
-        limit = self.idle_timeout
-        if limit <= 0:
-            return
+        limit, frame_limit = self.idle_timeout, self.frame_timeout
         now = asyncio.get_running_loop().time()
         for conn in list(self.connections):
-            if conn.paused and now - conn.last_active > limit:
+            if frame_limit > 0 and conn.frame_begun is not None and now - conn.frame_begun > frame_limit:
+                conn.drop(f"half a frame for over {frame_limit:g} s (daemon.frame_timeout_s)", debug=True)
+            elif limit <= 0:
+                continue
+            elif conn.paused and now - conn.last_active > limit:
                 conn.drop(f"its replies unread for over {limit:g} s (daemon.idle_timeout_s)")
             elif not conn.pending and not conn.watches and now - conn.last_active > limit:
                 conn.drop(f"idle for over {limit:g} s (daemon.idle_timeout_s)", debug=True)
         if self.connections:
             self.watch_idle()
 
+    def make_room(self, newcomer: Connection) -> bool:
+        """At the connection cap: close the connection idle longest, if any is idle. False: none is."""
+        idle = [c for c in self.connections if c is not newcomer and c.evictable()]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.connections.discard(victim)  # counted out now: connection_lost comes a turn of the loop later
+        victim.drop("the longest idle, to make room for a new one (daemon.max_connections)", debug=True)
+        return True
+
+    def log_refusal(self, uid: int, gid: int) -> None:
+        """Log a refused peer, at most once per REFUSAL_LOG_S per uid, with how many were refused meanwhile."""
+        now = time.monotonic()
+        logged, since = self._refusals.get(uid, (-REFUSAL_LOG_S, 0))
+        if now - logged < REFUSAL_LOG_S:
+            self._refusals[uid] = (logged, since + 1)
+            return
+        more = f" (and {since} more since the last report)" if since else ""
+        log.warning("refused a connection from uid %d gid %d%s", uid, gid, more)
+        self._refusals[uid] = (now, 0)
+
 
 class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, before any other call
         self.closing = False
         self.paused = False  # the client is not reading its replies fast enough
         self.outbox: deque[bytes] = deque()  # replies waiting while paused
@@ -151,24 +183,25 @@ class Connection(asyncio.Protocol):
         self.eof = False  # the client shut down its write side: reply to what is here, then close
         self.pending = 0  # requests being handled
         self.last_active = 0.0
+        self.frame_begun: float | None = None  # loop time since which the buffer holds half a frame, while we read
         self.watches: dict[int, events.Subscriber] = {}  # by the watch request's rid
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream socket's
         srv = self.server
         srv.connections.add(self)
         srv.observer.connections(len(srv.connections))
         self.last_active = asyncio.get_running_loop().time()
-        transport.set_write_buffer_limits(high=srv.max_write_buffer)
-        sock = transport.get_extra_info("socket")
+        self.transport.set_write_buffer_limits(high=srv.max_write_buffer)
+        sock = self.transport.get_extra_info("socket")
         _, uid, gid = peer_credentials(sock)
         if uid not in srv.allowed_uids and gid not in srv.allowed_gids:
-            log.warning("refused a connection from uid %d gid %d", uid, gid)
+            srv.log_refusal(uid, gid)
             self.refuse("forbidden", f"uid {uid} may not use this coordd: it serves its own uid and those in "
                         "daemon.allow_uids / daemon.allow_gids (add it there, or run coordctl as the daemon's user)")  # fmt: skip
-        elif len(srv.connections) > srv.max_connections:
+        elif len(srv.connections) > srv.max_connections and not srv.make_room(self):
             self.refuse("unavailable", f"coordd already has {srv.max_connections} connections "
                         "(daemon.max_connections): close idle clients and retry")  # fmt: skip
         else:
@@ -205,6 +238,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.last_active = asyncio.get_running_loop().time()
         self._parse()
 
     # --- framing and flow control ----------------------------------------------------
@@ -233,6 +267,12 @@ class Connection(asyncio.Protocol):
             self.transport.close()  # every whole frame is answered; what is left is half a frame at most
             return
         self._update_reading()
+        # The rest of a frame is the client's to send, within daemon.frame_timeout_s of its first byte or of
+        # the last whole frame; the clock stops while we do not read (a frame waiting for a free slot).
+        if not buf or not self.reading or self.eof:
+            self.frame_begun = None
+        elif start or self.frame_begun is None:
+            self.frame_begun = asyncio.get_running_loop().time()
 
     def _update_reading(self) -> None:
         if self.eof or self.closing:
@@ -245,11 +285,13 @@ class Connection(asyncio.Protocol):
     # --- requests and replies --------------------------------------------------------
 
     def dispatch(self, body: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
         try:
             req = p.request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            self.reply(p.Error(rid=_salvage_rid(body), code="bad_request", message=f"cannot decode request: {e}"))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+            # msgspec decodes recursively: past Python's recursion limit it raises RecursionError, at a depth
+            # no request has (4 levels at most), so such a frame is one more undecodable request.
+            why = "nested too deep (a request nests 4 levels at most)" if isinstance(e, RecursionError) else str(e)
+            self.reply(p.Error(rid=_salvage_rid(body), code="bad_request", message=f"cannot decode request: {why}"))
             self.server.observer.rejected("bad_request")
             return
         started = time.perf_counter()
@@ -314,12 +356,18 @@ class Connection(asyncio.Protocol):
         to the end; one that does not read them within REFUSE_FLUSH_S is dropped."""
         self.server.observer.rejected(code)
         self.closing = True
+        self.server.connections.discard(self)  # no slot held while it flushes: it can serve nobody
         self.outbox.append(p.frame(p.Error(code=code, message=message)))
         self.transport.write(b"".join(self.outbox))
         self.outbox.clear()
         self.transport.close()  # flushes what is buffered, then closes
         if self.transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(REFUSE_FLUSH_S, self.transport.abort)
+
+    def evictable(self) -> bool:
+        """Idle enough to be closed to make room at the connection cap: no request in flight and no watch
+        (half a frame counts as idle), or its client does not read its replies."""
+        return not self.closing and (self.paused or (not self.pending and not self.watches))
 
     def drop(self, why: str, debug: bool = False) -> None:
         """Close at once, discarding unsent replies: for a client that does not read, or has gone quiet."""
@@ -332,9 +380,10 @@ _rid_only = msgspec.msgpack.Decoder(dict)
 
 
 def _salvage_rid(body: bytes) -> int:
-    """Echo the rid of an undecodable request when it can be read, so a pipelining client can match the error."""
+    """Echo the rid of an undecodable request when it can be read, so a pipelining client can match the error.
+    0 when it cannot: not msgpack, not a map, or nested too deep for msgspec to read (RecursionError)."""
     try:
         rid = _rid_only.decode(body).get("rid", 0)
     except Exception:
         return 0
-    return rid if type(rid) is int else 0  # not a bool: a reply's rid must decode as an int
+    return rid if type(rid) is int and -(1 << 63) <= rid < 1 << 63 else 0  # an int64, not a bool

@@ -10,15 +10,20 @@ transaction. Deferred writes (delivery outcomes) gather for DEFERRED_S and commi
 a transaction of their own, after the acknowledged ones. The checkpointer holds the
 writer back while it restarts the WAL (`hold`/`release`); the writer tells it when a
 checkpoint is due.
+
+A large batch is the exception to group commit: `exclusive` holds the other writes
+back (a hold like the checkpointer's) while `commit_in_turns` stores it in one
+transaction, a chunk of rows per turn of the loop, so that the loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from coordd.model import Histogram, StorageError, StorageFull
 from coordd.schema import Write
@@ -32,6 +37,9 @@ CHECKPOINT_COMMITS = 500
 # Bookkeeping writes (delivery outcomes) wait this long to gather into one transaction of their
 # own, so a send's acknowledgement never waits behind them.
 DEFERRED_S = 0.005
+# Rows one commit of bookkeeping writes at most (a few ms); the rest commit in the next turn of the loop. Outcomes
+# pile up while a large insert holds the writer (`exclusive`), and one commit of them all would stall the loop.
+DEFERRED_MAX_ROWS = 1024
 # A deferred write the disk had no room for is tried again after this long (the writes stay in order).
 DEFERRED_RETRY_S = 0.5
 # SQLite's primary result codes for a full disk and an I/O error (extended codes carry them in the low byte).
@@ -64,9 +72,10 @@ class Writer:
         self._deferred: list[tuple[Write, asyncio.Future]] = []  # nobody waits for these in a hurry
         self._flush_handle: asyncio.Handle | None = None
         self._deferred_handle: asyncio.Handle | None = None
-        self._held = False  # flushes wait while a RESTART checkpoint runs
+        self._held = 0  # flushes wait while a RESTART checkpoint runs, or a large insert (holds at once)
         self._writable = asyncio.Event()  # set while not held
         self._writable.set()
+        self._exclusive = asyncio.Lock()  # one large insert at a time
         self._retrying = False  # deferred writes are waiting for the disk
         self._failure_logged = -FAILURE_LOG_S
         self._failures_unlogged = 0
@@ -91,15 +100,21 @@ class Writer:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        if not self._held:  # else a checkpoint is finishing; it flushes when done
+        if not self._held:  # else a checkpoint or a large insert holds the writer; release flushes
             batch, self._pending = self._pending, []
             self._commit_group(batch)
 
     def _flush_deferred(self) -> None:
         self._deferred_handle = None
         if not self._held:
-            batch, self._deferred = self._deferred, []
+            n = rows = 0
+            while n < len(self._deferred) and rows < DEFERRED_MAX_ROWS:
+                rows += sum(len(params) if many else 1 for _, params, many in self._deferred[n][0])
+                n += 1
+            batch, self._deferred = self._deferred[:n], self._deferred[n:]
             self._commit_group(batch, retry=True)
+            if self._deferred and self._deferred_handle is None:  # (a failed group is retried later instead)
+                self._deferred_handle = asyncio.get_running_loop().call_soon(self._flush_deferred)
 
     def _resume(self) -> None:
         loop = asyncio.get_running_loop()
@@ -162,12 +177,7 @@ class Writer:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for ops in writes:
-                for sql, params, many in ops:
-                    if many:
-                        db.executemany(sql, params)
-                    else:
-                        db.execute(sql, params)
+            self._execute(writes)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite rolls back by itself on some errors (e.g. disk full)
@@ -176,13 +186,63 @@ class Writer:
         self.commit_sizes.observe(len(writes))
         self._note_commit()
 
+    def _execute(self, writes: Iterable[Write]) -> None:
+        db = self.db
+        for ops in writes:
+            for sql, params, many in ops:
+                if many:
+                    db.executemany(sql, params)
+                else:
+                    db.execute(sql, params)
+
     def commit_now(self, writes: list[Write]) -> None:
         """Commit at once, in one transaction (retention's deletes: call after `await writable()`)."""
         self._commit(writes)
 
     async def writable(self) -> None:
-        """Wait until the writer may commit directly (no checkpoint is finishing)."""
+        """Wait until the writer may commit directly (no checkpoint is finishing, no large insert runs)."""
         await self._writable.wait()
+
+    # --- a large insert -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Be the only writer for the block (for commit_in_turns): other writes wait, pruning too.
+
+        The writes already waiting are committed first, so writes still commit in the order they came."""
+        async with self._exclusive:
+            while self._held:  # a checkpoint is finishing
+                await self._writable.wait()
+            self.hold()
+            try:
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                    self._commit_group(batch)
+                yield
+            finally:
+                self.release()
+
+    async def commit_in_turns(self, writes: Iterable[Write]) -> None:
+        """Within exclusive(): commit writes in one transaction, one per turn of the event loop (the loop
+        serves other clients in between; their writes wait). All or nothing: StorageError (or StorageFull)
+        and none is committed."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for ops in writes:
+                await asyncio.sleep(0)
+                self._execute((ops,))
+            await asyncio.sleep(0)  # the commit writes every page of the WAL: a turn of its own
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if not isinstance(e, sqlite3.Error):
+                raise
+            self._log_failure(e)
+            raise storage_error(e) from None
+        self.commit_sizes.observe(1)
+        self._note_commit()
 
     # --- for the checkpointer -------------------------------------------------------
 
@@ -200,20 +260,25 @@ class Writer:
         return True
 
     def hold(self) -> None:
-        """Flushes wait (writes still gather) until `release`."""
-        self._held = True
+        """Flushes wait (writes still gather) until `release`. Holds count: the checkpointer's and a large
+        insert's may overlap, and the writer waits until both are released."""
+        self._held += 1
         self._writable.clear()
 
     def release(self) -> None:
-        self._held = False
-        self._writable.set()
-        self._resume()
+        self._held -= 1
+        if not self._held:
+            self._writable.set()
+            self._resume()
 
     def close(self) -> None:
         """Commit what waits, deferred writes too, now."""
         for handle in (self._flush_handle, self._deferred_handle):
             if handle is not None:
                 handle.cancel()
+        if self.db.in_transaction:  # a large insert cut short: it was never acknowledged
+            self.db.execute("ROLLBACK")
+        self._held = 0
         self._flush()
         self._deferred_handle = None
         batch, self._deferred = self._deferred, []

@@ -171,17 +171,18 @@ def remove_later(path) -> None:
 
 
 @contextlib.contextmanager
-def daemon(deliver: bool = True, extra_config: str = ""):
+def daemon(deliver: bool = True, extra_config: str = "", daemon_keys: str = ""):
     """coordd with 8 inbox agents on a fresh temp dir. deliver=False puts every inbox under a regular
     file, so each delivery fails at once and backs off: the accept path alone, for diagnosis.
-    extra_config: more TOML tables (e.g. [metrics]), placed before the agents."""
+    extra_config: more TOML tables (e.g. [metrics]), placed before the agents; daemon_keys: more
+    lines of the [daemon] table."""
     from coordctl import Client, CoordError
 
     tmp = Path(tempfile.mkdtemp(prefix="coordd-bench-", dir=WORK_DIR))
     sock, config = str(tmp / "run" / "coordd.sock"), tmp / "coordd.toml"
     (tmp / "blocked").touch()
     inbox = "" if deliver else f'inbox_dir = "{tmp / "blocked" / "inbox"}"\n'
-    config.write_text(f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n'
+    config.write_text(f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n{daemon_keys}'
                       f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n{extra_config}'
                       + "".join(f'[[agents]]\nid = "{a}"\n{inbox}' for a in AGENTS))  # fmt: skip
 
@@ -399,6 +400,50 @@ def bench_batch(cfg, ctx) -> list[dict]:
                 bare / frate, note="accept path only", batch_s=secs[False])]  # fmt: skip
 
 
+STALL_BATCH = 70_000
+
+
+def bench_batch_stall(cfg, ctx) -> list[dict]:
+    """Pings on one connection while another sends a batch of 70,000: the slowest shows the longest the
+    event loop went without serving other clients (issue 10 asks for under 50 ms). First with the inboxes
+    blocked (what the batch itself costs), then with its deliveries starting meanwhile (inbox files)."""
+    import threading
+
+    from coordctl import Client
+    from coordctl.protocol import Batch, NewMessage, frame
+
+    msgs = [NewMessage(to=AGENTS[i % 8], body=f"m{i}") for i in range(STALL_BATCH)]
+    batch = frame(Batch(rid=1, messages=msgs))  # ~1.7 MB: over the default daemon.max_frame_bytes
+    worst: dict[bool, list[float]] = {False: [], True: []}
+    for deliver in (False, True):
+        for _ in range(cfg.stall_rounds):  # a fresh daemon each: the queues could not hold two such batches
+            with daemon(deliver, daemon_keys="max_frame_bytes = 4194304\n") as d, Client(d.socket) as c:
+                s, done, lat = connect(d.socket), threading.Event(), []
+
+                def send_batch() -> None:  # the reply is read, not decoded: this thread holds the GIL little
+                    s.sendall(batch)
+                    head = s.recv(4, socket.MSG_WAITALL)
+                    s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)
+                    done.set()
+
+                c.ping()
+                sender = threading.Thread(target=send_batch)
+                sender.start()
+                while not done.is_set():
+                    t = pc()
+                    c.ping()
+                    lat.append(pc() - t)
+                sender.join()
+                s.close()
+                worst[deliver].append(max(lat) / 1e6)
+    name = f"ping during a batch of {STALL_BATCH:,} (worst)"
+    note = f"{cfg.stall_rounds} batches, each's worst: " + ", ".join(f"{w:.0f}" for w in worst[False]) + " ms"
+    return [row(name, max(worst[False]), "ms", target="<= 50 ms", ok=max(worst[False]) <= 50, note=note,
+                worst_ms=worst[False]),
+            row("diagnosis: same, its deliveries starting meanwhile", max(worst[True]), "ms", worst_ms=worst[True],
+                note="inbox files written between the batch's chunks")]  # fmt: skip
+
+
 def concurrent(mode: str, path: str, n: int, cwd: Path) -> tuple[float, list]:
     """8 load processes released together: aggregate ops/s from the first start to the last finish."""
     kids = [subprocess.Popen([sys.executable, "-c", LOAD_CHILD, mode, path, AGENTS[k], str(n)], cwd=cwd, text=True,
@@ -487,7 +532,8 @@ def bench_old_way(cfg, ctx) -> list[dict]:
 
 
 BENCHES = [("floors", bench_floors), ("send", bench_send_seq), ("cli", bench_cli), ("batch", bench_batch),
-           ("concurrent", bench_concurrent), ("backlog", bench_backlog), ("old way", bench_old_way)]  # fmt: skip
+           ("batch stall", bench_batch_stall), ("concurrent", bench_concurrent), ("backlog", bench_backlog),
+           ("old way", bench_old_way)]  # fmt: skip
 
 
 # --- output ----------------------------------------------------------------------------
@@ -532,7 +578,7 @@ def main() -> int:
     cfg = argparse.Namespace(warmup=200 if q else 1000, rtt=2000 if q else 20000, sends=500 if q else 5000,
                              procs=5 if q else 30, batches=5 if q else 20, per_client=300 if q else 2000,
                              backlog=4000 if q else 20000, backlog_sends=2000 if q else 20000,
-                             old_runs=3 if q else 10)  # fmt: skip
+                             old_runs=3 if q else 10, stall_rounds=1 if q else 3)  # fmt: skip
     info, rows, ctx = {**machine(), "quick": q, "config": vars(cfg)}, [], {}
     for name, fn in BENCHES:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

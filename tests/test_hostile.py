@@ -318,6 +318,11 @@ def test_a_thousand_connections_idle_unread_and_half_frames_others_still_served(
 def test_past_max_connections_a_clear_error(make_daemon):
     d = make_daemon(agents=[{"id": "A"}], daemon={"max_connections": 20})
     held = [connect(d.socket) for _ in range(20)]
+    for s in held:  # a watch each: not idle, so none is closed to make room (tests/test_limits.py)
+        s.settimeout(10)
+        s.sendall(p.frame(p.Watch(rid=1)))
+        head = s.recv(4, socket.MSG_WAITALL)
+        assert isinstance(p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)), p.Watching)
     with pytest.raises(CoordError) as e:
         with Client(d.socket, timeout=10) as c:
             c.ping()

@@ -66,9 +66,10 @@ def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_f
                 if len(refused) >= 20:
                     break
         assert len(refused) >= 20, "the disk never filled up"
-        with pytest.raises(CoordError) as e:
-            c.batch([{"to": "A", "body": "a batch"}, {"to": "B", "body": "another"}])
-        assert e.value.code == "storage_full"
+        for n in (2, 3000):  # 3000: a large batch, stored a chunk per turn of the loop in one transaction
+            with pytest.raises(CoordError) as e:
+                c.batch([{"to": "AB"[i % 2], "body": f"batch {i} {body[:200]}"} for i in range(n)])
+            assert e.value.code == "storage_full"
         # Still serving: reads, status, and deliveries of what was acknowledged.
         assert c.ping().protocol == PROTOCOL_VERSION
         assert c.get(acked[0]).message.id == acked[0]
