@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and promtool (package prometheus) to lint the metrics.
 APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus
 
-.PHONY: install install-test deps demo test bench clean
+.PHONY: install install-test deps demo lint test bench clean
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "coordd needs Python 3.11 or newer"'
@@ -55,7 +55,14 @@ demo: install
 	echo "\$$ ls $$XDG_DATA_HOME/coordd/agent_workspaces/Agent-1/inbox"; ls $$XDG_DATA_HOME/coordd/agent_workspaces/Agent-1/inbox; \
 	echo "\$$ coordctl show 1"; $(BIN)/coordctl show 1
 
-test: deps install-test
+# The gates: lint, format and types (configured in pyproject.toml). coordctl is checked strictly: it ships py.typed.
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict coordctl
+	$(BIN)/mypy coordd
+
+test: deps install-test lint
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 # Every benchmark; each prints its table and writes perf/results/<name>.json. bench_gui needs Xvfb (make deps).

@@ -204,9 +204,7 @@ class AsyncClient(AsyncOperations):
 
     # --- the operations (each defined once, in operations.Operations) -----------
 
-    async def watch(
-        self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()
-    ) -> Subscription:
+    async def watch(self, *, agents: Iterable[str] = (), events: Iterable[protocol.EventType] = ()) -> Subscription:
         """Subscribe to events; returns once subscribed. Unlike Client.watch, the connection stays
         usable for other calls meanwhile. ``async for event in sub``; ``await sub.aclose()`` (or
         ``async with sub``) ends the watch. Consume promptly: events the daemon sent are held

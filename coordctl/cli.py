@@ -3,9 +3,9 @@
 Exit codes: 0 ok; 1 the daemon refused, or coordctl refused a socket that is
 not its own daemon's (``error [code]: message`` on stderr, e.g. ``untrusted_socket``);
 2 usage; 3 the daemon is not reachable (one line on stderr saying how to start
-it); 4 (`status` only) some agent's transport is down or it has failed messages. With ``--json`` each command prints one JSON document: the daemon's
-reply with every field (defaults included), minus the wire-only ``rid`` and
-``type``.
+it); 4 (`status` only) some agent's transport is down or it has failed messages.
+With ``--json`` each command prints one JSON document: the daemon's reply with every
+field (defaults included), minus the wire-only ``rid`` and ``type``.
 
 Imports are kept to what every command needs, so that it starts fast: no
 asyncio, no json module (msgspec.json), no datetime outside ISO parsing.
@@ -141,9 +141,12 @@ def opt(value: str | None) -> str:
 # --- commands --------------------------------------------------------------------
 
 priority_option = click.option(
-    "--priority", type=click.Choice(["regular", "urgent"]), default="regular", show_default=True,
+    "--priority",
+    type=click.Choice(["regular", "urgent"]),
+    default="regular",
+    show_default=True,
     help="Urgent messages are delivered before regular ones.",
-)  # fmt: skip
+)
 sender_option = click.option("--sender", help="Who the message is from, as the recipient will see it.")
 kind_option = click.option("--kind", help="A free-form message kind, e.g. task or review.")
 tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
@@ -151,10 +154,13 @@ tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat fo
 
 @click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--socket", "socket_path", metavar="PATH", envvar="COORDD_SOCKET",
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    envvar="COORDD_SOCKET",
     help="The daemon's socket  [default: $COORDD_SOCKET, else $XDG_RUNTIME_DIR/coordd/coordd.sock]. It must "
     "be yours: its directory and the daemon belong to you or root (or a uid in $COORDD_ALLOW_UIDS).",
-)  # fmt: skip
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(__version__, "-V", "--version", prog_name="coordctl")
 @click.pass_context
@@ -173,21 +179,38 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @click.option("--key", help="Idempotency key: sending again with the same key returns the first id.")
 @click.option("--wait", is_flag=True, help="Return once delivered; exit 1 if delivery fails or times out.")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     help="How long --wait waits  [default: the daemon's wait_timeout_s]",
-)  # fmt: skip
+)
 @pass_state
 def send(
-    state: State, agent: str, message: str, priority: str, sender: str | None, kind: str | None,
-    tags: tuple[str, ...], key: str | None, wait: bool, timeout: float | None,
-) -> None:  # fmt: skip
+    state: State,
+    agent: str,
+    message: str,
+    priority: str,
+    sender: str | None,
+    kind: str | None,
+    tags: tuple[str, ...],
+    key: str | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
     """Queue MESSAGE (- reads stdin) for AGENT; prints its id."""
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
     req = protocol.Send(
-        to=agent, body=read_body(message), priority=priority, sender=sender, kind=kind,  # type: ignore[arg-type]
-        tags=list(tags), key=key, wait=wait, timeout=timeout,
-    )  # fmt: skip
+        to=agent,
+        body=read_body(message),
+        priority=priority,  # type: ignore[arg-type]
+        sender=sender,
+        kind=kind,
+        tags=list(tags),
+        key=key,
+        wait=wait,
+        timeout=timeout,
+    )
     # With --wait the daemon bounds the wait (timeout or its default), so do not cut it short.
     reply = expect(state.client(timeout=None if wait else IO_TIMEOUT).call(req), protocol.Sent)
     if state.json:
@@ -234,14 +257,25 @@ def batch(state: State, file: BinaryIO) -> None:
 @click.option("--key", help="Idempotency key: broadcasting again with the same key stores nothing new.")
 @pass_state
 def broadcast(
-    state: State, message: str, group: str | None, priority: str, sender: str | None, kind: str | None,
-    tags: tuple[str, ...], key: str | None,
-) -> None:  # fmt: skip
+    state: State,
+    message: str,
+    group: str | None,
+    priority: str,
+    sender: str | None,
+    kind: str | None,
+    tags: tuple[str, ...],
+    key: str | None,
+) -> None:
     """Queue MESSAGE (- reads stdin) for every agent; prints the ids."""
     ids = state.client().broadcast(
-        read_body(message), group=group, priority=priority, sender=sender, kind=kind,  # type: ignore[arg-type]
-        tags=tags, key=key,
-    )  # fmt: skip
+        read_body(message),
+        group=group,
+        priority=priority,  # type: ignore[arg-type]
+        sender=sender,
+        kind=kind,
+        tags=tags,
+        key=key,
+    )
     print_ids(state, ids)
 
 
@@ -292,8 +326,19 @@ def format_status(info: protocol.StatusInfo) -> str:
     if not info.agents:
         lines.append("no agents configured")
         return "\n".join(lines)
-    headers = ("AGENT", "TRANSPORT", "HEALTH", "QUEUED", "IN FLIGHT", "DELIVERED", "FAILED", "P50", "P99", "OLDEST",
-               "LAST ERROR")  # fmt: skip
+    headers = (
+        "AGENT",
+        "TRANSPORT",
+        "HEALTH",
+        "QUEUED",
+        "IN FLIGHT",
+        "DELIVERED",
+        "FAILED",
+        "P50",
+        "P99",
+        "OLDEST",
+        "LAST ERROR",
+    )
     rows = [
         (
             a.id,
@@ -321,11 +366,15 @@ def attention(info: protocol.StatusInfo) -> list[str]:
     out = []
     for a in info.agents:
         if not a.healthy:
-            out.append(f"{a.id} is down ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
-                       "coordd retries by itself once the transport works again")  # fmt: skip
+            out.append(
+                f"{a.id} is down ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
+                "coordd retries by itself once the transport works again"
+            )
         if a.failed:
-            out.append(f"{a.id} has {a.failed} failed messages: `coordctl history --agent {a.id} --status failed`, "
-                       "then `coordctl retry ID` once the cause is fixed")  # fmt: skip
+            out.append(
+                f"{a.id} has {a.failed} failed messages: `coordctl history --agent {a.id} --status failed`, "
+                "then `coordctl retry ID` once the cause is fixed"
+            )
     return ["", "attention:", *(f"  {line}" for line in out)] if out else []
 
 
@@ -340,25 +389,44 @@ def attention(info: protocol.StatusInfo) -> list[str]:
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."
 )
 @click.option("--cursor", type=int, metavar="C", help="Continue from where a previous page stopped.")
-@click.option("--follow", "-f", is_flag=True,
-              help="Show the page oldest first, then what happens from now on, as `watch` does, until ^C.")  # fmt: skip
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Show the page oldest first, then what happens from now on, as `watch` does, until ^C.",
+)
 @pass_state
 def history(
-    state: State, agent: str | None, sender: str | None, status: str | None, since: float | None,
-    until: float | None, grep: str | None, limit: int, cursor: int | None, follow: bool,
-) -> None:  # fmt: skip
+    state: State,
+    agent: str | None,
+    sender: str | None,
+    status: str | None,
+    since: float | None,
+    until: float | None,
+    grep: str | None,
+    limit: int,
+    cursor: int | None,
+    follow: bool,
+) -> None:
     """List messages, newest first (with --follow: oldest first, then live)."""
     stream = None
     if follow:
         if until is not None or cursor is not None or grep is not None:
             raise click.UsageError("--follow goes on from now: it does not combine with --until, --cursor or --grep")
         # Subscribe before the page is read, so that nothing happens unseen in between.
-        stream = state.client().watch(agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []),
-                                      idle=sys.stdout.flush)  # fmt: skip
+        stream = state.client().watch(
+            agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []), idle=sys.stdout.flush
+        )
     page = state.client().history(
-        agent=agent, sender=sender, status=status, since=since, until=until,  # type: ignore[arg-type]
-        contains=grep, limit=limit, cursor=cursor,
-    )  # fmt: skip
+        agent=agent,
+        sender=sender,
+        status=status,  # type: ignore[arg-type]
+        since=since,
+        until=until,
+        contains=grep,
+        limit=limit,
+        cursor=cursor,
+    )
     if stream is not None:
         from coordctl import events
 
@@ -373,9 +441,12 @@ def history(
 
 # `history --status S --follow`: the events that put a message in status S.
 FOLLOW_EVENTS: dict[str | None, list[protocol.EventType]] = {
-    "queued": ["accepted", "retried"], "delivering": ["delivering"], "delivered": ["delivered"],
-    "failed": ["failed"], "cancelled": ["cancelled"],
-}  # fmt: skip
+    "queued": ["accepted", "retried"],
+    "delivering": ["delivering"],
+    "delivered": ["delivered"],
+    "failed": ["failed"],
+    "cancelled": ["cancelled"],
+}
 
 
 def print_page(state: State, page: protocol.Page) -> None:
@@ -547,8 +618,13 @@ def reload(state: State) -> None:
 
 @cli.command()
 @click.option("--agent", "agents", multiple=True, metavar="A", help="Only events of agent A; repeat for more.")
-@click.option("--event", "kinds", multiple=True, type=click.Choice(get_args(protocol.EventType)),
-              help="Only events of this type; repeat for more.")  # fmt: skip
+@click.option(
+    "--event",
+    "kinds",
+    multiple=True,
+    type=click.Choice(get_args(protocol.EventType)),
+    help="Only events of this type; repeat for more.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (as `coordctl --json watch`).")
 @pass_state
 def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json: bool) -> None:
@@ -612,8 +688,14 @@ def coords() -> None:
 @coords.command("capture")
 @click.argument("agent")
 @click.option("--onboarding", is_flag=True, help="Print onboarding_x/onboarding_y instead of x/y.")
-@click.option("--delay", type=click.IntRange(min=0), default=5, show_default=True, metavar="S",
-              help="Seconds to move the mouse into place before it is read.")  # fmt: skip
+@click.option(
+    "--delay",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    metavar="S",
+    help="Seconds to move the mouse into place before it is read.",
+)
 @pass_state
 def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
     """Read the mouse position (on coordd's display) and print it as AGENT's TOML lines."""
@@ -624,7 +706,7 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
         human.echo(f"Point the mouse at {agent}'s {what}:", err=True, nl=False)
         for left in range(delay, 0, -1):
             human.echo(f" {left}", err=True, nl=False)
-            time.sleep(1)  # noqa: sleep-ok: a countdown for a person moving the mouse
+            time.sleep(1)  # sleep-ok: a countdown for a person moving the mouse
         human.echo("", err=True)
     at = client.pointer()
     keys = ("onboarding_x", "onboarding_y") if onboarding else ("x", "y")

@@ -24,11 +24,23 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import NoReturn
 
-__all__ = [
-    "MAX_REPLY_BYTES", "START_HINT", "Client", "check_directory", "check_peer", "reply_too_large", "unreachable",
+# Grouped, not sorted: what this module defines, then what it re-exports.
+__all__ = [  # noqa: RUF022
+    "MAX_REPLY_BYTES",
+    "START_HINT",
+    "Client",
+    "check_directory",
+    "check_peer",
+    "reply_too_large",
+    "unreachable",
     # once defined here, still importable from here:
-    "CoordError", "DaemonUnavailable", "error_for", "expect", "raise_for", "to_new_messages",
-]  # fmt: skip
+    "CoordError",
+    "DaemonUnavailable",
+    "error_for",
+    "expect",
+    "raise_for",
+    "to_new_messages",
+]
 
 _HEADER = struct.Struct(">I")
 _READ_CHUNK = 64 * 1024
@@ -70,9 +82,12 @@ def check_peer(sock: socket.socket, path: str, trusted: frozenset[int]) -> None:
 
 
 def reply_too_large(size: int, limit: int, path: str) -> CoordError:
-    return CoordError("protocol_error", f"a reply of {size:,} bytes from {path} is over this client's limit of "
-                                        f"{limit:,} bytes (max_reply_bytes): raise it if coordd's "
-                                        "daemon.max_frame_bytes or its messages are that large")  # fmt: skip
+    return CoordError(
+        "protocol_error",
+        f"a reply of {size:,} bytes from {path} is over this client's limit of "
+        f"{limit:,} bytes (max_reply_bytes): raise it if coordd's "
+        "daemon.max_frame_bytes or its messages are that large",
+    )
 
 
 class Client(BlockingOperations):
@@ -350,8 +365,10 @@ class Client(BlockingOperations):
                 try:
                     reply: protocol.Reply = protocol.reply_decoder.decode(self._read_frame())
                 except DaemonUnavailable:
-                    raise DaemonUnavailable(f"coordd at {self.socket_path} closed the connection, which ends the "
-                                            "watch (is it stopping or restarting?)") from None  # fmt: skip
+                    raise DaemonUnavailable(
+                        f"coordd at {self.socket_path} closed the connection, which ends the "
+                        "watch (is it stopping or restarting?)"
+                    ) from None
                 except (OSError, msgspec.DecodeError) as e:
                     raise self._broken(e) from e
                 if reply.rid != rid:

@@ -53,7 +53,9 @@ def load(path: str) -> list[AgentCoords]:
         x, y = _point(entry.get("chat_input_coordinates"), f"{where}.chat_input_coordinates")
         c = AgentCoords(id=agent_id, x=x, y=y, active=entry.get("active", True) is not False)
         if entry.get("onboarding_input_coords") is not None:
-            c.onboarding_x, c.onboarding_y = _point(entry["onboarding_input_coords"], f"{where}.onboarding_input_coords")
+            c.onboarding_x, c.onboarding_y = _point(
+                entry["onboarding_input_coords"], f"{where}.onboarding_input_coords"
+            )
         if isinstance(entry.get("description"), str):
             c.description = entry["description"]
         out.append(c)

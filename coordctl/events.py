@@ -60,8 +60,9 @@ def as_json(item: protocol.Event | protocol.Missed) -> str:
     return human.json_escaped(msgspec.json.encode(msgspec.structs.asdict(item))).decode()
 
 
-def print_stream(items: Iterable[protocol.Event | protocol.Missed], json: bool,
-                 skip: Callable[[protocol.Event], bool] | None = None) -> None:  # fmt: skip
+def print_stream(
+    items: Iterable[protocol.Event | protocol.Missed], json: bool, skip: Callable[[protocol.Event], bool] | None = None
+) -> None:
     """Print each event as it comes, until ^C, the reader of a pipe leaving (both: a normal end), or
     the daemon closing the connection (DaemonUnavailable: exit 3).
 

@@ -34,8 +34,15 @@ if TYPE_CHECKING:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 # What `visible` replaces: C0 but tab and newline; DEL and C1; U+061C, U+200E-200F, U+2028-202E, U+2066-2069.
-_HIDDEN = [(0x00, 0x08), (0x0B, 0x1F), (0x7F, 0x9F), (0x061C, 0x061C), (0x200E, 0x200F), (0x2028, 0x202E),
-           (0x2066, 0x2069)]  # fmt: skip
+_HIDDEN = [
+    (0x00, 0x08),
+    (0x0B, 0x1F),
+    (0x7F, 0x9F),
+    (0x061C, 0x061C),
+    (0x200E, 0x200F),
+    (0x2028, 0x202E),
+    (0x2066, 0x2069),
+]
 
 
 def _shown(c: int) -> int | str:

@@ -172,9 +172,16 @@ class Operations:
         ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
         """
         return protocol.Send(
-            to=to, body=body, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key, wait=wait, timeout=timeout,
-        )  # fmt: skip
+            to=to,
+            body=body,
+            priority=priority,
+            sender=sender,
+            kind=kind,
+            tags=list(tags) if tags else [],
+            key=key,
+            wait=wait,
+            timeout=timeout,
+        )
 
     @operation(protocol.Ids, _ids)
     def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> protocol.Batch:
@@ -195,9 +202,14 @@ class Operations:
     ) -> protocol.Broadcast:
         """Queue the message for every agent (or every agent in ``group``); returns the ids."""
         return protocol.Broadcast(
-            body=body, group=group, priority=priority, sender=sender, kind=kind,
-            tags=list(tags) if tags else [], key=key,
-        )  # fmt: skip
+            body=body,
+            group=group,
+            priority=priority,
+            sender=sender,
+            kind=kind,
+            tags=list(tags) if tags else [],
+            key=key,
+        )
 
     @operation(protocol.StatusInfo)
     def status(self) -> protocol.StatusRequest:
@@ -219,9 +231,15 @@ class Operations:
     ) -> protocol.History:
         """One page of messages, newest first; pass ``page.cursor`` back for older ones."""
         return protocol.History(
-            agent=agent, sender=sender, status=status, since=since, until=until,
-            contains=contains, limit=limit, cursor=cursor,
-        )  # fmt: skip
+            agent=agent,
+            sender=sender,
+            status=status,
+            since=since,
+            until=until,
+            contains=contains,
+            limit=limit,
+            cursor=cursor,
+        )
 
     @operation(protocol.Message)
     def get(self, message_id: int) -> protocol.Get:

@@ -10,7 +10,7 @@ is the human-readable form of this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -39,7 +39,8 @@ ERROR_CODES = (
     "forbidden",  # the peer's uid is not allowed to use this daemon
     "bad_config",  # reload: the config file is invalid; the daemon keeps serving the previous one
     "transport_down",  # onboard/pointer: the agent's transport (the X display) is down; nothing was done
-    "unavailable",  # the daemon could not be reached (client side), or is full: max_connections, none idle (rid 0, closed)
+    # the daemon could not be reached (client side), or is full: max_connections, none idle (rid 0, closed)
+    "unavailable",
     "internal",  # a bug in coordd failed this request (its log has the traceback); the daemon goes on serving
     "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
 )
@@ -173,10 +174,24 @@ class Metrics(_Req, tag="metrics"):
     """Every metric, in the Prometheus text format (as the HTTP endpoint serves it)."""
 
 
-Request = Union[
-    Ping, Send, Batch, Broadcast, StatusRequest, History, Get, Retry, Cancel, Agents, Reload, Onboard, Pointer,
-    Watch, Unwatch, Metrics,
-]  # fmt: skip
+Request = (
+    Ping
+    | Send
+    | Batch
+    | Broadcast
+    | StatusRequest
+    | History
+    | Get
+    | Retry
+    | Cancel
+    | Agents
+    | Reload
+    | Onboard
+    | Pointer
+    | Watch
+    | Unwatch
+    | Metrics
+)
 
 
 # --- replies -----------------------------------------------------------------
@@ -352,10 +367,24 @@ class MetricsText(_Rep, tag="metrics"):
     text: str  # Prometheus text exposition format 0.0.4
 
 
-Reply = Union[
-    Error, Pong, Sent, Ids, Message, Page, AgentList, StatusInfo, Reloaded, Onboarded, PointerAt,
-    Watching, Events, Missed, Unwatched, MetricsText,
-]  # fmt: skip
+Reply = (
+    Error
+    | Pong
+    | Sent
+    | Ids
+    | Message
+    | Page
+    | AgentList
+    | StatusInfo
+    | Reloaded
+    | Onboarded
+    | PointerAt
+    | Watching
+    | Events
+    | Missed
+    | Unwatched
+    | MetricsText
+)
 
 
 # --- framing -----------------------------------------------------------------

@@ -36,16 +36,20 @@ def directory_problem(socket_path: str, trusted: frozenset[int]) -> str | None:
     directory = os.path.dirname(socket_path) or "."
     st = os.stat(directory)
     if st.st_uid not in trusted:
-        return (f"socket directory {directory} belongs to {user(st.st_uid)}, not to you ({user(os.getuid())}): "
-                "another user may have made it to read what clients send, so nothing was sent. Have root remove "
-                "it and restart coordd, or give coordd a private directory (set XDG_RUNTIME_DIR, or daemon.socket "
-                "and COORDD_SOCKET); if that user's coordd is meant to serve you, allow the uid (allow_uids=[...], "
-                "or COORDD_ALLOW_UIDS for coordctl)")  # fmt: skip
+        return (
+            f"socket directory {directory} belongs to {user(st.st_uid)}, not to you ({user(os.getuid())}): "
+            "another user may have made it to read what clients send, so nothing was sent. Have root remove "
+            "it and restart coordd, or give coordd a private directory (set XDG_RUNTIME_DIR, or daemon.socket "
+            "and COORDD_SOCKET); if that user's coordd is meant to serve you, allow the uid (allow_uids=[...], "
+            "or COORDD_ALLOW_UIDS for coordctl)"
+        )
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return (f"socket directory {directory} is writable by group or others (mode {mode:04o}): anyone could have "
-                f"replaced the socket, so nothing was sent. `chmod 700 {directory}` and restart coordd, or give it "
-                "a private directory")  # fmt: skip
+        return (
+            f"socket directory {directory} is writable by group or others (mode {mode:04o}): anyone could have "
+            f"replaced the socket, so nothing was sent. `chmod 700 {directory}` and restart coordd, or give it "
+            "a private directory"
+        )
     return None
 
 
@@ -54,10 +58,12 @@ def peer_problem(sock: socket.socket, socket_path: str, trusted: frozenset[int])
     pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     if uid in trusted:
         return None
-    return (f"the process listening on {socket_path} (pid {pid}) runs as {user(uid)}, not as you "
-            f"({user(os.getuid())}): it is not your coordd, so nothing was sent. Stop it and remove the socket, "
-            f"then start coordd; if that user's coordd is meant to serve you, allow the uid (allow_uids=[{uid}], "
-            f"or COORDD_ALLOW_UIDS={uid} for coordctl)")  # fmt: skip
+    return (
+        f"the process listening on {socket_path} (pid {pid}) runs as {user(uid)}, not as you "
+        f"({user(os.getuid())}): it is not your coordd, so nothing was sent. Stop it and remove the socket, "
+        f"then start coordd; if that user's coordd is meant to serve you, allow the uid (allow_uids=[{uid}], "
+        f"or COORDD_ALLOW_UIDS={uid} for coordctl)"
+    )
 
 
 def user(uid: int) -> str:

@@ -41,20 +41,28 @@ class Admission:
         (counted by the caller as it checks each message: a large batch is checked a chunk per turn)."""
         total = self.delivery.queued() + sum(self._unstored.values()) + n
         if total > q.max_total:
-            raise Refused("queue_full", f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
-                          "wait for deliveries to drain or raise the limit")  # fmt: skip
+            raise Refused(
+                "queue_full",
+                f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
+                "wait for deliveries to drain or raise the limit",
+            )
         held = self.delivery.held() + self._unstored_bytes + size
         if held > q.max_bytes:
-            raise Refused("queue_full", f"undelivered messages would hold {held:,} bytes, over queue.max_bytes = "
-                          f"{q.max_bytes:,}: wait for deliveries to drain, send smaller messages, or raise the limit")  # fmt: skip
+            raise Refused(
+                "queue_full",
+                f"undelivered messages would hold {held:,} bytes, over queue.max_bytes = "
+                f"{q.max_bytes:,}: wait for deliveries to drain, send smaller messages, or raise the limit",
+            )
         for agent, count in per_agent.items():
             depth = self.delivery.queues[agent].depth() + self._unstored[agent] + count
             if depth > q.max_per_agent:
-                raise Refused("queue_full", f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
-                              f"{q.max_per_agent}: wait for its deliveries or raise the limit")  # fmt: skip
+                raise Refused(
+                    "queue_full",
+                    f"agent {agent} would have {depth} queued, over queue.max_per_agent = "
+                    f"{q.max_per_agent}: wait for its deliveries or raise the limit",
+                )
 
-    def committing(self, per_agent: dict[str, int], size: int, by_key: dict[str, Record],
-                   fut: asyncio.Future) -> None:  # fmt: skip
+    def committing(self, per_agent: dict[str, int], size: int, by_key: dict[str, Record], fut: asyncio.Future) -> None:
         """New messages (by agent, holding size bytes, by_key those with a key) are being committed by fut:
         count them until `committed`."""
         self._unstored_bytes += size

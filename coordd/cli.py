@@ -10,7 +10,6 @@ import click
 
 from coordd import __version__, config
 
-
 SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
@@ -56,8 +55,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", envvar="COORDD_CONFIG", type=click.Path(dir_okay=False),
-              help="TOML config (env COORDD_CONFIG); without one, 8 inbox agents Agent-1..Agent-8.")  # fmt: skip
+@click.option(
+    "--config",
+    "config_path",
+    envvar="COORDD_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML config (env COORDD_CONFIG); without one, 8 inbox agents Agent-1..Agent-8.",
+)
 def run(config_path: str | None) -> None:
     """Serve until SIGTERM or SIGINT (a second one ends it at once); SIGHUP reloads the config."""
     import asyncio
@@ -104,10 +108,18 @@ def check_config(path: str) -> None:
 
 
 @main.command("install-service")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
-              help="The config coordd.service runs with; without one, the embedded default.")  # fmt: skip
-@click.option("--dir", "dest", type=click.Path(file_okay=False),
-              help="Where to write the units  [default: $XDG_CONFIG_HOME/systemd/user]")  # fmt: skip
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+    help="The config coordd.service runs with; without one, the embedded default.",
+)
+@click.option(
+    "--dir",
+    "dest",
+    type=click.Path(file_okay=False),
+    help="Where to write the units  [default: $XDG_CONFIG_HOME/systemd/user]",
+)
 @click.option("--enable", is_flag=True, help="Then run systemctl --user daemon-reload and enable --now both units.")
 def install_service(config_path: str | None, dest: str | None, enable: bool) -> None:
     """Write the systemd user units coordd.socket and coordd.service (docs/systemd.md)."""
@@ -124,8 +136,10 @@ def install_service(config_path: str | None, dest: str | None, enable: bool) -> 
     rendered = units.render(units.installed_bin_dir(), config_path)
     for path in units.install(Path(dest) if dest else units.user_unit_dir(), rendered):
         click.echo(f"wrote {path}")
-    commands = [["systemctl", "--user", "daemon-reload"],
-                ["systemctl", "--user", "enable", "--now", "coordd.socket", "coordd.service"]]  # fmt: skip
+    commands = [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", "coordd.socket", "coordd.service"],
+    ]
     if enable:
         for cmd in commands:
             if subprocess.run(cmd).returncode != 0:

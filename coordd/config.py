@@ -12,21 +12,29 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
 from coordctl.paths import runtime_socket_path
+
 # The [gui] section and the gui agent are defined with the rest of the GUI; they are part of the config as well.
 from coordd.gui.config import (  # noqa: F401
-    DEFAULT_SEQUENCE, ClickStep, Gui, GuiAgent, HotkeyStep, PasteStep, Step, SubmitStep, WaitStep, apply_gui,
-)  # fmt: skip
-from coordd.model import ConfigError  # noqa: F401  (config.ConfigError: what loading a config raises)
+    DEFAULT_SEQUENCE,
+    ClickStep,
+    Gui,
+    GuiAgent,
+    HotkeyStep,
+    PasteStep,
+    Step,
+    SubmitStep,
+    WaitStep,
+    apply_gui,
+)
+from coordd.model import ConfigError
 
 # Also group names and tmux socket names. \Z, not $: $ would let a trailing newline through.
 AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-
-
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -117,7 +125,7 @@ class DiscardAgent(_Agent, tag="discard"):
     chunk: int = 256  # messages taken per delivery call
 
 
-Agent = Union[InboxAgent, GuiAgent, TmuxAgent, DiscardAgent]
+Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent
 
 
 class Config(_Section):
@@ -210,9 +218,11 @@ def _validate(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: `daemon.{key}` must be 0 (never) or a number of seconds")
     _positive(src, "daemon.max_write_buffer_bytes", cfg.daemon.max_write_buffer_bytes)
     if cfg.queue.max_bytes < cfg.daemon.max_frame_bytes:
-        raise ConfigError(f"{src}: `queue.max_bytes` ({cfg.queue.max_bytes}) is less than `daemon.max_frame_bytes` "
-                          f"({cfg.daemon.max_frame_bytes}): a message as large as a frame allows could never be queued; "
-                          "raise queue.max_bytes or lower daemon.max_frame_bytes")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `queue.max_bytes` ({cfg.queue.max_bytes}) is less than `daemon.max_frame_bytes` "
+            f"({cfg.daemon.max_frame_bytes}): a message as large as a frame allows could never be queued; "
+            "raise queue.max_bytes or lower daemon.max_frame_bytes"
+        )
     _positive(src, "metrics.watch_buffer", cfg.metrics.watch_buffer)
     if cfg.metrics.listen:
         _validate_listen(src, cfg.metrics)
@@ -250,8 +260,10 @@ GUI_MODULES = {"pyautogui": "pyautogui", "Xlib": "python3-xlib"}
 def _require_gui_extra(src: str, where: str) -> None:
     missing = [dist for module, dist in GUI_MODULES.items() if not _importable(module)]
     if missing:
-        raise ConfigError(f"{src}: `{where}` uses transport = \"gui\", which needs {' and '.join(missing)}: "
-                          "install them with `pip install 'coordd[gui]'`")  # fmt: skip
+        raise ConfigError(
+            f'{src}: `{where}` uses transport = "gui", which needs {" and ".join(missing)}: '
+            "install them with `pip install 'coordd[gui]'`"
+        )
 
 
 def _importable(module: str) -> bool:
@@ -266,7 +278,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or ":" in host and not listen.startswith("[") or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or (":" in host and not listen.startswith("[")) or not port.isdigit() or int(port) > 65535:
         raise ValueError(listen)
     return host, int(port)
 
@@ -275,20 +287,24 @@ def _validate_listen(src: str, m: Metrics) -> None:
     try:
         host, _ = split_listen(m.listen)
     except ValueError:
-        raise ConfigError(f"{src}: `metrics.listen` = {m.listen!r} is not host:port: use e.g. \"127.0.0.1:9464\" "
-                          "(\"[::1]:9464\" for IPv6; port 0: any free port)") from None  # fmt: skip
+        raise ConfigError(
+            f'{src}: `metrics.listen` = {m.listen!r} is not host:port: use e.g. "127.0.0.1:9464" '
+            '("[::1]:9464" for IPv6; port 0: any free port)'
+        ) from None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback and not m.allow_remote:
-        raise ConfigError(f"{src}: `metrics.listen` = {m.listen!r} is not a loopback address: metrics name your agents "
-                          "and show their traffic, so they stay on this machine unless you set "
-                          "`metrics.allow_remote = true` (or use 127.0.0.1)")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `metrics.listen` = {m.listen!r} is not a loopback address: metrics name your agents "
+            "and show their traffic, so they stay on this machine unless you set "
+            "`metrics.allow_remote = true` (or use 127.0.0.1)"
+        )
 
 
 MULTILINE = {
-    "join": "one line, each newline shown as \" \u23ce \"",
+    "join": 'one line, each newline shown as " \u23ce "',
     "paste": "the text as it is, one paste",
     "keys": "each line, then newline_key between them",
 }
@@ -303,27 +319,42 @@ def check_multiline(src: str, key: str, value: str) -> None:
 
 # tmux key names send-keys knows (`C-`, `M-`, `S-` for ctrl, meta, shift), or one printable character. An
 # unknown name would be typed as text, and a leading '-' read as an option, so neither is accepted.
-TMUX_KEY = re.compile(r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
-                      r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])\Z")  # fmt: skip
+TMUX_KEY = re.compile(
+    r"^([CMS]-)*(Enter|Escape|Tab|BTab|Space|BSpace|IC|DC|Home|End|NPage|PPage|PageUp|PageDown"
+    r"|PgUp|PgDn|Up|Down|Left|Right|F[1-9]|F1[0-2]|[!-~])\Z"
+)
+
+
 def _validate_file_mode(src: str, where: str, mode: str) -> None:
     """An inbox file's mode: the owner reads and writes; the group may read and write, others only read.
     No execute or special bits, and never writable by others: they could rewrite the messages."""
     if not re.fullmatch(r"0?[0-7]{3}", mode) or int(mode, 8) & ~0o664 or int(mode, 8) & 0o600 != 0o600:
-        raise ConfigError(f"{src}: `{where}.file_mode` = {mode!r} is not a mode for inbox files: use an octal string "
-                          "from \"0600\" (the default: the owner only) to \"0664\", e.g. \"0640\" to let the group "
-                          "read; owner read and write, no execute bits, never writable by others")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}.file_mode` = {mode!r} is not a mode for inbox files: use an octal string "
+            'from "0600" (the default: the owner only) to "0664", e.g. "0640" to let the group '
+            "read; owner read and write, no execute bits, never writable by others"
+        )
 
 
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
 TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)\Z", re.ASCII)
-TMUX_HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
-                      "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
+TMUX_HEADER_FIELDS = {
+    "sender": "Agent-2",
+    "to": "Agent-1",
+    "kind": "message",
+    "priority": "urgent",
+    "PRIORITY": "URGENT",
+    "id": 1,
+    "tags": "a,b",
+}
 
 
 def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
     if not TMUX_TARGET.match(a.target) or len(a.target) > 200:
-        raise ConfigError(f"{src}: `{where}.target` = {a.target!r} is not a tmux pane target: use "
-                          "session:window.pane (letters, digits, '_', '-', '+'; '=' for exact) or a pane id like %3")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}.target` = {a.target!r} is not a tmux pane target: use "
+            "session:window.pane (letters, digits, '_', '-', '+'; '=' for exact) or a pane id like %3"
+        )
     if a.socket_name and a.socket_path:
         raise ConfigError(f"{src}: `{where}`: set `socket_name` (tmux -L) or `socket_path` (tmux -S), not both")
     if a.socket_name and not AGENT_ID.match(a.socket_name):
@@ -333,8 +364,10 @@ def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
     try:
         a.header.format(**TMUX_HEADER_FIELDS)
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"{src}: `{where}.header` = {a.header!r}: {e!r}; fields: "
-                          f"{', '.join('{' + k + '}' for k in TMUX_HEADER_FIELDS)}") from None  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}.header` = {a.header!r}: {e!r}; fields: "
+            f"{', '.join('{' + k + '}' for k in TMUX_HEADER_FIELDS)}"
+        ) from None
     try:
         re.compile(a.idle_prompt)
     except re.error as e:
@@ -346,5 +379,7 @@ def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
         _positive(src, f"{where}.{key}", getattr(a, key))
     check_multiline(src, f"{where}.multiline", a.multiline)
     if not TMUX_KEY.match(a.newline_key) or a.newline_key.startswith("-"):
-        raise ConfigError(f"{src}: `{where}.newline_key` = {a.newline_key!r} is not a tmux key name: use e.g. "
-                          '"C-j", "M-Enter" or "S-Enter" (see KEY BINDINGS in tmux(1))')  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}.newline_key` = {a.newline_key!r} is not a tmux key name: use e.g. "
+            '"C-j", "M-Enter" or "S-Enter" (see KEY BINDINGS in tmux(1))'
+        )

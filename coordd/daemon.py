@@ -105,8 +105,9 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return _summary(handlers, delivery)
 
             reloader = Reloader(config_path, handlers, delivery, server, store, pruner, notifier, spawn, summary)
-            aserver = await loop.create_unix_server(server.protocol, sock=sock, start_serving=False,
-                                                    backlog=listener.BACKLOG)
+            aserver = await loop.create_unix_server(
+                server.protocol, sock=sock, start_serving=False, backlog=listener.BACKLOG
+            )
 
             _requeue(store, delivery)
             delivery.start()
@@ -115,9 +116,17 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             if notifier:
                 background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
             if watchdog_period and notifier:
-                background.append(spawn(systemd.watchdog(notifier, lambda: store.write([]), watchdog_period), "watchdog"))
-            log.info("coordd serving %d agents on %s (%sdb %s, %d queued)", len(config.agents), socket_path,
-                     "socket-activated, " if inherited else "", store.path, delivery.queued())  # fmt: skip
+                background.append(
+                    spawn(systemd.watchdog(notifier, lambda: store.write([]), watchdog_period), "watchdog")
+                )
+            log.info(
+                "coordd serving %d agents on %s (%sdb %s, %d queued)",
+                len(config.agents),
+                socket_path,
+                "socket-activated, " if inherited else "",
+                store.path,
+                delivery.queued(),
+            )
             await aserver.start_serving()
             notifier.notify("READY=1", f"STATUS={summary()}")  # the socket serves and the store is open
             await stop.wait()
@@ -161,8 +170,9 @@ def _handle_signals(loop, notifier: systemd.Notifier, stop: asyncio.Event, reloa
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
-async def _stop(aserver, handlers: Handlers, delivery: Delivery, server: Server, pruner: Pruner,
-                background: list[asyncio.Task]) -> None:  # fmt: skip
+async def _stop(
+    aserver, handlers: Handlers, delivery: Delivery, server: Server, pruner: Pruner, background: list[asyncio.Task]
+) -> None:
     """Stop accepting; let deliveries in progress finish within the grace time; the rest stay queued."""
     loop = asyncio.get_running_loop()
     grace = handlers.config.daemon.shutdown_grace_ms / 1000
@@ -187,8 +197,10 @@ async def _stop(aserver, handlers: Handlers, delivery: Delivery, server: Server,
 def _summary(handlers: Handlers, delivery: Delivery) -> str:
     """The one-line STATUS= that `systemctl --user status coordd` shows."""
     qs = delivery.queues.values()
-    text = (f"{len(qs)} agents, {sum(len(q) for q in qs)} queued, {sum(len(q.in_flight) for q in qs)} in flight, "
-            f"{sum(q.down is not None for q in qs)} down")  # fmt: skip
+    text = (
+        f"{len(qs)} agents, {sum(len(q) for q in qs)} queued, {sum(len(q.in_flight) for q in qs)} in flight, "
+        f"{sum(q.down is not None for q in qs)} down"
+    )
     orphaned = sum(delivery.orphaned().values())
     if orphaned:
         text += f", {orphaned} orphaned"
@@ -203,5 +215,8 @@ def _requeue(store: Store, delivery: Delivery) -> None:
         delivery.enqueue(rec)  # for an agent no longer configured: kept as orphaned, in order
     orphaned = delivery.orphaned()
     if orphaned:
-        log.warning("%d queued messages are for agents no longer configured (%s); they stay queued",
-                    sum(orphaned.values()), ", ".join(sorted(orphaned)))  # fmt: skip
+        log.warning(
+            "%d queued messages are for agents no longer configured (%s); they stay queued",
+            sum(orphaned.values()),
+            ", ".join(sorted(orphaned)),
+        )

@@ -95,8 +95,14 @@ class AgentQueue:
 
 
 class Delivery:
-    def __init__(self, config: DeliveryConfig, store: Store, transports: dict[str, Transport],
-                 spawn: Callable[..., asyncio.Task], observer: Hooks = NO_HOOKS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        store: Store,
+        transports: dict[str, Transport],
+        spawn: Callable[..., asyncio.Task],
+        observer: Hooks = NO_HOOKS,
+    ) -> None:
         self.config = config
         self.store = store
         self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
@@ -234,7 +240,7 @@ class Delivery:
                 if q and not (q.retired or self.stopping):  # either may have changed while waiting for the lock
                     await self._deliver(q, loop)
             # One chunk per turn of the loop: sends, and other agents, get their turn in between.
-            await asyncio.sleep(0)  # noqa: sleep-ok: a yield to the loop, not a wait
+            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
         transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with

@@ -41,8 +41,9 @@ class Pushable(Protocol):
 
 
 class Subscriber:
-    def __init__(self, bus: EventBus, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str],
-                 limit: int) -> None:  # fmt: skip
+    def __init__(
+        self, bus: EventBus, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str], limit: int
+    ) -> None:
         self.bus = bus
         self.conn = conn
         self.rid = rid
@@ -60,7 +61,9 @@ class Subscriber:
         """The bus's latest events, in the order they happened."""
         if self.agents is not None or self.events is not None:
             agents, kinds = self.agents, self.events
-            batch = [ev for ev in batch if (agents is None or ev.agent in agents) and (kinds is None or ev.event in kinds)]
+            batch = [
+                ev for ev in batch if (agents is None or ev.agent in agents) and (kinds is None or ev.event in kinds)
+            ]
             if not batch:
                 return
         if not self.blocked and not self.backlog and not self.missed:  # it keeps up: the usual case
@@ -105,8 +108,10 @@ class Subscriber:
     def _frames(self, events: list[p.Event]) -> bytes:
         if len(events) <= FRAME_EVENTS:
             return p.frame(p.Events(rid=self.rid, events=events))
-        return b"".join(p.frame(p.Events(rid=self.rid, events=events[i : i + FRAME_EVENTS]))
-                        for i in range(0, len(events), FRAME_EVENTS))  # fmt: skip
+        return b"".join(
+            p.frame(p.Events(rid=self.rid, events=events[i : i + FRAME_EVENTS]))
+            for i in range(0, len(events), FRAME_EVENTS)
+        )
 
 
 class EventBus:
@@ -158,8 +163,13 @@ class EventBus:
 MAX_WATCHES = 16  # per connection
 
 
-def answer(bus: EventBus, conn: Pushable, watches: dict[int, Subscriber], req: p.Watch | p.Unwatch,
-           known: Callable[[str], bool]) -> p.Reply:  # fmt: skip
+def answer(
+    bus: EventBus,
+    conn: Pushable,
+    watches: dict[int, Subscriber],
+    req: p.Watch | p.Unwatch,
+    known: Callable[[str], bool],
+) -> p.Reply:
     """Start or end a watch on conn (whose watches by rid are `watches`); the reply, with the request's rid.
 
     Runs synchronously on the request's arrival, so the `watching` reply is written before any event.
@@ -175,8 +185,11 @@ def answer(bus: EventBus, conn: Pushable, watches: dict[int, Subscriber], req: p
     if unknown := [a for a in req.agents if not known(a)]:
         return p.Error(rid=req.rid, code="unknown_agent", message=f"agents: no agent named {unknown[0]!r}")
     if req.rid == 0 or req.rid in watches:
-        return p.Error(rid=req.rid, code="bad_request",
-                       message=f"rid {req.rid} cannot name a watch: give each watch its own nonzero rid")  # fmt: skip
+        return p.Error(
+            rid=req.rid,
+            code="bad_request",
+            message=f"rid {req.rid} cannot name a watch: give each watch its own nonzero rid",
+        )
     if len(watches) >= MAX_WATCHES:
         return p.Error(rid=req.rid, code="bad_request", message=f"at most {MAX_WATCHES} watches per connection")
     watches[req.rid] = sub = bus.subscribe(conn, req.rid, req.agents, req.events)

@@ -29,9 +29,17 @@ WHILE_STOPPING = (p.Ping, p.StatusRequest, p.History, p.Get, p.Agents, p.Metrics
 
 
 class Handlers:
-    def __init__(self, config: Config, delivery: Delivery, sending: Sending, queries: Queries,
-                 retry_cancel: RetryCancel, reload: Callable[[], Awaitable[p.Reloaded]],
-                 observer: Hooks = NO_HOOKS, metrics_text: Callable[[], str] = str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        delivery: Delivery,
+        sending: Sending,
+        queries: Queries,
+        retry_cancel: RetryCancel,
+        reload: Callable[[], Awaitable[p.Reloaded]],
+        observer: Hooks = NO_HOOKS,
+        metrics_text: Callable[[], str] = str,
+    ) -> None:
         self.delivery = delivery
         self.sending = sending
         self.queries = queries

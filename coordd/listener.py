@@ -19,7 +19,6 @@ import stat
 from coordctl import trust
 from coordd import lockfile
 
-
 # Connections waiting to be accepted. The event loop listens again with its own backlog (100 unless told),
 # so the daemon passes this one on too: a burst of connects then waits instead of failing with EAGAIN.
 BACKLOG = 512
@@ -99,8 +98,10 @@ def adopt(fds: list[tuple[int, str]]) -> socket.socket:
         sock = socket.socket(fileno=fd)
     except OSError as e:
         raise ListenerError(f"inherited fd {fd} ({name}) is not a socket: {e.strerror}") from None
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    if (
+        sock.family != socket.AF_UNIX
+        or sock.type != socket.SOCK_STREAM
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     ):
         sock.detach()
         raise ListenerError(

@@ -31,8 +31,26 @@ if TYPE_CHECKING:  # imported at the first scrape only
 log = logging.getLogger("coordd.metrics")
 
 # Histogram bounds in seconds, 50 us to 30 s; a 1-2.5-5 progression.
-BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-           0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
+BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 WINDOW_S = 300.0  # status shows delivery latency percentiles over this window
 WINDOW_SAMPLES = 4096  # ...of at most this many recent deliveries per agent
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,7 +60,7 @@ REQUEST_OPS = {cls: cls.__struct_config__.tag for cls in get_args(p.Request)}
 class AgentStats:
     """One agent's counts under one transport (a reload that changes the transport starts a new series)."""
 
-    __slots__ = ("transport", "accepted", "delivered", "failed", "retried", "cancelled", "latency", "window")
+    __slots__ = ("accepted", "cancelled", "delivered", "failed", "latency", "retried", "transport", "window")
 
     def __init__(self, transport: str, window: deque | None = None) -> None:
         self.transport = transport
@@ -92,7 +110,6 @@ class Metrics:
             self.rejected[code] += 1
 
 
-
 class Collector:
     """Turns the counts, and the daemon's state as it is now, into metric families and their exposition.
 
@@ -137,21 +154,32 @@ class Collector:
         info.add_metric([__version__], 1)
         yield info
         labels = ["agent", "transport"]
-        for what, doc in (("accepted", "Messages accepted (committed) for delivery"),
-                          ("delivered", "Messages delivered"),
-                          ("failed", "Messages that failed every attempt (final until retried)"),
-                          ("retried", "Messages put back for another attempt: after a failed attempt, or by `retry`"),
-                          ("cancelled", "Messages cancelled while queued")):  # fmt: skip
+        for what, doc in (
+            ("accepted", "Messages accepted (committed) for delivery"),
+            ("delivered", "Messages delivered"),
+            ("failed", "Messages that failed every attempt (final until retried)"),
+            ("retried", "Messages put back for another attempt: after a failed attempt, or by `retry`"),
+            ("cancelled", "Messages cancelled while queued"),
+        ):
             fam = CounterMetricFamily(f"coordd_messages_{what}", doc, labels=labels)
             for (agent, transport), st in m.series.items():
                 fam.add_metric([agent, transport], getattr(st, what))
             yield fam
-        yield _histograms("coordd_delivery_latency_seconds", "Time from accepted to delivered", labels,
-                          (([a, t], st.latency) for (a, t), st in m.series.items()))  # fmt: skip
-        yield _histograms("coordd_rpc_duration_seconds", "Time to answer a request, by its op", ["method"],
-                          (([REQUEST_OPS[cls]], h) for cls, h in m.rpc.items()))  # fmt: skip
-        rejected = CounterMetricFamily("coordd_requests_rejected", "Requests answered with an error, by code",
-                                       labels=["code"])  # fmt: skip
+        yield _histograms(
+            "coordd_delivery_latency_seconds",
+            "Time from accepted to delivered",
+            labels,
+            (([a, t], st.latency) for (a, t), st in m.series.items()),
+        )
+        yield _histograms(
+            "coordd_rpc_duration_seconds",
+            "Time to answer a request, by its op",
+            ["method"],
+            (([REQUEST_OPS[cls]], h) for cls, h in m.rpc.items()),
+        )
+        rejected = CounterMetricFamily(
+            "coordd_requests_rejected", "Requests answered with an error, by code", labels=["code"]
+        )
         for code, n in m.rejected.items():
             rejected.add_metric([code], n)
         yield rejected
@@ -162,13 +190,19 @@ class Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         delivery, store, bus, now = self.delivery, self.store, self.bus, time.time()
-        depth, held, oldest, flight, healthy = (GaugeMetricFamily(name, doc, labels=["agent", "transport"]) for name, doc in (
-            ("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)"),
-            ("coordd_queue_bytes", "Bytes the bodies of undelivered messages hold, in flight too (queue.max_bytes bounds the sum)"),
-            ("coordd_queue_oldest_age_seconds", "How long the oldest undelivered message has waited (0: none)"),
-            ("coordd_deliveries_in_flight", "Messages being delivered now"),
-            ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
-        ))  # fmt: skip
+        depth, held, oldest, flight, healthy = (
+            GaugeMetricFamily(name, doc, labels=["agent", "transport"])
+            for name, doc in (
+                ("coordd_queue_depth", "Messages waiting to be delivered (not counting in flight)"),
+                (
+                    "coordd_queue_bytes",
+                    "Bytes the bodies of undelivered messages hold, in flight too (queue.max_bytes bounds the sum)",
+                ),
+                ("coordd_queue_oldest_age_seconds", "How long the oldest undelivered message has waited (0: none)"),
+                ("coordd_deliveries_in_flight", "Messages being delivered now"),
+                ("coordd_transport_healthy", "1 while the agent's transport works, 0 while it is down"),
+            )
+        )
         for q in delivery.queues.values():
             key = [q.id, q.transport_name()]
             created = q.oldest_created()
@@ -179,21 +213,23 @@ class Collector:
             healthy.add_metric(key, 0 if q.down else 1)
         yield from (depth, held, oldest, flight, healthy)
         for name, doc, value in (
-            ("coordd_orphaned_messages", "Messages queued for agents no longer configured",
-             sum(delivery.orphaned().values())),
+            (
+                "coordd_orphaned_messages",
+                "Messages queued for agents no longer configured",
+                sum(delivery.orphaned().values()),
+            ),
             ("coordd_connections", "Open client connections", self.metrics.connections),
             ("coordd_watchers", "Active watch subscriptions", len(bus.subscribers)),
             ("coordd_store_rows", "Messages stored", store.rows),
             ("coordd_store_size_bytes", "Database size on disk, with its WAL", store.size_bytes()),
-        ):  # fmt: skip
+        ):
             yield GaugeMetricFamily(name, doc, value=value)
-        yield _histograms("coordd_store_commit_batch_size", "Writes per group commit", [],
-                          [([], store.commit_sizes)])  # fmt: skip
+        yield _histograms("coordd_store_commit_batch_size", "Writes per group commit", [], [([], store.commit_sizes)])
         for name, doc, value in (
             ("coordd_store_pruned", "Messages removed by retention", store.pruned),
             ("coordd_store_commits", "Group commits", store.commits),
             ("coordd_watch_events_missed", "Events dropped for watchers that fell behind", bus.missed),
-        ):  # fmt: skip
+        ):
             yield CounterMetricFamily(name, doc, value=value)
 
 
@@ -232,8 +268,11 @@ async def serve_http(collector: Collector, host: str, port: int) -> asyncio.Serv
                     status, body, ctype = "404 Not Found", b"metrics are at /metrics\n", "text/plain"
                 else:
                     status, body, ctype = "200 OK", collector.exposition(), CONTENT_TYPE
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                             "Connection: close\r\n\r\n".encode() + (b"" if method == b"HEAD" else body))  # fmt: skip
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + (b"" if method == b"HEAD" else body)
+                )
                 await writer.drain()
         except (TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass  # a bad or vanished scraper: nothing to answer
@@ -243,4 +282,3 @@ async def serve_http(collector: Collector, host: str, port: int) -> asyncio.Serv
             writer.close()
 
     return await asyncio.start_server(handle, host, port, limit=MAX_HEAD, reuse_address=True)
-

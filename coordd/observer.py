@@ -97,11 +97,30 @@ class Observer(Hooks):
         self.metrics.connections = count
 
 
-def _event(kind: p.EventType, rec: Record, at: float, attempt: int = 0, error: str | None = None,
-           retry_in: float | None = None, latency: float | None = None, preview: str | None = None) -> p.Event:
+def _event(
+    kind: p.EventType,
+    rec: Record,
+    at: float,
+    attempt: int = 0,
+    error: str | None = None,
+    retry_in: float | None = None,
+    latency: float | None = None,
+    preview: str | None = None,
+) -> p.Event:
     # Named parameters, not **fields: merging a dict of keywords tripled the cost of building an event.
-    return p.Event(event=kind, id=rec.id, agent=rec.agent, time=at, sender=rec.sender, priority=rec.priority,  # type: ignore[arg-type]
-                   attempt=attempt, error=error, retry_in=retry_in, latency=latency, preview=preview)  # fmt: skip
+    return p.Event(
+        event=kind,
+        id=rec.id,
+        agent=rec.agent,
+        time=at,
+        sender=rec.sender,
+        priority=rec.priority,  # type: ignore[arg-type]
+        attempt=attempt,
+        error=error,
+        retry_in=retry_in,
+        latency=latency,
+        preview=preview,
+    )
 
 
 def preview(body: str) -> str:

@@ -28,8 +28,16 @@ def status_of(message_id: int, delivery: Delivery, store: Store) -> str:
 
 
 class Queries:
-    def __init__(self, config: Config, store: Store, delivery: Delivery, socket_path: str, observer: Hooks = NO_HOOKS,
-                 metrics_url: str | None = None, metrics_error: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        delivery: Delivery,
+        socket_path: str,
+        observer: Hooks = NO_HOOKS,
+        metrics_url: str | None = None,
+        metrics_error: str | None = None,
+    ) -> None:
         self.store = store
         self.delivery = delivery
         self.socket_path = socket_path
@@ -57,7 +65,8 @@ class Queries:
         return self._fit(page)
 
     def _fit(self, page: p.Page) -> p.Page:
-        """As many messages as fit in one frame of daemon.max_frame_bytes (at least one); the cursor goes on from there."""
+        """As many messages as fit in one frame of daemon.max_frame_bytes (at least one); the cursor goes on
+        from there."""
         budget = self.config.daemon.max_frame_bytes - 1024  # the page's own fields
         msgs = page.messages
         if sum(len(m.body) * 4 + 1024 for m in msgs) <= budget:  # surely fits: skip the encoding
@@ -85,30 +94,52 @@ class Queries:
         for a in self.config.agents:
             q = self.delivery.queues[a.id]
             oldest = q.oldest_created()
-            agents.append(p.AgentStatus(
-                id=a.id, transport=q.transport_name(),
-                healthy=q.down is None, reason=q.down, queued=len(q), in_flight=len(q.in_flight),
-                delivered=counts.get((a.id, "delivered"), 0), failed=counts.get((a.id, "failed"), 0),
-                cancelled=counts.get((a.id, "cancelled"), 0),
-                oldest_queued_age=now - oldest if oldest is not None else None, last_error=q.last_error,
-            ))  # fmt: skip
+            agents.append(
+                p.AgentStatus(
+                    id=a.id,
+                    transport=q.transport_name(),
+                    healthy=q.down is None,
+                    reason=q.down,
+                    queued=len(q),
+                    in_flight=len(q.in_flight),
+                    delivered=counts.get((a.id, "delivered"), 0),
+                    failed=counts.get((a.id, "failed"), 0),
+                    cancelled=counts.get((a.id, "cancelled"), 0),
+                    oldest_queued_age=now - oldest if oldest is not None else None,
+                    last_error=q.last_error,
+                )
+            )
         for st in agents:
             st.latency_p50, st.latency_p99 = self.observer.percentiles(st.id, now)
         r = self.config.retention
         orphaned = self.delivery.orphaned()
         return p.StatusInfo(
-            metrics_url=self.metrics_url, metrics_error=self.metrics_error,
+            metrics_url=self.metrics_url,
+            metrics_error=self.metrics_error,
             watchers=self.observer.watchers(),
-            version=__version__, pid=os.getpid(), uptime=time.monotonic() - self.started, socket=self.socket_path,
-            db_path=self.store.path, db_bytes=self.store.size_bytes(), rows=self.store.rows,
-            max_messages=r.max_messages, max_age_days=r.max_age_days, queued=self.delivery.queued(), agents=agents,
-            orphaned=sum(orphaned.values()), orphaned_agents=sorted(orphaned), config_error=config_error,
-            queued_bytes=self.delivery.held(), max_queued_bytes=self.config.queue.max_bytes,
-        )  # fmt: skip
+            version=__version__,
+            pid=os.getpid(),
+            uptime=time.monotonic() - self.started,
+            socket=self.socket_path,
+            db_path=self.store.path,
+            db_bytes=self.store.size_bytes(),
+            rows=self.store.rows,
+            max_messages=r.max_messages,
+            max_age_days=r.max_age_days,
+            queued=self.delivery.queued(),
+            agents=agents,
+            orphaned=sum(orphaned.values()),
+            orphaned_agents=sorted(orphaned),
+            config_error=config_error,
+            queued_bytes=self.delivery.held(),
+            max_queued_bytes=self.config.queue.max_bytes,
+        )
 
     def agent_list(self) -> p.AgentList:
         return p.AgentList(agents=[self._agent_info(a) for a in self.config.agents])
 
     def _agent_info(self, a: Agent) -> p.AgentInfo:
         q = self.delivery.queues[a.id]
-        return p.AgentInfo(id=a.id, transport=q.transport_name(), groups=a.groups, healthy=q.down is None, reason=q.down)
+        return p.AgentInfo(
+            id=a.id, transport=q.transport_name(), groups=a.groups, healthy=q.down is None, reason=q.down
+        )

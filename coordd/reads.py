@@ -53,7 +53,9 @@ class Reads:
             "SELECT number, started, finished, ok, error FROM attempts WHERE message_id = ? ORDER BY number",
             (message_id,),
         ) as cur:
-            attempts = [p.Attempt(number=a[0], started=a[1], finished=a[2], ok=bool(a[3]), error=a[4]) async for a in cur]
+            attempts = [
+                p.Attempt(number=a[0], started=a[1], finished=a[2], ok=bool(a[3]), error=a[4]) async for a in cur
+            ]
         return p.Message(message=info_from_row(row), attempts=attempts)
 
     async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:

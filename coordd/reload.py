@@ -47,8 +47,18 @@ def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
 class Reloader:
     """Applies a new config to the objects that serve it, each through its own `configure`-like method."""
 
-    def __init__(self, config_path: str | None, handlers: Handlers, delivery: Delivery, server: Server, store: Store,
-                 pruner: Pruner, notifier: Notifier, spawn: Callable, summary: Callable[[], str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config_path: str | None,
+        handlers: Handlers,
+        delivery: Delivery,
+        server: Server,
+        store: Store,
+        pruner: Pruner,
+        notifier: Notifier,
+        spawn: Callable,
+        summary: Callable[[], str],
+    ) -> None:
         self.config_path = config_path
         self.handlers = handlers
         self.delivery = delivery
@@ -106,11 +116,23 @@ class Reloader:
         self.pruner.configure(new.retention)
         restart = [k for k, v in self._restart_only(new).items() if v != self.running[k]]
         orphaned = sum(self.delivery.orphaned().values())
-        log.info("reloaded %s: added %s, removed %s, changed %s, %d orphaned%s", self.config_path or "config",
-                 added or "none", removed or "none", changed or "none", orphaned,
-                 f"; restart to apply {', '.join(restart)}" if restart else "")  # fmt: skip
-        return p.Reloaded(config=self.config_path or "<embedded default>", added=added, removed=removed,
-                          changed=changed, restart_needed=restart, orphaned=orphaned)  # fmt: skip
+        log.info(
+            "reloaded %s: added %s, removed %s, changed %s, %d orphaned%s",
+            self.config_path or "config",
+            added or "none",
+            removed or "none",
+            changed or "none",
+            orphaned,
+            f"; restart to apply {', '.join(restart)}" if restart else "",
+        )
+        return p.Reloaded(
+            config=self.config_path or "<embedded default>",
+            added=added,
+            removed=removed,
+            changed=changed,
+            restart_needed=restart,
+            orphaned=orphaned,
+        )
 
     def _fail(self, error: str) -> None:
         self.handlers.reload_failed(error)
@@ -132,6 +154,9 @@ class Reloader:
 
     @staticmethod
     def _restart_only(cfg: c.Config) -> dict[str, object]:
-        return {"daemon.socket": cfg.daemon.socket, "store.path": cfg.store.path,
-                "store.synchronous": cfg.store.synchronous, "metrics.listen": cfg.metrics.listen}  # fmt: skip
-
+        return {
+            "daemon.socket": cfg.daemon.socket,
+            "store.path": cfg.store.path,
+            "store.synchronous": cfg.store.synchronous,
+            "metrics.listen": cfg.metrics.listen,
+        }

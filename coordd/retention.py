@@ -63,7 +63,7 @@ async def run(store: Store, config: Retention) -> None:
             if not n:
                 break
             pruned += n
-            await asyncio.sleep(0)  # noqa: sleep-ok: a yield to other work between chunks, not a wait
+            await asyncio.sleep(0)  # sleep-ok: a yield to other work between chunks, not a wait
         if pruned:
             log.info("pruned %d finished messages (%d rows left)", pruned, store.rows)
             await store.writer.writable()
@@ -80,27 +80,38 @@ def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -
     over = store.rows - max_messages
     ids: list[int] = []
     if over > 0:
-        ids = [r[0] for r in db.execute(
-            f"SELECT id FROM messages WHERE status IN {TERMINAL} ORDER BY id LIMIT ?", (min(over, chunk),)
-        )]  # fmt: skip
+        ids = [
+            r[0]
+            for r in db.execute(
+                f"SELECT id FROM messages WHERE status IN {TERMINAL} ORDER BY id LIMIT ?", (min(over, chunk),)
+            )
+        ]
     if not ids:
-        ids = [r[0] for r in db.execute(
-            f"SELECT id FROM messages WHERE status IN {TERMINAL} AND created < ? ORDER BY id LIMIT ?",
-            (time.time() - max_age_s, chunk),
-        )]  # fmt: skip
+        ids = [
+            r[0]
+            for r in db.execute(
+                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND created < ? ORDER BY id LIMIT ?",
+                (time.time() - max_age_s, chunk),
+            )
+        ]
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
     try:
-        store.writer.commit_now([[
-            (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
-            (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
-        ]])  # fmt: skip
+        store.writer.commit_now(
+            [
+                [
+                    (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
+                    (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
+                ]
+            ]
+        )
     except sqlite3.Error as e:  # a delete needs room in the WAL too: the next pass tries again
         log.warning("pruning failed: %s", e)
         return 0
     store.deleted(len(ids))
     return len(ids)
+
 
 def reclaim_if_sparse(db: sqlite3.Connection, pages: int = 1024) -> None:
     """When over a quarter of the file is free pages, hand some back to the file system."""

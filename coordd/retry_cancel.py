@@ -13,7 +13,7 @@ from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Refused
 from coordd.queries import status_of
-from coordd.store import Store, StorageError, StorageFull
+from coordd.store import StorageError, StorageFull, Store
 
 
 class RetryCancel:
@@ -69,7 +69,12 @@ class RetryCancel:
         try:
             await self.store.write(ops)
         except StorageFull as e:
-            raise Refused("storage_full", f"the disk holding {self.store.path} is full ({e}); nothing changed: "
-                          "free some space there and retry", message_id) from None  # fmt: skip
+            raise Refused(
+                "storage_full",
+                f"the disk holding {self.store.path} is full ({e}); nothing changed: free some space there and retry",
+                message_id,
+            ) from None
         except StorageError as e:
-            raise Refused("storage_error", f"the database refused the write ({e}); nothing changed", message_id) from None
+            raise Refused(
+                "storage_error", f"the database refused the write ({e}); nothing changed", message_id
+            ) from None

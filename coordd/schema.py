@@ -86,26 +86,46 @@ _tags_decoder = msgspec.json.Decoder(list[str])
 
 def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite3.Row
     return p.MessageInfo(
-        id=r[0], to=r[1], sender=r[2], priority=r[3], kind=r[4],
-        tags=_tags_decoder.decode(r[5]) if r[5] else [], key=r[6], body=r[7], status=r[8],
-        created=r[9], delivered=r[10], attempts=r[11], error=r[12],
-    )  # fmt: skip
+        id=r[0],
+        to=r[1],
+        sender=r[2],
+        priority=r[3],
+        kind=r[4],
+        tags=_tags_decoder.decode(r[5]) if r[5] else [],
+        key=r[6],
+        body=r[7],
+        status=r[8],
+        created=r[9],
+        delivered=r[10],
+        attempts=r[11],
+        error=r[12],
+    )
 
 
 def record_from_row(r: Sequence[Any]) -> Record:
     return Record(
-        id=r[0], agent=r[1], sender=r[2], priority=r[3], kind=r[4],
-        tags=_tags_decoder.decode(r[5]) if r[5] else None, key=r[6], body=r[7],
-        created=r[9], attempts=r[11], error=r[12],
-    )  # fmt: skip
+        id=r[0],
+        agent=r[1],
+        sender=r[2],
+        priority=r[3],
+        kind=r[4],
+        tags=_tags_decoder.decode(r[5]) if r[5] else None,
+        key=r[6],
+        body=r[7],
+        created=r[9],
+        attempts=r[11],
+        error=r[12],
+    )
 
 
 def check_integrity(db: sqlite3.Connection, path: str) -> None:
     problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
     if problems != ["ok"]:
-        raise StorageError(f"database {path} is corrupt ({'; '.join(problems)}). coordd never replaces it: "
-                           "move it aside (keep it for recovery, e.g. sqlite3 .recover) or set store.path "
-                           "to another file")  # fmt: skip
+        raise StorageError(
+            f"database {path} is corrupt ({'; '.join(problems)}). coordd never replaces it: "
+            "move it aside (keep it for recovery, e.g. sqlite3 .recover) or set store.path "
+            "to another file"
+        )
 
 
 def migrate(db: sqlite3.Connection, path: str) -> None:

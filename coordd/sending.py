@@ -20,7 +20,7 @@ from coordd.delivery import Delivery, held_size
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Record, Refused
 from coordd.queries import status_of
-from coordd.store import Store, StorageError, StorageFull
+from coordd.store import StorageError, StorageFull, Store
 from coordd.validation import check_message, check_not_empty, check_wait_timeout
 
 # Messages of a large batch handled per turn of the event loop (checked, stored, queued), so that the other
@@ -30,8 +30,9 @@ CHUNK = 1000
 
 
 class Sending:
-    def __init__(self, config: Config, store: Store, delivery: Delivery, admission: Admission,
-                 observer: Hooks = NO_HOOKS) -> None:  # fmt: skip
+    def __init__(
+        self, config: Config, store: Store, delivery: Delivery, admission: Admission, observer: Hooks = NO_HOOKS
+    ) -> None:
         self.store = store
         self.delivery = delivery
         self.admission = admission
@@ -48,9 +49,14 @@ class Sending:
 
     async def send(self, req: p.Send) -> p.Sent:
         msg = p.NewMessage(
-            to=req.to, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind,
-            tags=tuple(req.tags) if req.tags else (), key=req.key,
-        )  # fmt: skip
+            to=req.to,
+            body=req.body,
+            sender=req.sender,
+            priority=req.priority,
+            kind=req.kind,
+            tags=tuple(req.tags) if req.tags else (),
+            key=req.key,
+        )
         check_wait_timeout(req)
         [message_id], stored = await self._accept([msg], where="")
         if req.wait:
@@ -67,10 +73,11 @@ class Sending:
             raise Refused("unknown_agent", f"group: no group named {req.group!r}; groups: {groups}")
         tags = tuple(req.tags)
         msgs = [
-            p.NewMessage(to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=tags,
-                         key=req.key)
+            p.NewMessage(
+                to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=tags, key=req.key
+            )
             for t in targets
-        ]  # fmt: skip
+        ]
         return (await self._accept(msgs, where="", copies=True))[0]
 
     async def batch(self, req: p.Batch) -> list[int]:
@@ -95,7 +102,7 @@ class Sending:
         control_chars = self.config.daemon.control_chars
         for i, m in enumerate(msgs):
             if i and not i % CHUNK:
-                await asyncio.sleep(0)  # a large batch: serve the other clients between chunks
+                await asyncio.sleep(0)  # sleep-ok: a large batch yields to the other clients between chunks
             check_message(m, self.agents, control_chars, f"{where}[{i}]." if where else "")
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
             if key is not None:
@@ -106,9 +113,16 @@ class Sending:
                     entries.append(known)
                     continue
             rec = Record(
-                id=0, agent=m.to, body=m.body, priority=m.priority, created=now,
-                sender=m.sender, kind=m.kind, tags=m.tags or None, key=key,
-            )  # fmt: skip
+                id=0,
+                agent=m.to,
+                body=m.body,
+                priority=m.priority,
+                created=now,
+                sender=m.sender,
+                kind=m.kind,
+                tags=m.tags or None,
+                key=key,
+            )
             fresh.append(rec)
             entries.append(rec)
             per_agent[m.to] = per_agent.get(m.to, 0) + 1
@@ -124,8 +138,9 @@ class Sending:
             await self._commit(fresh, size, per_agent, by_key)
         return [e if isinstance(e, int) else e.id for e in entries], len(fresh)
 
-    async def _commit(self, fresh: list[Record], size: int, per_agent: dict[str, int],
-                      by_key: dict[str, Record]) -> None:  # fmt: skip
+    async def _commit(
+        self, fresh: list[Record], size: int, per_agent: dict[str, int], by_key: dict[str, Record]
+    ) -> None:
         """Store fresh, their room in the queues reserved meanwhile (Admission); then queue them."""
         large = len(fresh) > CHUNK
         fut = asyncio.get_running_loop().create_future() if large else self.store.insert(fresh)
@@ -136,11 +151,17 @@ class Sending:
             else:
                 await fut
         except StorageFull as e:
-            raise Refused("storage_full", f"the disk holding {self.store.path} is full, nothing was stored ({e}): "
-                          "free some space there and retry; coordd goes on by itself") from None  # fmt: skip
+            raise Refused(
+                "storage_full",
+                f"the disk holding {self.store.path} is full, nothing was stored ({e}): "
+                "free some space there and retry; coordd goes on by itself",
+            ) from None
         except StorageError as e:
-            raise Refused("storage_error", f"the database refused the write, nothing was stored ({e}); "
-                          f"check the disk holding {self.store.path} and retry") from None  # fmt: skip
+            raise Refused(
+                "storage_error",
+                f"the database refused the write, nothing was stored ({e}); "
+                f"check the disk holding {self.store.path} and retry",
+            ) from None
         finally:
             if large:
                 fut.set_result(None)  # requests waiting for one of its keys go on, whether it was stored or not
@@ -157,7 +178,7 @@ class Sending:
             await self.store.insert_chunked(fresh, CHUNK)
             for i in range(0, len(fresh), CHUNK):
                 if i:
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # sleep-ok: a yield to the loop between chunks, not a wait
                 self._queue(fresh[i : i + CHUNK])
 
     def _queue(self, recs: list[Record]) -> None:
@@ -172,8 +193,14 @@ class Sending:
             try:
                 status, error = await asyncio.wait_for(self.delivery.wait_for(message_id), timeout)
             except TimeoutError:
-                raise Refused("not_delivered", f"message {message_id} was not delivered within {timeout:g} s; "
-                              "it stays queued (see `coordctl show`)", message_id) from None  # fmt: skip
+                raise Refused(
+                    "not_delivered",
+                    f"message {message_id} was not delivered within {timeout:g} s; "
+                    "it stays queued (see `coordctl show`)",
+                    message_id,
+                ) from None
         if status != "delivered":
-            raise Refused("not_delivered", f"message {message_id} is {status}: {error or 'see coordctl show'}", message_id)
+            raise Refused(
+                "not_delivered", f"message {message_id} is {status}: {error or 'see coordctl show'}", message_id
+            )
         return p.Sent(id=message_id, status="delivered")

@@ -75,13 +75,18 @@ def raise_fd_limit(max_connections: int) -> None:
         except (ValueError, OSError) as e:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
     if soft != resource.RLIM_INFINITY and soft < max_connections + FD_MARGIN:
-        log.warning("the open-file limit (%d) is too low for daemon.max_connections = %d: raise `ulimit -n` "
-                    "(LimitNOFILE= under systemd) or lower daemon.max_connections", soft, max_connections)  # fmt: skip
+        log.warning(
+            "the open-file limit (%d) is too low for daemon.max_connections = %d: raise `ulimit -n` "
+            "(LimitNOFILE= under systemd) or lower daemon.max_connections",
+            soft,
+            max_connections,
+        )
 
 
 class Server:
-    def __init__(self, handlers: Handlers, config: DaemonConfig, observer: Hooks = NO_HOOKS,
-                 bus: events.EventBus | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, handlers: Handlers, config: DaemonConfig, observer: Hooks = NO_HOOKS, bus: events.EventBus | None = None
+    ) -> None:
         self.handlers = handlers
         self.observer = observer  # metrics
         self.bus = bus if bus is not None else events.EventBus()  # watch subscriptions: the bus the observer feeds
@@ -199,11 +204,17 @@ class Connection(asyncio.Protocol):
         _, uid, gid = peer_credentials(sock)
         if uid not in srv.allowed_uids and gid not in srv.allowed_gids:
             srv.log_refusal(uid, gid)
-            self.refuse("forbidden", f"uid {uid} may not use this coordd: it serves its own uid and those in "
-                        "daemon.allow_uids / daemon.allow_gids (add it there, or run coordctl as the daemon's user)")  # fmt: skip
+            self.refuse(
+                "forbidden",
+                f"uid {uid} may not use this coordd: it serves its own uid and those in "
+                "daemon.allow_uids / daemon.allow_gids (add it there, or run coordctl as the daemon's user)",
+            )
         elif len(srv.connections) > srv.max_connections and not srv.make_room(self):
-            self.refuse("unavailable", f"coordd already has {srv.max_connections} connections "
-                        "(daemon.max_connections): close idle clients and retry")  # fmt: skip
+            self.refuse(
+                "unavailable",
+                f"coordd already has {srv.max_connections} connections "
+                "(daemon.max_connections): close idle clients and retry",
+            )
         else:
             srv.watch_idle()
 
@@ -252,8 +263,11 @@ class Connection(asyncio.Protocol):
         while self._may_take() and len(buf) - start >= p.HEADER_SIZE:
             size = int.from_bytes(buf[start : start + p.HEADER_SIZE], "big")
             if size > self.server.max_frame:
-                self.refuse("too_large", f"frame of {size} bytes is over the limit of {self.server.max_frame} "
-                            "(daemon.max_frame_bytes): send smaller messages or batches")  # fmt: skip
+                self.refuse(
+                    "too_large",
+                    f"frame of {size} bytes is over the limit of {self.server.max_frame} "
+                    "(daemon.max_frame_bytes): send smaller messages or batches",
+                )
                 return
             end = start + p.HEADER_SIZE + size
             if len(buf) < end:
@@ -311,8 +325,11 @@ class Connection(asyncio.Protocol):
             rep = p.Error(code=e.code, message=e.message, message_id=e.message_id)
         except Exception as e:  # a bug in coordd, not in the request: say so, and keep serving
             log.exception("request %s failed", type(req).__name__)
-            rep = p.Error(code="internal", message=f"coordd failed handling {type(req).__name__}: {e!r}; it goes on "
-                          "serving, and its log has the traceback (please report it)")  # fmt: skip
+            rep = p.Error(
+                code="internal",
+                message=f"coordd failed handling {type(req).__name__}: {e!r}; it goes on "
+                "serving, and its log has the traceback (please report it)",
+            )
         finally:
             self.pending -= 1
         rep.rid = req.rid

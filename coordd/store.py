@@ -32,7 +32,7 @@ from coordd.reads import Reads
 from coordd.schema import INSERT_MESSAGE, Write, check_integrity, migrate, schema_version
 from coordd.writer import Writer
 
-__all__ = ["Store", "StorageError", "StorageFull"]
+__all__ = ["StorageError", "StorageFull", "Store"]
 
 log = logging.getLogger("coordd.store")
 
@@ -46,8 +46,9 @@ def _make_private(path: str, create: bool = False) -> int | None:
     without following a link: a link is refused, since SQLite would follow one and put the database and
     its WAL wherever it points."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0),
-                     0o600)  # fmt: skip
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600
+        )
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -70,8 +71,10 @@ def _make_private(path: str, create: bool = False) -> int | None:
 
 
 def _not_a_file(path: str) -> StorageError:
-    return StorageError(f"{path} exists but is not a regular file: point store.path at a file (coordd keeps it, "
-                        "and its -wal, -shm and .lock beside it)")  # fmt: skip
+    return StorageError(
+        f"{path} exists but is not a regular file: point store.path at a file (coordd keeps it, "
+        "and its -wal, -shm and .lock beside it)"
+    )
 
 
 def _warn_if_open_to_others(directory: str) -> None:
@@ -80,8 +83,13 @@ def _warn_if_open_to_others(directory: str) -> None:
     mode = stat.S_IMODE(os.stat(directory).st_mode)
     if mode & 0o006:
         can = "write to it" if mode & 0o002 else "list it"
-        log.warning("the store directory %s is mode %04o: other users can %s (coordd's files in it are 0600 "
-                    "all the same); chmod 700 it", directory, mode, can)  # fmt: skip
+        log.warning(
+            "the store directory %s is mode %04o: other users can %s (coordd's files in it are 0600 "
+            "all the same); chmod 700 it",
+            directory,
+            mode,
+            can,
+        )
 
 
 class Store:
@@ -143,8 +151,10 @@ class Store:
         except sqlite3.DatabaseError as e:
             if db is not None:
                 db.close()
-            raise StorageError(f"cannot open database {self.path}: {e}. coordd never replaces it: move it aside "
-                               "(keep it for recovery, e.g. sqlite3 .recover) or set store.path to another file") from None  # fmt: skip
+            raise StorageError(
+                f"cannot open database {self.path}: {e}. coordd never replaces it: move it aside "
+                "(keep it for recovery, e.g. sqlite3 .recover) or set store.path to another file"
+            ) from None
         except StorageError:
             if db is not None:
                 db.close()
@@ -168,8 +178,10 @@ class Store:
         try:
             self._lock_fd = lockfile.hold(lock_path)
         except lockfile.Held as e:
-            raise StorageError(f"another coordd (pid {e.holder}) is using the database {self.path}: stop it first, "
-                               "or give this one another store.path") from None  # fmt: skip
+            raise StorageError(
+                f"another coordd (pid {e.holder}) is using the database {self.path}: stop it first, "
+                "or give this one another store.path"
+            ) from None
         except OSError as e:
             raise StorageError(f"cannot use the lock file {lock_path}: {lockfile.reason(e)}") from None
 
@@ -214,8 +226,9 @@ class Store:
     async def insert_chunked(self, records: list[Record], chunk: int) -> None:
         """Within exclusive(): store new messages in one transaction, `chunk` rows per turn of the event loop.
         All or nothing: StorageError (or StorageFull) and none is stored."""
-        chunks = ([(INSERT_MESSAGE, [r.row() for r in records[i : i + chunk]], True)]
-                  for i in range(0, len(records), chunk))  # each built in its turn: 70,000 rows take a while
+        chunks = (
+            [(INSERT_MESSAGE, [r.row() for r in records[i : i + chunk]], True)] for i in range(0, len(records), chunk)
+        )  # each built in its turn: 70,000 rows take a while
         await self.writer.commit_in_turns(chunks)
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:

@@ -27,12 +27,25 @@ BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Names for the characters an error quotes (unicodedata has none for controls).
 CONTROL_NAMES = {
-    0x00: "NULL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "TAB", 0x0A: "LINE FEED", 0x0B: "LINE TABULATION",
-    0x0C: "FORM FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x1C: "FILE SEPARATOR", 0x1D: "GROUP SEPARATOR",
-    0x1E: "RECORD SEPARATOR", 0x1F: "UNIT SEPARATOR", 0x7F: "DELETE", 0x85: "NEXT LINE",
+    0x00: "NULL",
+    0x07: "BELL",
+    0x08: "BACKSPACE",
+    0x09: "TAB",
+    0x0A: "LINE FEED",
+    0x0B: "LINE TABULATION",
+    0x0C: "FORM FEED",
+    0x0D: "CARRIAGE RETURN",
+    0x1B: "ESCAPE",
+    0x1C: "FILE SEPARATOR",
+    0x1D: "GROUP SEPARATOR",
+    0x1E: "RECORD SEPARATOR",
+    0x1F: "UNIT SEPARATOR",
+    0x7F: "DELETE",
+    0x85: "NEXT LINE",
     0x9B: "CONTROL SEQUENCE INTRODUCER",
-    0x2028: "LINE SEPARATOR", 0x2029: "PARAGRAPH SEPARATOR",
-}  # fmt: skip
+    0x2028: "LINE SEPARATOR",
+    0x2029: "PARAGRAPH SEPARATOR",
+}
 
 
 def char_name(ch: str) -> str:
@@ -57,12 +70,18 @@ def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, 
     if not m.body.strip():
         raise Refused("bad_request", f"{where}body is empty: give the message some text")
     if control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
-        raise Refused("bad_request", f"{where}body has the control character {char_name(bad[0])} at offset "
-                      f"{bad.start()}, refused by daemon.control_chars = \"reject\": remove it from the text")  # fmt: skip
+        raise Refused(
+            "bad_request",
+            f"{where}body has the control character {char_name(bad[0])} at offset "
+            f'{bad.start()}, refused by daemon.control_chars = "reject": remove it from the text',
+        )
     for field, value in (("sender", m.sender), ("kind", m.kind), ("key", m.key), *(("tags", t) for t in m.tags)):
         if value is not None and (bad := NAME_CONTROL.search(value)):
-            raise Refused("bad_request", f"{where}{field} contains {char_name(bad[0])}: use a single line of "
-                          "plain text, without line breaks or control characters")  # fmt: skip
+            raise Refused(
+                "bad_request",
+                f"{where}{field} contains {char_name(bad[0])}: use a single line of "
+                "plain text, without line breaks or control characters",
+            )
     for field, value, limit in (("sender", m.sender, MAX_NAME), ("kind", m.kind, MAX_NAME), ("key", m.key, MAX_KEY)):
         if value is not None and not 0 < len(value) <= limit:
             raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
@@ -77,7 +96,9 @@ def check_not_empty(msgs: list[p.NewMessage], where: str) -> None:
 
 def check_wait_timeout(req: p.Send) -> None:
     if req.wait and req.timeout is not None and not 0 < req.timeout <= MAX_WAIT_S:
-        raise Refused("bad_request", f"timeout must be more than 0 and at most {MAX_WAIT_S:g} seconds, got {req.timeout}")
+        raise Refused(
+            "bad_request", f"timeout must be more than 0 and at most {MAX_WAIT_S:g} seconds, got {req.timeout}"
+        )
 
 
 def check_page(req: p.History, agents: Collection[str], orphans: Collection[str]) -> None:

@@ -137,8 +137,9 @@ class Writer:
         except sqlite3.Error as e:
             if retry and _transient(e):
                 if not self._retrying:
-                    log.error("cannot record %d delivery outcomes (%s); retrying every %g s", len(batch), e,
-                              DEFERRED_RETRY_S)  # fmt: skip
+                    log.error(
+                        "cannot record %d delivery outcomes (%s); retrying every %g s", len(batch), e, DEFERRED_RETRY_S
+                    )
                 self._retrying = True
                 self._deferred[:0] = batch
                 if self._deferred_handle is not None:
@@ -230,9 +231,9 @@ class Writer:
         try:
             db.execute("BEGIN IMMEDIATE")
             for ops in writes:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # sleep-ok: other clients are served between chunks; their writes wait
                 self._execute((ops,))
-            await asyncio.sleep(0)  # the commit writes every page of the WAL: a turn of its own
+            await asyncio.sleep(0)  # sleep-ok: the commit writes every page of the WAL: a turn of its own
             db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:

@@ -11,10 +11,10 @@ Usage: python perf/bench.py [--quick] [--out FILE]
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime
 import json
-import atexit
 import os
 import platform
 import shutil
@@ -111,8 +111,16 @@ def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = 
 def stats_us(ns: list[int]) -> dict:
     s = sorted(ns)
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))] / 1000  # noqa: E731
-    return {"n": len(s), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-            "min": s[0] / 1000, "max": s[-1] / 1000, "mean": sum(s) / len(s) / 1000}  # fmt: skip
+    return {
+        "n": len(s),
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "p999": q(0.999),
+        "min": s[0] / 1000,
+        "max": s[-1] / 1000,
+        "mean": sum(s) / len(s) / 1000,
+    }
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -182,9 +190,11 @@ def daemon(deliver: bool = True, extra_config: str = "", daemon_keys: str = ""):
     sock, config = str(tmp / "run" / "coordd.sock"), tmp / "coordd.toml"
     (tmp / "blocked").touch()
     inbox = "" if deliver else f'inbox_dir = "{tmp / "blocked" / "inbox"}"\n'
-    config.write_text(f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n{daemon_keys}'
-                      f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n{extra_config}'
-                      + "".join(f'[[agents]]\nid = "{a}"\n{inbox}' for a in AGENTS))  # fmt: skip
+    config.write_text(
+        f'[daemon]\nsocket = "{sock}"\nworkspace = "{tmp / "ws"}"\nlog_level = "warning"\n{daemon_keys}'
+        f'[store]\npath = "{tmp / "state" / "coordd.db"}"\n{extra_config}'
+        + "".join(f'[[agents]]\nid = "{a}"\n{inbox}' for a in AGENTS)
+    )
 
     def answers() -> bool:
         try:
@@ -202,9 +212,8 @@ def daemon(deliver: bool = True, extra_config: str = "", daemon_keys: str = ""):
 def echo_server(code: str):
     tmp = Path(tempfile.mkdtemp(prefix="coordd-echo-"))
     path = str(tmp / "echo.sock")
-    with service(tmp, [sys.executable, "-c", code, path], lambda: connect(path), "the echo server") as (proc, conn):
-        with conn:
-            yield SimpleNamespace(socket=path, tmp=tmp, conn=conn, proc=proc)
+    with service(tmp, [sys.executable, "-c", code, path], lambda: connect(path), "echo server") as (proc, conn), conn:
+        yield SimpleNamespace(socket=path, tmp=tmp, conn=conn, proc=proc)
 
 
 def request_frame() -> bytes:
@@ -238,8 +247,18 @@ def timed_sends(c, n: int) -> list[int]:
 
 
 def row(name, value, unit, floor_name=None, floor_value=None, ratio=None, target="info", ok=None, note=None, **raw):
-    return {"name": name, "value": value, "unit": unit, "floor_name": floor_name, "floor_value": floor_value,
-            "ratio": ratio, "target": target, "ok": ok, "note": note, "raw": raw}  # fmt: skip
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "floor_name": floor_name,
+        "floor_value": floor_value,
+        "ratio": ratio,
+        "target": target,
+        "ok": ok,
+        "note": note,
+        "raw": raw,
+    }
 
 
 # --- the benchmarks --------------------------------------------------------------
@@ -270,14 +289,27 @@ def bench_floors(cfg, ctx) -> list[dict]:
     ctx["B"] = b = floor_rtt(ECHO_UVLOOP, cfg, cross)
     ctx["C"] = c = stats_us([int(s * 1e9) for s in sqlite_floor(1, cfg.sends)])
     where = "client and server on 2 CPUs" if cross else "unpinned: 1 CPU"
-    return [row("Floor A: raw socket ping-pong, blocking echo process (p50)", a["p50"], "us", stats=a, same_cpu=same,
-                unpinned=free, note=f"{cfg.rtt} round trips, {where}; same CPU {same['p50']:.1f} us, "
-                f"unpinned {free['p50']:.1f} us"),
-            row("Floor A (p99)", a["p99"], "us", stats=a),
-            row("Floor B (ref): uvloop + msgspec echo process (p50)", b["p50"], "us", stats=b, note=where),
-            row("Floor B (p99)", b["p99"], "us", stats=b),
-            row("Floor C (ref): sqlite3 1-row INSERT + COMMIT, WAL (p50)", c["p50"], "us", stats=c,
-                note="the commit each send waits for")]  # fmt: skip
+    return [
+        row(
+            "Floor A: raw socket ping-pong, blocking echo process (p50)",
+            a["p50"],
+            "us",
+            stats=a,
+            same_cpu=same,
+            unpinned=free,
+            note=f"{cfg.rtt} round trips, {where}; same CPU {same['p50']:.1f} us, unpinned {free['p50']:.1f} us",
+        ),
+        row("Floor A (p99)", a["p99"], "us", stats=a),
+        row("Floor B (ref): uvloop + msgspec echo process (p50)", b["p50"], "us", stats=b, note=where),
+        row("Floor B (p99)", b["p99"], "us", stats=b),
+        row(
+            "Floor C (ref): sqlite3 1-row INSERT + COMMIT, WAL (p50)",
+            c["p50"],
+            "us",
+            stats=c,
+            note="the commit each send waits for",
+        ),
+    ]
 
 
 def bench_send_seq(cfg, ctx) -> list[dict]:
@@ -290,12 +322,39 @@ def bench_send_seq(cfg, ctx) -> list[dict]:
             runs[deliver] = stats_us(timed_sends(c, cfg.sends))
     st, bare, a = runs[True], runs[False], ctx["A"]
     r50 = st["p50"] / a["p50"]
-    return [row("send via Client, sequential (p50)", st["p50"], "us", "Floor A p50", a["p50"], r50, "<= 4x A (aim 3x)",
-                r50 <= 4, note=f"{cfg.sends} sends; {st['p50'] / ctx['B']['p50']:.2f}x Floor B", stats=st),
-            row("send via Client, sequential (p99)", st["p99"], "us", "Floor A p99", a["p99"], st["p99"] / a["p99"],
-                stats=st),
-            row("diagnosis: same sends, no deliveries (p50)", bare["p50"], "us", "Floor A p50", a["p50"],
-                bare["p50"] / a["p50"], note=f"accept path only; p99 {bare['p99']:,.0f} us", stats=bare)]  # fmt: skip
+    return [
+        row(
+            "send via Client, sequential (p50)",
+            st["p50"],
+            "us",
+            "Floor A p50",
+            a["p50"],
+            r50,
+            "<= 4x A (aim 3x)",
+            r50 <= 4,
+            note=f"{cfg.sends} sends; {st['p50'] / ctx['B']['p50']:.2f}x Floor B",
+            stats=st,
+        ),
+        row(
+            "send via Client, sequential (p99)",
+            st["p99"],
+            "us",
+            "Floor A p99",
+            a["p99"],
+            st["p99"] / a["p99"],
+            stats=st,
+        ),
+        row(
+            "diagnosis: same sends, no deliveries (p50)",
+            bare["p50"],
+            "us",
+            "Floor A p50",
+            a["p50"],
+            bare["p50"] / a["p50"],
+            note=f"accept path only; p99 {bare['p99']:,.0f} us",
+            stats=bare,
+        ),
+    ]
 
 
 def interleaved(cmds: dict[str, list[str]], runs: int, **kw) -> dict[str, list[float]]:
@@ -313,8 +372,13 @@ def interleaved(cmds: dict[str, list[str]], runs: int, **kw) -> dict[str, list[f
 def importtime(args: list[str], prefixes: tuple[str, ...]) -> dict:
     """-X importtime: cumulative us of the outermost modules under prefixes (nested ones are
     already in their parent's cumulative), and the sum of those modules' self times."""
-    err = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True,
-                         cwd=tempfile.gettempdir(), check=True).stderr  # fmt: skip
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        check=True,
+    ).stderr
     lines = [ln.split("|") for ln in err.splitlines() if ln.startswith("import time:") and "self [us]" not in ln]
     stack, cum, own = [], 0, 0
     for self_us, cum_us, name in reversed(lines):  # reversed post-order: a parent before its children
@@ -333,9 +397,11 @@ def bench_cli(cfg, ctx) -> list[dict]:
     if not coordctl.exists():
         raise FileNotFoundError(f"{coordctl} is not installed (is coordctl/cli.py there? reinstall)")
     with daemon() as d:
-        cmds = {"coordctl send": [str(coordctl), "--socket", d.socket, "send", "Agent-1", "bench via CLI"],
-                "import click, msgspec": [sys.executable, "-c", "import click, msgspec"],
-                "python -c pass": [sys.executable, "-c", "pass"]}  # fmt: skip
+        cmds = {
+            "coordctl send": [str(coordctl), "--socket", d.socket, "send", "Agent-1", "bench via CLI"],
+            "import click, msgspec": [sys.executable, "-c", "import click, msgspec"],
+            "python -c pass": [sys.executable, "-c", "pass"],
+        }
         times = interleaved(cmds, cfg.procs, cwd=d.tmp)
     med = {k: statistics.median(v) for k, v in times.items()}
     r = med["coordctl send"] / med["import click, msgspec"]
@@ -343,12 +409,32 @@ def bench_cli(cfg, ctx) -> list[dict]:
     dep = [importtime(["-c", "import click, msgspec"], ("click", "msgspec")) for _ in range(5)]
     ic, dc = statistics.median(x["cumulative_us"] for x in imp), statistics.median(x["cumulative_us"] for x in dep)
     own = statistics.median(x["self_us"] for x in imp) / 1000
-    return [row("`coordctl send` process, wall (median)", med["coordctl send"], "ms", "python -c 'import click, msgspec'",
-                med["import click, msgspec"], r, "<= 1.3x", r <= 1.3, runs_ms=times, medians_ms=med,
-                note=f"{cfg.procs} runs each, interleaved; `python -c pass` {med['python -c pass']:.1f} ms"),
-            row("import coordctl (-X importtime -m coordctl --help)", ic / 1000, "ms", "importtime click+msgspec",
-                dc / 1000, ic / dc, coordctl=imp, deps=dep,
-                note=f"cumulative, median of 5; coordctl's own modules' self time {own:.1f} ms")]  # fmt: skip
+    return [
+        row(
+            "`coordctl send` process, wall (median)",
+            med["coordctl send"],
+            "ms",
+            "python -c 'import click, msgspec'",
+            med["import click, msgspec"],
+            r,
+            "<= 1.3x",
+            r <= 1.3,
+            runs_ms=times,
+            medians_ms=med,
+            note=f"{cfg.procs} runs each, interleaved; `python -c pass` {med['python -c pass']:.1f} ms",
+        ),
+        row(
+            "import coordctl (-X importtime -m coordctl --help)",
+            ic / 1000,
+            "ms",
+            "importtime click+msgspec",
+            dc / 1000,
+            ic / dc,
+            coordctl=imp,
+            deps=dep,
+            note=f"cumulative, median of 5; coordctl's own modules' self time {own:.1f} ms",
+        ),
+    ]
 
 
 def sqlite_floor(n: int, reps: int) -> list[float]:
@@ -364,8 +450,10 @@ def sqlite_floor(n: int, reps: int) -> list[float]:
             db.executescript(m)
         out = []
         for r in range(reps + 1):  # rep 0 is a warm-up
-            rows = [(r * n + i + 1, AGENTS[i % 8], "bench", "regular", None, None, None, f"bench message {i}",
-                     time.time()) for i in range(n)]  # fmt: skip
+            rows = [
+                (r * n + i + 1, AGENTS[i % 8], "bench", "regular", None, None, None, f"bench message {i}", time.time())
+                for i in range(n)
+            ]
             t0 = pc()
             db.execute("BEGIN IMMEDIATE")
             db.executemany(INSERT_MESSAGE, rows)
@@ -393,11 +481,31 @@ def bench_batch(cfg, ctx) -> list[dict]:
                 secs[deliver].append((pc() - t0) / 1e9)
     floor = sqlite_floor(n, cfg.batches)
     rate, bare, frate = (n / statistics.median(s) for s in (secs[True], secs[False], floor))
-    return [row("batch of 1,000, accepted durably (median)", rate, "msgs/s", "sqlite3 executemany 1,000 rows, WAL",
-                frate, rate / frate, ">= 100,000 msgs/s", rate >= 100_000,
-                note=f"{cfg.batches} batches; deliveries run meanwhile", batch_s=secs[True], sqlite_s=floor),
-            row("diagnosis: same batches, no deliveries", bare, "msgs/s", "sqlite3 executemany 1,000 rows, WAL", frate,
-                bare / frate, note="accept path only", batch_s=secs[False])]  # fmt: skip
+    return [
+        row(
+            "batch of 1,000, accepted durably (median)",
+            rate,
+            "msgs/s",
+            "sqlite3 executemany 1,000 rows, WAL",
+            frate,
+            rate / frate,
+            ">= 100,000 msgs/s",
+            rate >= 100_000,
+            note=f"{cfg.batches} batches; deliveries run meanwhile",
+            batch_s=secs[True],
+            sqlite_s=floor,
+        ),
+        row(
+            "diagnosis: same batches, no deliveries",
+            bare,
+            "msgs/s",
+            "sqlite3 executemany 1,000 rows, WAL",
+            frate,
+            bare / frate,
+            note="accept path only",
+            batch_s=secs[False],
+        ),
+    ]
 
 
 STALL_BATCH = 70_000
@@ -438,16 +546,38 @@ def bench_batch_stall(cfg, ctx) -> list[dict]:
                 worst[deliver].append(max(lat) / 1e6)
     name = f"ping during a batch of {STALL_BATCH:,} (worst)"
     note = f"{cfg.stall_rounds} batches, each's worst: " + ", ".join(f"{w:.0f}" for w in worst[False]) + " ms"
-    return [row(name, max(worst[False]), "ms", target="<= 50 ms", ok=max(worst[False]) <= 50, note=note,
-                worst_ms=worst[False]),
-            row("diagnosis: same, its deliveries starting meanwhile", max(worst[True]), "ms", worst_ms=worst[True],
-                note="inbox files written between the batch's chunks")]  # fmt: skip
+    return [
+        row(
+            name,
+            max(worst[False]),
+            "ms",
+            target="<= 50 ms",
+            ok=max(worst[False]) <= 50,
+            note=note,
+            worst_ms=worst[False],
+        ),
+        row(
+            "diagnosis: same, its deliveries starting meanwhile",
+            max(worst[True]),
+            "ms",
+            worst_ms=worst[True],
+            note="inbox files written between the batch's chunks",
+        ),
+    ]
 
 
 def concurrent(mode: str, path: str, n: int, cwd: Path) -> tuple[float, list]:
     """8 load processes released together: aggregate ops/s from the first start to the last finish."""
-    kids = [subprocess.Popen([sys.executable, "-c", LOAD_CHILD, mode, path, AGENTS[k], str(n)], cwd=cwd, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for k in range(8)]  # fmt: skip
+    kids = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_CHILD, mode, path, AGENTS[k], str(n)],
+            cwd=cwd,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for k in range(8)
+    ]
     try:
         for k in kids:
             if k.stdout.readline().strip() != "ready":
@@ -467,9 +597,20 @@ def bench_concurrent(cfg, ctx) -> list[dict]:
         floor, _ = concurrent("echo", srv.socket, cfg.per_client, srv.tmp)
     with daemon() as d:
         rate, spans = concurrent("send", d.socket, cfg.per_client, d.tmp)
-    return [row("8 client processes, sequential sends each (aggregate)", rate, "msgs/s",
-                "Floor B echo, same 8-process load", floor, rate / floor, ">= 10,000 msgs/s", rate >= 10_000,
-                note=f"{cfg.per_client} sends per process; deliveries run meanwhile", spans_ns=spans)]  # fmt: skip
+    return [
+        row(
+            "8 client processes, sequential sends each (aggregate)",
+            rate,
+            "msgs/s",
+            "Floor B echo, same 8-process load",
+            floor,
+            rate / floor,
+            ">= 10,000 msgs/s",
+            rate >= 10_000,
+            note=f"{cfg.per_client} sends per process; deliveries run meanwhile",
+            spans_ns=spans,
+        )
+    ]
 
 
 def bench_backlog(cfg, ctx) -> list[dict]:
@@ -496,12 +637,37 @@ def bench_backlog(cfg, ctx) -> list[dict]:
             drained = pc()
     st, a = stats_us(lat), ctx["A"]
     r50, secs = st["p50"] / a["p50"], (drained - t_start) / 1e9
-    return [row("send during backlog delivery (p50)", st["p50"], "us", "Floor A p50", a["p50"], r50,
-                "<= 4x A (as sequential)", r50 <= 4, note=f"{len(lat)} sends while {cfg.backlog:,} drain", stats=st),
-            row("send during backlog delivery (p99)", st["p99"], "us", "Floor A p99", a["p99"], st["p99"] / a["p99"],
-                stats=st),
-            row("backlog drain rate (inbox files written)", (left + len(lat)) / secs, "msgs/s", queued_at_start=left,
-                drain_s=secs, note=f"{left:,} still queued when the last batch returned; drained in {secs:.2f} s")]
+    return [
+        row(
+            "send during backlog delivery (p50)",
+            st["p50"],
+            "us",
+            "Floor A p50",
+            a["p50"],
+            r50,
+            "<= 4x A (as sequential)",
+            r50 <= 4,
+            note=f"{len(lat)} sends while {cfg.backlog:,} drain",
+            stats=st,
+        ),
+        row(
+            "send during backlog delivery (p99)",
+            st["p99"],
+            "us",
+            "Floor A p99",
+            a["p99"],
+            st["p99"] / a["p99"],
+            stats=st,
+        ),
+        row(
+            "backlog drain rate (inbox files written)",
+            (left + len(lat)) / secs,
+            "msgs/s",
+            queued_at_start=left,
+            drain_s=secs,
+            note=f"{left:,} still queued when the last batch returned; drained in {secs:.2f} s",
+        ),
+    ]
 
 
 def bench_old_way(cfg, ctx) -> list[dict]:
@@ -509,8 +675,12 @@ def bench_old_way(cfg, ctx) -> list[dict]:
     if not (xvfb := shutil.which("Xvfb")):
         return [row(name, None, "ms", note=f"skipped: Xvfb is not installed; {OLD_TOOL}")]
     tmp, (rfd, wfd) = Path(tempfile.mkdtemp(prefix="coordd-xvfb-")), os.pipe()
-    x = subprocess.Popen([xvfb, "-displayfd", str(wfd), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
-                         pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    x = subprocess.Popen(
+        [xvfb, "-displayfd", str(wfd), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
+        pass_fds=(wfd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(wfd)
     try:
         with os.fdopen(rfd) as f:
@@ -527,13 +697,30 @@ def bench_old_way(cfg, ctx) -> list[dict]:
         stop(x)
         remove_later(tmp)
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
-    return [row(name, old, "ms", "the same process without pyautogui", new, old / new, runs_ms=times,
-                note=f"{cfg.old_runs} runs, under Xvfb; {OLD_TOOL}")]  # fmt: skip
+    return [
+        row(
+            name,
+            old,
+            "ms",
+            "the same process without pyautogui",
+            new,
+            old / new,
+            runs_ms=times,
+            note=f"{cfg.old_runs} runs, under Xvfb; {OLD_TOOL}",
+        )
+    ]
 
 
-BENCHES = [("floors", bench_floors), ("send", bench_send_seq), ("cli", bench_cli), ("batch", bench_batch),
-           ("batch stall", bench_batch_stall), ("concurrent", bench_concurrent), ("backlog", bench_backlog),
-           ("old way", bench_old_way)]  # fmt: skip
+BENCHES = [
+    ("floors", bench_floors),
+    ("send", bench_send_seq),
+    ("cli", bench_cli),
+    ("batch", bench_batch),
+    ("batch stall", bench_batch_stall),
+    ("concurrent", bench_concurrent),
+    ("backlog", bench_backlog),
+    ("old way", bench_old_way),
+]
 
 
 # --- output ----------------------------------------------------------------------------
@@ -544,9 +731,16 @@ def machine() -> dict:
     import uvloop
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "uvloop": uvloop.__version__, "msgspec": msgspec.__version__, "platform": platform.platform(),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}  # fmt: skip
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "uvloop": uvloop.__version__,
+        "msgspec": msgspec.__version__,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def fmt(v, unit) -> str:
@@ -556,17 +750,23 @@ def fmt(v, unit) -> str:
 
 
 def table(rows: list[dict], m: dict) -> str:
-    out = [f"coordd bench{' --quick' if m['quick'] else ''}: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
-           f"SQLite {m['sqlite']}, uvloop {m['uvloop']}, msgspec {m['msgspec']}, {m['date']}. Inbox agents: "
-           "deliveries (file writes) run concurrently with the sends.", "",
-           "| benchmark | result | floor (same run) | ratio | target |", "|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        f"coordd bench{' --quick' if m['quick'] else ''}: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
+        f"SQLite {m['sqlite']}, uvloop {m['uvloop']}, msgspec {m['msgspec']}, {m['date']}. Inbox agents: "
+        "deliveries (file writes) run concurrently with the sends.",
+        "",
+        "| benchmark | result | floor (same run) | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         floor = f"{r['floor_name']}: {fmt(r['floor_value'], r['unit'])}" if r["floor_name"] else "-"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         verdict = {True: ": pass", False: ": **FAIL**", None: ""}[r["ok"]]
         note = f" ({r['note']})" if r["note"] else ""
-        out.append(f"| {r['name']}{note} | {r.get('error') or fmt(r['value'], r['unit'])} | {floor} | {ratio} | "
-                   f"{r['target']}{verdict} |")  # fmt: skip
+        out.append(
+            f"| {r['name']}{note} | {r.get('error') or fmt(r['value'], r['unit'])} | {floor} | {ratio} | "
+            f"{r['target']}{verdict} |"
+        )
     return "\n".join(out)
 
 
@@ -575,10 +775,18 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a short run, as a smoke check")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench.json"))
     q = (args := ap.parse_args()).quick
-    cfg = argparse.Namespace(warmup=200 if q else 1000, rtt=2000 if q else 20000, sends=500 if q else 5000,
-                             procs=5 if q else 30, batches=5 if q else 20, per_client=300 if q else 2000,
-                             backlog=4000 if q else 20000, backlog_sends=2000 if q else 20000,
-                             old_runs=3 if q else 10, stall_rounds=1 if q else 3)  # fmt: skip
+    cfg = argparse.Namespace(
+        warmup=200 if q else 1000,
+        rtt=2000 if q else 20000,
+        sends=500 if q else 5000,
+        procs=5 if q else 30,
+        batches=5 if q else 20,
+        per_client=300 if q else 2000,
+        backlog=4000 if q else 20000,
+        backlog_sends=2000 if q else 20000,
+        old_runs=3 if q else 10,
+        stall_rounds=1 if q else 3,
+    )
     info, rows, ctx = {**machine(), "quick": q, "config": vars(cfg)}, [], {}
     for name, fn in BENCHES:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
@@ -586,7 +794,9 @@ def main() -> int:
             rows += fn(cfg, ctx)
         except Exception as e:
             traceback.print_exc()
-            rows.append(row(name, None, "", target="-") | {"error": f"error: {type(e).__name__}: {e}".replace("|", "/")})
+            rows.append(
+                row(name, None, "", target="-") | {"error": f"error: {type(e).__name__}: {e}".replace("|", "/")}
+            )
     print(table(rows, info), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")

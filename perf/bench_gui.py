@@ -55,8 +55,13 @@ pyautogui.press("enter"); time.sleep(0.010)
 
 def stats(ms: list[float]) -> dict:
     ms = sorted(ms)
-    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
-            "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(ms[-1], 2)}  # fmt: skip
+    return {
+        "n": len(ms),
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(ms[-1], 2),
+    }
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -64,14 +69,17 @@ def wait_for(predicate, timeout: float, what: str):
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
+        time.sleep(0.01)  # sleep-ok: poll interval of a deadline-bounded wait
     return value
 
 
 def start_x(tmp: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path, dict]:
     r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
-                             "-noreset"], pass_fds=(w,), stderr=subprocess.DEVNULL)  # fmt: skip
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-noreset"],
+        pass_fds=(w,),
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     with os.fdopen(r) as f:
         number = f.readline().strip()
@@ -79,9 +87,26 @@ def start_x(tmp: Path) -> tuple[subprocess.Popen, subprocess.Popen, Path, dict]:
     env = {**os.environ, "DISPLAY": f":{number}", "XAUTHORITY": str(tmp / "xauthority"), "LANG": "C.UTF-8"}
     out = tmp / "window.txt"
     out.touch()
-    xterm = subprocess.Popen(["xterm", "-u8", "-T", "bench", "-geometry", f"80x20+{WINDOW[0]}+{WINDOW[1]}", "-xrm", XRM,
-                              "-e", "sh", "-c", 'exec cat >> "$0"', str(out)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    xterm = subprocess.Popen(
+        [
+            "xterm",
+            "-u8",
+            "-T",
+            "bench",
+            "-geometry",
+            f"80x20+{WINDOW[0]}+{WINDOW[1]}",
+            "-xrm",
+            XRM,
+            "-e",
+            "sh",
+            "-c",
+            'exec cat >> "$0"',
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tree = lambda: subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True).stdout  # noqa: E731
     wait_for(lambda: '"bench"' in tree(), 15, "the xterm window")
     return xvfb, xterm, out, env
@@ -101,10 +126,15 @@ def daemon_rows(tmp: Path, out: Path, env: dict, n: int) -> list[dict]:
         '[[agents]]\nid = "inbox"\n'
     )
     with open(tmp / "coordd.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "coordd", "run", "--config", str(config)],
-                                env={**env, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordd", "run", "--config", str(config)],
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     rows = []
     try:
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"coordd exited: {(tmp / 'coordd.log').read_text()}")
@@ -116,9 +146,11 @@ def daemon_rows(tmp: Path, out: Path, env: dict, n: int) -> list[dict]:
 
         wait_for(up, 20, "coordd")
         with Client(f"{tmp}/coordd.sock") as c:
-            for agent_id, label in [("gui", "coordd warm, default delays (10/10/10 ms)"),
-                                    ("gui-no-delays", "coordd warm, delays 0 (transport's own cost)"),
-                                    ("inbox", "floor: inbox agent, same daemon")]:  # fmt: skip
+            for agent_id, label in [
+                ("gui", "coordd warm, default delays (10/10/10 ms)"),
+                ("gui-no-delays", "coordd warm, delays 0 (transport's own cost)"),
+                ("inbox", "floor: inbox agent, same daemon"),
+            ]:
                 before = lines(out)
                 c.send(agent_id, "warm-up", wait=True, timeout=10)
                 times = []
@@ -139,12 +171,20 @@ def old_way_row(out: Path, env: dict, n: int) -> dict:
     times = []
     for i in range(n):
         t = pc()
-        subprocess.run([sys.executable, "-c", OLD_WAY, str(WINDOW[2]), str(WINDOW[3]), f"old way {i}"], env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", OLD_WAY, str(WINDOW[2]), str(WINDOW[3]), f"old way {i}"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         times.append((pc() - t) * 1000)
-    arrived = wait_for(lambda: lines(out) - before >= n and n or None, 5, "old-way messages") if n else 0
-    return {"row": "old way: fresh process per message (pyautogui + pyperclip), same delays", **stats(times),
-            "arrived": arrived}  # fmt: skip
+    arrived = wait_for(lambda: (lines(out) - before >= n and n) or None, 5, "old-way messages") if n else 0
+    return {
+        "row": "old way: fresh process per message (pyautogui + pyperclip), same delays",
+        **stats(times),
+        "arrived": arrived,
+    }
 
 
 def main() -> int:
@@ -168,18 +208,27 @@ def main() -> int:
             xterm.wait(10)
             xvfb.terminate()
             xvfb.wait(10)
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    info = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     print(f"coordd gui bench: {info['cpus']} CPUs, Python {info['python']}, Xvfb + xterm, per message, ms\n")
     print("| row | n | p50 | p95 | mean | max | reached the window |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['row']} | {r['n']} | {r['p50_ms']} | {r['p95_ms']} | {r['mean_ms']} | {r['max_ms']} | {r['arrived']} |")
+        cells = ("row", "n", "p50_ms", "p95_ms", "mean_ms", "max_ms", "arrived")
+        print("| " + " | ".join(str(r[k]) for k in cells) + " |")
     met = rows[0]["p50_ms"] <= TARGET_P50_MS
-    print(f"\ntarget p50 <= {TARGET_P50_MS:g} ms with default delays: {'met' if met else 'NOT met'} "
-          f"({rows[0]['p50_ms']} ms); old way / warm coordd p50: {rows[2]['p50_ms'] / rows[0]['p50_ms']:.1f}x")  # fmt: skip
+    print(
+        f"\ntarget p50 <= {TARGET_P50_MS:g} ms with default delays: {'met' if met else 'NOT met'} "
+        f"({rows[0]['p50_ms']} ms); old way / warm coordd p50: {rows[2]['p50_ms'] / rows[0]['p50_ms']:.1f}x"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": info, "target_p50_ms": TARGET_P50_MS, "rows": rows}, indent=1) + "\n")
+    Path(args.out).write_text(
+        json.dumps({"machine": info, "target_p50_ms": TARGET_P50_MS, "rows": rows}, indent=1) + "\n"
+    )
     return 0
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""What metrics and watchers cost the senders: a Markdown table on stdout, JSON in perf/results/bench_observability.json.
+"""What metrics and watchers cost the senders: a Markdown table on stdout, JSON in
+perf/results/bench_observability.json.
 
 Daemons alike but for what observes them (8 inbox agents, as perf/bench.py):
 - baseline: no metrics, no events at all (COORDD_BENCH_NO_OBSERVER=1: the hooks stay no-ops);
@@ -36,8 +37,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.en
 
 import bench  # noqa: E402  (perf/bench.py: its helpers and its way of running a daemon)
 
-VARIANTS = ("baseline", "baseline again", "metrics", "metrics + 1 watcher", "metrics + `coordctl watch --json`",
-            "metrics + 1 stuck watcher")  # fmt: skip
+VARIANTS = (
+    "baseline",
+    "baseline again",
+    "metrics",
+    "metrics + 1 watcher",
+    "metrics + `coordctl watch --json`",
+    "metrics + 1 stuck watcher",
+)
 UNOBSERVED = ("baseline", "baseline again")  # the second shows how far two identical daemons differ: the noise
 JUDGED = "metrics + 1 watcher"
 TARGET = 0.10
@@ -55,7 +62,7 @@ import sys, time, urllib.request
 urllib.request.urlopen(sys.argv[1], timeout=10).read()
 print("scraped", flush=True)  # the bench measures from now on
 while True:
-    time.sleep(1)  # noqa: sleep-ok: the scrape interval
+    time.sleep(1)  # sleep-ok: the scrape interval
     urllib.request.urlopen(sys.argv[1], timeout=10).read()
 """
 
@@ -85,8 +92,11 @@ def daemon(variant: str):
                 if variant == JUDGED:
                     watcher = subprocess.Popen([sys.executable, "-c", WATCHER, sock], cwd=tmp)
                 elif "coordctl watch" in variant:
-                    watcher = subprocess.Popen([sys.executable, "-m", "coordctl", "--socket", sock, "watch", "--json"],
-                                               cwd=tmp, stdout=subprocess.DEVNULL)  # fmt: skip
+                    watcher = subprocess.Popen(
+                        [sys.executable, "-m", "coordctl", "--socket", sock, "watch", "--json"],
+                        cwd=tmp,
+                        stdout=subprocess.DEVNULL,
+                    )
                 helpers += [watcher] if watcher else []
                 if "stuck" in variant:
                     stuck = socket.socket(socket.AF_UNIX)
@@ -172,8 +182,8 @@ def hook_cost(n: int) -> dict[str, float]:
     from coordctl import protocol
     from coordd.events import EventBus
     from coordd.metrics import Metrics
-    from coordd.observer import Observer
     from coordd.model import Record
+    from coordd.observer import Observer
 
     class Sink:
         def push(self, data: bytes) -> bool:
@@ -203,7 +213,7 @@ def run(cfg) -> list[dict[str, dict]]:
     """cfg.rounds rounds of every variant; each round starts one variant later, so none always goes first."""
     rounds = []
     for r in range(cfg.rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         got = {}
         for v in order:
             print(f"bench: round {r + 1}/{cfg.rounds}: {v} ...", file=sys.stderr, flush=True)
@@ -224,32 +234,47 @@ def summarize(rounds: list[dict[str, dict]]) -> list[dict]:
         cpu_cost = med(r[v]["daemon_cpu_us"] / r["baseline"]["daemon_cpu_us"] - 1 for r in rounds)
         judged = v == JUDGED
         watcher = [x["watcher_cpu_us"] for x in runs if x["watcher_cpu_us"] is not None]
-        rows.append({"variant": v, "send_p50_us": med(x["seq"]["p50"] for x in runs),
-                     "send_p99_us": med(x["seq"]["p99"] for x in runs), "rate_msgs_s": med(x["rate"] for x in runs),
-                     "daemon_cpu_us_per_msg": med(x["daemon_cpu_us"] for x in runs),
-                     "watcher_cpu_us_per_msg": med(watcher) if watcher else None,
-                     "p50_cost": p50_cost, "throughput_cost": rate_cost, "daemon_cpu_cost": cpu_cost,
-                     "missed": max(x["missed"] for x in runs), "target": f"< {TARGET:.0%}" if judged else "-",
-                     "ok": (p50_cost < TARGET and rate_cost < TARGET) if judged else None})  # fmt: skip
+        rows.append(
+            {
+                "variant": v,
+                "send_p50_us": med(x["seq"]["p50"] for x in runs),
+                "send_p99_us": med(x["seq"]["p99"] for x in runs),
+                "rate_msgs_s": med(x["rate"] for x in runs),
+                "daemon_cpu_us_per_msg": med(x["daemon_cpu_us"] for x in runs),
+                "watcher_cpu_us_per_msg": med(watcher) if watcher else None,
+                "p50_cost": p50_cost,
+                "throughput_cost": rate_cost,
+                "daemon_cpu_cost": cpu_cost,
+                "missed": max(x["missed"] for x in runs),
+                "target": f"< {TARGET:.0%}" if judged else "-",
+                "ok": (p50_cost < TARGET and rate_cost < TARGET) if judged else None,
+            }
+        )
     return rows
 
 
 def table(rows: list[dict], cfg, machine: dict) -> str:
-    out = [f"coordd observability bench{' --quick' if cfg.quick else ''}: {machine['nproc']} CPUs ({machine['cpu']}), "
-           f"Python {machine['python']}, {machine['date']}, load average {os.getloadavg()[0]:.2f} at the end. "
-           f"{cfg.rounds} rounds; sequential: {cfg.sends} sends on one Client (daemon and client pinned to different "
-           f"CPUs); throughput: 8 processes x {cfg.per_client} sends. Figures are medians over the rounds; each "
-           "\"vs baseline\" is the median of the per-round ratios.", "",
-           "| variant | send p50 | vs baseline | send p99 | 8-process throughput | vs baseline | daemon CPU per message "
-           "| vs baseline | target |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        f"coordd observability bench{' --quick' if cfg.quick else ''}: {machine['nproc']} CPUs ({machine['cpu']}), "
+        f"Python {machine['python']}, {machine['date']}, load average {os.getloadavg()[0]:.2f} at the end. "
+        f"{cfg.rounds} rounds; sequential: {cfg.sends} sends on one Client (daemon and client pinned to different "
+        f"CPUs); throughput: 8 processes x {cfg.per_client} sends. Figures are medians over the rounds; each "
+        '"vs baseline" is the median of the per-round ratios.',
+        "",
+        "| variant | send p50 | vs baseline | send p99 | 8-process throughput | vs baseline | daemon CPU per message "
+        "| vs baseline | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         verdict = {True: ": pass", False: ": **FAIL**", None: ""}[r["ok"]]
         note = f" ({r['missed']:,.0f} events missed by it)" if r["missed"] else ""
         if r["watcher_cpu_us_per_msg"] is not None:
             note += f" (the watcher process: {r['watcher_cpu_us_per_msg']:.1f} us CPU per message)"
-        out.append(f"| {r['variant']}{note} | {r['send_p50_us']:.1f} us | {r['p50_cost']:+.1%} | "
-                   f"{r['send_p99_us']:.1f} us | {r['rate_msgs_s']:,.0f} msgs/s | {-r['throughput_cost']:+.1%} | "
-                   f"{r['daemon_cpu_us_per_msg']:.1f} us | {r['daemon_cpu_cost']:+.1%} | {r['target']}{verdict} |")  # fmt: skip
+        out.append(
+            f"| {r['variant']}{note} | {r['send_p50_us']:.1f} us | {r['p50_cost']:+.1%} | "
+            f"{r['send_p99_us']:.1f} us | {r['rate_msgs_s']:,.0f} msgs/s | {-r['throughput_cost']:+.1%} | "
+            f"{r['daemon_cpu_us_per_msg']:.1f} us | {r['daemon_cpu_cost']:+.1%} | {r['target']}{verdict} |"
+        )
     return "\n".join(out)
 
 
@@ -259,20 +284,31 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "bench_observability.json"))
     args = ap.parse_args()
     q = args.quick
-    cfg = argparse.Namespace(quick=q, rounds=1 if q else 10, warmup=200 if q else 300, sends=500 if q else 3000,
-                             per_client=200 if q else 1500)  # fmt: skip
+    cfg = argparse.Namespace(
+        quick=q,
+        rounds=1 if q else 10,
+        warmup=200 if q else 300,
+        sends=500 if q else 3000,
+        per_client=200 if q else 1500,
+    )
     machine = bench.machine()
     rounds = run(cfg)
     rows = summarize(rounds)
     hooks = hook_cost(20_000 if q else 200_000)
     base_cpu = next(r["daemon_cpu_us_per_msg"] for r in rows if r["variant"] == "baseline")
     print(table(rows, cfg, machine), flush=True)
-    print(f"\nThe hooks alone, in process, no I/O, per message (answered, accepted, delivering, delivered): "
-          f"{hooks['metrics']:.2f} us with metrics only, {hooks['metrics + 1 watcher']:.2f} us with one watcher "
-          f"({hooks['metrics + 1 watcher'] / base_cpu:.1%} of the baseline daemon's {base_cpu:.0f} us CPU per message).")
+    print(
+        f"\nThe hooks alone, in process, no I/O, per message (answered, accepted, delivering, delivered): "
+        f"{hooks['metrics']:.2f} us with metrics only, {hooks['metrics + 1 watcher']:.2f} us with one watcher "
+        f"({hooks['metrics + 1 watcher'] / base_cpu:.1%} of the baseline daemon's {base_cpu:.0f} us CPU per message)."
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine, "config": vars(cfg), "rows": rows, "hooks_us": hooks,
-                                          "rounds": rounds}, indent=1) + "\n")  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps(
+            {"machine": machine, "config": vars(cfg), "rows": rows, "hooks_us": hooks, "rounds": rounds}, indent=1
+        )
+        + "\n"
+    )
     print(f"\nJSON: {args.out}", file=sys.stderr)
     return 0
 

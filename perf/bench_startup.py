@@ -92,8 +92,13 @@ def summary(samples: list[float]) -> dict:
 
 def measure(runs: int) -> dict[str, list[float]]:
     py = sys.executable
-    names = ("python -c pass", "python -c 'import uvloop, msgspec, aiosqlite'", "coordd to READY=1, new database",
-             "coordd to READY=1, existing database", "coordd SIGTERM to exit")  # fmt: skip
+    names = (
+        "python -c pass",
+        "python -c 'import uvloop, msgspec, aiosqlite'",
+        "coordd to READY=1, new database",
+        "coordd to READY=1, existing database",
+        "coordd SIGTERM to exit",
+    )
     rows: dict[str, list[float]] = {name: [] for name in names}
     os.makedirs(WORK_DIR, exist_ok=True)
     for _ in range(runs):  # interleaved, so drift on a noisy machine hits every row alike
@@ -116,17 +121,21 @@ def measure(runs: int) -> dict[str, list[float]]:
 
 def table(results: dict[str, dict], info: dict) -> str:
     imports = results["python -c 'import uvloop, msgspec, aiosqlite'"]["median_ms"]
-    out = [f"coordd start-up: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, {info['runs']} runs "
-           f"each, interleaved; 8 inbox agents. Target: READY=1 <= {TARGET_MS:.0f} ms.", "",
-           "| measurement | median | min | p90 | over the import floor | target |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        f"coordd start-up: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, {info['runs']} runs "
+        f"each, interleaved; 8 inbox agents. Target: READY=1 <= {TARGET_MS:.0f} ms.",
+        "",
+        "| measurement | median | min | p90 | over the import floor | target |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         over = f"+{r['median_ms'] - imports:.1f} ms" if name.startswith("coordd to") else "-"
         target = "-"
         if name.startswith("coordd to"):
             target = f"<= {TARGET_MS:.0f} ms: " + ("pass" if r["median_ms"] <= TARGET_MS else "**FAIL**")
-        out.append(f"| {name} | {r['median_ms']:.1f} ms | {r['min_ms']:.1f} ms | {r['p90_ms']:.1f} ms | {over} | "
-                   f"{target} |")  # fmt: skip
+        out.append(
+            f"| {name} | {r['median_ms']:.1f} ms | {r['min_ms']:.1f} ms | {r['p90_ms']:.1f} ms | {over} | {target} |"
+        )
     return "\n".join(out)
 
 
@@ -136,8 +145,14 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_startup.json"))
     args = ap.parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    info = {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "runs": args.runs,
-            "target_ms": TARGET_MS, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "runs": args.runs,
+        "target_ms": TARGET_MS,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     samples = measure(args.runs)
     results = {name: summary(s) for name, s in samples.items()}
     print(table(results, info))

@@ -70,8 +70,13 @@ class ForkConnection:
 def stats(ms: list[float]) -> dict:
     ms = sorted(ms)
     q = statistics.quantiles(ms, n=100) if len(ms) > 1 else ms * 99
-    return {"n": len(ms), "p50": round(q[49], 3), "p95": round(q[94], 3), "p99": round(q[98], 3),
-            "max": round(ms[-1], 3)}  # fmt: skip
+    return {
+        "n": len(ms),
+        "p50": round(q[49], 3),
+        "p95": round(q[94], 3),
+        "p99": round(q[98], 3),
+        "max": round(ms[-1], 3),
+    }
 
 
 def record(n: int, body: str) -> Record:
@@ -92,8 +97,11 @@ async def transport_rows(sock: str, target: str, n: int) -> list[dict]:
             times.append((pc() - t) * 1000)
         rows.append({"row": f"one tmux command round trip, {name}", **stats(times), "target": "-"})
     ids = iter(range(1, 1 << 30))
-    for name, channel, delay in (("control mode", conn, 0), ("fork + exec per command", fork, 0),
-                                 ("control mode, default enter_delay_ms", conn, None)):  # fmt: skip
+    for name, channel, delay in (
+        ("control mode", conn, 0),
+        ("fork + exec per command", fork, 0),
+        ("control mode, default enter_delay_ms", conn, None),
+    ):
         keys = {} if delay is None else {"enter_delay_ms": delay}
         t_ = TmuxTransport(TmuxAgent(id="T", target=target, socket_path=sock, header="", **keys))
         t_.conn = channel
@@ -118,8 +126,9 @@ def daemon_rows(tmp: Path, sock: str, target: str, n: int) -> list[dict]:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp / "coordd.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "coordd", "run", "--config", str(config)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordd", "run", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     rows = []
     try:
         deadline = time.monotonic() + 20
@@ -131,7 +140,7 @@ def daemon_rows(tmp: Path, sock: str, target: str, n: int) -> list[dict]:
             except CoordError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"coordd did not start: {(tmp / 'coordd.log').read_text()}") from None
-                time.sleep(0.02)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
+                time.sleep(0.02)  # sleep-ok: poll interval of a deadline-bounded wait
         with Client(f"{tmp}/coordd.sock") as c:
             for agent, label, target_ in (("I", "inbox agent (floor)", "-"), ("T", "tmux agent", "<= 15 ms")):
                 for i in range(20):
@@ -164,16 +173,34 @@ def main() -> int:
     tmux = ["tmux", "-S", sock]
     pid = None
     try:
-        out = subprocess.run([*tmux, "new-session", "-d", "-P", "-F", "#{pid}", "-s", "bench", "-x", "120", "-y", "40",
-                              shlex.join([sys.executable, str(READER), str(tmp / "received.jsonl")])],
-                             env=env, check=True, capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [
+                *tmux,
+                "new-session",
+                "-d",
+                "-P",
+                "-F",
+                "#{pid}",
+                "-s",
+                "bench",
+                "-x",
+                "120",
+                "-y",
+                "40",
+                shlex.join([sys.executable, str(READER), str(tmp / "received.jsonl")]),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         pid = int(out.stdout)
         deadline = time.monotonic() + 10
         capture = [*tmux, "capture-pane", "-p", "-t", "bench"]
         while not subprocess.run(capture, capture_output=True, text=True).stdout.strip():
             if time.monotonic() > deadline:
                 raise RuntimeError("the reader did not start")
-            time.sleep(0.02)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
+            time.sleep(0.02)  # sleep-ok: poll interval of a deadline-bounded wait
         rows = asyncio.run(transport_rows(sock, "bench:0.0", n))
         rows += daemon_rows(tmp, sock, "bench:0.0", n)
         received = sum(1 for _ in open(tmp / "received.jsonl", encoding="utf-8"))
@@ -186,10 +213,18 @@ def main() -> int:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
     tmux_version = subprocess.run(["tmux", "-V"], capture_output=True, text=True).stdout.strip()
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "tmux": tmux_version, "n": n,
-            "quick": args.quick, "messages_received_by_the_pane": received}  # fmt: skip
-    print(f"coordd tmux bench: {info['cpus']} CPUs, Python {info['python']}, {tmux_version}, {n} messages per row, "
-          f"{received} messages received by the pane\n")  # fmt: skip
+    info = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tmux": tmux_version,
+        "n": n,
+        "quick": args.quick,
+        "messages_received_by_the_pane": received,
+    }
+    print(
+        f"coordd tmux bench: {info['cpus']} CPUs, Python {info['python']}, {tmux_version}, {n} messages per row, "
+        f"{received} messages received by the pane\n"
+    )
     print("| row | n | p50 ms | p95 ms | p99 ms | max ms | target |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['row']} | {r['n']} | {r['p50']} | {r['p95']} | {r['p99']} | {r['max']} | {r['target']} |")

@@ -28,11 +28,21 @@ RESULTS = ROOT / "perf" / "results"
 OUT = RESULTS / "reliability.json"
 README = ROOT / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
-TESTS = ["test_crash.py", "test_storage_faults.py", "test_transport_faults.py", "test_hostile.py", "test_access.py",
-         # the hardening tests (issue 10): each records the defect it replays and what happens now
-         "test_client_trust.py", "test_private_files.py", "test_names_and_keys.py", "test_terminal_safety.py",
-         "test_limits.py", "test_tmux.py::test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste",
-         "test_core.py::test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on"]
+TESTS = [
+    "test_crash.py",
+    "test_storage_faults.py",
+    "test_transport_faults.py",
+    "test_hostile.py",
+    "test_access.py",
+    # the hardening tests (issue 10): each records the defect it replays and what happens now
+    "test_client_trust.py",
+    "test_private_files.py",
+    "test_names_and_keys.py",
+    "test_terminal_safety.py",
+    "test_limits.py",
+    "test_tmux.py::test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste",
+    "test_core.py::test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on",
+]
 SECTION = f"""## Reliability
 
 What the reliability tests prove, each against the real daemon: clients keep sending (with idempotency keys)
@@ -49,8 +59,8 @@ below). The soak (`perf/soak.py`, not in CI) sends 1,000,000 messages with
 `retention.max_messages = 100000`: the daemon's RSS stays under 80 MB and the database (file and WAL) under
 48 MB for messages of about 100 bytes (with `--transport inbox`, real inbox agents whose files it deletes as
 they arrive, it ran at 4,200 to 5,800 msg/s over two runs, as this disk's state went, with a peak RSS of
-55 MB, most of it the 40,000 messages the queue limits let wait). `python perf/reliability_report.py` reruns the tests and rewrites this table (`--soak`: the soak
-too).
+55 MB, most of it the 40,000 messages the queue limits let wait). `python perf/reliability_report.py` reruns
+the tests and rewrites this table (`--soak`: the soak too).
 
 {START}
 {END}
@@ -98,26 +108,39 @@ def table(f: dict[str, dict]) -> list[tuple[str, str, str]]:
         ("lost", f"{lost:,}", "acknowledged but never delivered"),
         ("duplicated", f"{dup:,}", "delivered twice"),
         ("misrouted", f"{misrouted:,}", "delivered to another agent"),
-        ("SIGKILLs under load", str(crash.get("kills", "-")),
-         f"{crash.get('clients', '-')} clients, {crash.get('resends', '-')} resends, "
-         f"{crash.get('resends_found_stored', '-')} found already stored by their key"),
+        (
+            "SIGKILLs under load",
+            str(crash.get("kills", "-")),
+            f"{crash.get('clients', '-')} clients, {crash.get('resends', '-')} resends, "
+            f"{crash.get('resends_found_stored', '-')} found already stored by their key",
+        ),
         ("faults injected", str(sum(faults.values())), ", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "-"),
         ("frames fuzzed", f"{fuzz.get('frames', 0):,}", f"{fuzz.get('connections', 0):,} connections, hypothesis"),
-        ("RSS growth over the fuzzing", f"{(fuzz.get('rss_after_kib', 0) - fuzz.get('rss_before_kib', 0)) / 1024:.1f} MB",
-         "after a warm-up round"),
+        (
+            "RSS growth over the fuzzing",
+            f"{(fuzz.get('rss_after_kib', 0) - fuzz.get('rss_before_kib', 0)) / 1024:.1f} MB",
+            "after a warm-up round",
+        ),
         ("connections held at once", f"{conns.get('connections_held', 0):,}", "idle, not reading, half a frame"),
-        ("peak RSS in the tests", f"{max(peaks.values(), default=0):.1f} MB",
-         ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items()))),
-    ]  # fmt: skip
+        (
+            "peak RSS in the tests",
+            f"{max(peaks.values(), default=0):.1f} MB",
+            ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())),
+        ),
+    ]
     # Each hardening test (issue 10) records the attack or defect it replays and what happens now.
     rows += [(v["hardening"], "held", v["outcome"]) for _, v in sorted(f.items()) if "hardening" in v]
     if soak:
         rows += [
-            ("soak: messages", f"{soak['messages']:,}", f"{soak['transport']} agents, retention {soak['retention_max_messages']:,}"),
+            (
+                "soak: messages",
+                f"{soak['messages']:,}",
+                f"{soak['transport']} agents, retention {soak['retention_max_messages']:,}",
+            ),
             ("soak: delivered", f"{soak['delivered_per_s']:,} msg/s", f"{soak['failed']} failed"),
             ("soak: peak RSS", f"{soak['peak_rss_mb']} MB", f"bound {soak['rss_limit_mb']:g} MB"),
             ("soak: peak database + WAL", f"{soak['peak_db_mb']} MB", f"bound {soak['db_limit_mb']:g} MB"),
-        ]  # fmt: skip
+        ]
     return rows
 
 

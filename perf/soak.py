@@ -83,14 +83,22 @@ class Remover(threading.Thread):
                         found += 1
             self.removed += found
             if not found:
-                self.stop.wait(0.02)  # noqa: sleep-ok: the poll interval of a directory watcher
+                self.stop.wait(0.02)  # sleep-ok: the poll interval of a directory watcher
 
 
 def start_daemon(tmp: Path, args) -> tuple[subprocess.Popen, Path, Path, list[Path]]:
     sock, db, ws = tmp / "run" / "coordd.sock", tmp / "state" / "coordd.db", tmp / "ws"
     agents = [f"Soak-{n}" for n in range(1, args.agents + 1)]
-    lines = ["[daemon]", f'socket = "{sock}"', f'workspace = "{ws}"', 'log_level = "warning"',
-             "[store]", f'path = "{db}"', "[retention]", f"max_messages = {args.retention}"]  # fmt: skip
+    lines = [
+        "[daemon]",
+        f'socket = "{sock}"',
+        f'workspace = "{ws}"',
+        'log_level = "warning"',
+        "[store]",
+        f'path = "{db}"',
+        "[retention]",
+        f"max_messages = {args.retention}",
+    ]
     for a in agents:
         lines += ["[[agents]]", f'id = "{a}"', f'transport = "{args.transport}"']
     config = tmp / "coordd.toml"
@@ -107,8 +115,8 @@ def start_daemon(tmp: Path, args) -> tuple[subprocess.Popen, Path, Path, list[Pa
             break
         except CoordError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"coordd did not start: {(tmp / 'coordd.log').read_text()}")
-            time.sleep(0.05)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+                raise SystemExit(f"coordd did not start: {(tmp / 'coordd.log').read_text()}") from None
+            time.sleep(0.05)  # sleep-ok: the poll interval of a deadline-bounded wait
     inboxes = [ws / "agent_workspaces" / a / "inbox" for a in agents]
     return proc, sock, db, inboxes
 
@@ -119,8 +127,10 @@ def send_all(c: Client, args, agents: list[str]) -> int:
     sent = refused = 0
     while sent < args.messages:
         n = min(args.batch, args.messages - sent)
-        batch = [{"to": agents[(sent + i) % len(agents)], "body": f"soak message {sent + i} {body_pad}",
-                  "sender": "soak"} for i in range(n)]  # fmt: skip
+        batch = [
+            {"to": agents[(sent + i) % len(agents)], "body": f"soak message {sent + i} {body_pad}", "sender": "soak"}
+            for i in range(n)
+        ]
         try:
             c.batch(batch)
         except CoordError as e:
@@ -131,7 +141,7 @@ def send_all(c: Client, args, agents: list[str]) -> int:
             while c.status().queued > args.batch * 4:
                 if time.monotonic() > deadline:
                     raise SystemExit("the queue did not drain within 60 s") from None
-                time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+                time.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
             continue
         sent += n
     return refused
@@ -168,7 +178,7 @@ def main() -> int:
             while (st := c.status()).queued or (remover and remover.removed < args.messages):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"deliveries did not finish: {st.queued} queued")
-                time.sleep(0.02)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+                time.sleep(0.02)  # sleep-ok: the poll interval of a deadline-bounded wait
             t_done = time.monotonic()
             failed = sum(a.failed for a in st.agents)
             # Let one retention pass finish, then read the settled figures.
@@ -178,25 +188,39 @@ def main() -> int:
         sampler.join()
         peak_rss = memory_kib(proc.pid, "VmHWM")
         result = {
-            "messages": args.messages, "transport": args.transport, "agents": args.agents, "batch": args.batch,
-            "body_bytes": args.body_bytes, "retention_max_messages": args.retention,
-            "accept_seconds": round(t_sent - t0, 2), "accepted_per_s": round(args.messages / (t_sent - t0)),
-            "delivered_seconds": round(t_done - t0, 2), "delivered_per_s": round(args.messages / (t_done - t0)),
-            "queue_full_waits": refused, "failed": failed,
-            "rss_start_mb": round(rss_start / 1024, 1), "peak_rss_mb": round(peak_rss / 1024, 1),
+            "messages": args.messages,
+            "transport": args.transport,
+            "agents": args.agents,
+            "batch": args.batch,
+            "body_bytes": args.body_bytes,
+            "retention_max_messages": args.retention,
+            "accept_seconds": round(t_sent - t0, 2),
+            "accepted_per_s": round(args.messages / (t_sent - t0)),
+            "delivered_seconds": round(t_done - t0, 2),
+            "delivered_per_s": round(args.messages / (t_done - t0)),
+            "queue_full_waits": refused,
+            "failed": failed,
+            "rss_start_mb": round(rss_start / 1024, 1),
+            "peak_rss_mb": round(peak_rss / 1024, 1),
             "peak_sampled_rss_mb": round(max(s[1] for s in sampler.samples) / 1024, 1),
             "peak_db_mb": round(max(s[2] for s in sampler.samples) / 2**20, 1),
-            "final_db_mb": round(db_bytes(db) / 2**20, 1), "final_rows": st.rows,
-            "rss_limit_mb": args.rss_limit_mb, "db_limit_mb": args.db_limit_mb,
-        }  # fmt: skip
+            "final_db_mb": round(db_bytes(db) / 2**20, 1),
+            "final_rows": st.rows,
+            "rss_limit_mb": args.rss_limit_mb,
+            "db_limit_mb": args.db_limit_mb,
+        }
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
         if remover:
             remover.stop.set()
-    result["ok"] = (result["peak_rss_mb"] <= args.rss_limit_mb and result["peak_db_mb"] <= args.db_limit_mb
-                    and failed == 0 and st.rows <= args.retention + args.batch)  # fmt: skip
+    result["ok"] = (
+        result["peak_rss_mb"] <= args.rss_limit_mb
+        and result["peak_db_mb"] <= args.db_limit_mb
+        and failed == 0
+        and st.rows <= args.retention + args.batch
+    )
     rows = [
         ("messages", f"{args.messages:,} via {args.transport} agents ({args.agents}), batches of {args.batch}"),
         ("retention.max_messages", f"{args.retention:,} (rows at the end: {st.rows:,})"),
@@ -204,7 +228,10 @@ def main() -> int:
         ("delivered", f"{result['delivered_per_s']:,} msg/s, all of them after {result['delivered_seconds']} s"),
         ("failed", str(failed)),
         ("peak RSS", f"{result['peak_rss_mb']} MB (limit {args.rss_limit_mb:g}; {result['rss_start_mb']} MB at start)"),
-        ("peak database + WAL", f"{result['peak_db_mb']} MB (limit {args.db_limit_mb:g}; {result['final_db_mb']} MB at the end)"),
+        (
+            "peak database + WAL",
+            f"{result['peak_db_mb']} MB (limit {args.db_limit_mb:g}; {result['final_db_mb']} MB at the end)",
+        ),
         ("within bounds", "yes" if result["ok"] else "NO"),
     ]
     print("| soak | result |\n|---|---|")

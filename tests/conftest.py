@@ -29,7 +29,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+        time.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
 
 
 def cancel_between_attempts(c: Client, message_id: int) -> bool:
@@ -157,8 +157,11 @@ class Daemon:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*coordd_argv(env), "run", "--config", str(self.config)],
-                cwd=self.tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                cwd=self.tmp,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if expect_ready:
             wait_until(self._answers, START_TIMEOUT, f"coordd to answer (log: {self.logtext()})")
         return self

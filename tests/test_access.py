@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, wait_until, write_config
 from figures import record
 from test_core import _ping_as
@@ -64,8 +63,10 @@ def test_allow_lists_let_listed_uids_and_gids_in(open_daemon):
 def test_reload_applies_a_changed_allow_list(open_daemon):
     d = open_daemon()
     assert _ping_as(d.socket, OTHER_UID, OTHER_GID).startswith("forbidden")
-    sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace), "allow_uids": [OTHER_UID]},
-                "store": {"path": d.db}}  # fmt: skip
+    sections = {
+        "daemon": {"socket": d.socket, "workspace": str(d.workspace), "allow_uids": [OTHER_UID]},
+        "store": {"path": d.db},
+    }
     write_config(d.config, sections, d.agents)
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: _ping_as(d.socket, OTHER_UID, OTHER_GID).startswith("Pong("), 10, "the new allow-list")

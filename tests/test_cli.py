@@ -10,11 +10,19 @@ import sys
 from conftest import Daemon, wait_until
 
 
-def cli(d: Daemon | None, *args: str, stdin: str | None = None, socket: str | None = None) -> subprocess.CompletedProcess:
+def cli(
+    d: Daemon | None, *args: str, stdin: str | None = None, socket: str | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "COORDD_SOCKET"}
     sock = socket or (d.socket if d else "/nonexistent/coordd.sock")
-    return subprocess.run([sys.executable, "-m", "coordctl", "--socket", sock, *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", sock, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def ok(d: Daemon, *args: str, stdin: str | None = None) -> str:
@@ -74,7 +82,6 @@ def test_retry_and_cancel(make_daemon):
     assert again.returncode == 1 and "bad_state" in again.stderr
 
 
-
 def test_cancel(make_daemon):
     d = make_daemon(agents=[{"id": "A"}], delivery={"max_attempts": 1000, "backoff_initial_ms": 20})
     d.inbox("A").parent.mkdir(parents=True)
@@ -106,7 +113,9 @@ def test_exit_codes(daemon: Daemon, tmp_path):
 
 
 def test_cli_imports_stay_thin():
-    code = ("import sys, coordctl.cli; heavy = {'asyncio', 'uvloop', 'aiosqlite', 'pyautogui', 'prometheus_client', "
-            "'coordd', 'json'} & set(sys.modules); print(sorted(heavy))")  # fmt: skip
+    code = (
+        "import sys, coordctl.cli; heavy = {'asyncio', 'uvloop', 'aiosqlite', 'pyautogui', 'prometheus_client', "
+        "'coordd', 'json'} & set(sys.modules); print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -29,7 +29,7 @@ def test_every_request_has_one_operation_in_both_clients():
         assert not inspect.iscoroutinefunction(blocking) and inspect.iscoroutinefunction(awaitable), name
         sig = inspect.signature(blocking)
         assert sig == inspect.signature(awaitable), name
-        assert list(sig.parameters)[0] == "self"
+        assert next(iter(sig.parameters)) == "self"
         assert sig.return_annotation != builds[name], "help() shows the result, not the request built"
         assert blocking.__doc__ and blocking.__doc__ == awaitable.__doc__, name
     assert inspect.signature(Client.send).return_annotation == "int"
@@ -38,8 +38,10 @@ def test_every_request_has_one_operation_in_both_clients():
 
 
 def test_both_clients_get_the_same_results(make_daemon):
-    d = make_daemon(agents=[{"id": "A"}, {"id": "B", "groups": ["g"]}, {"id": "Doomed"}],
-                    delivery={"backoff_initial_ms": 20, "backoff_max_ms": 100, "max_attempts": 1})  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}, {"id": "B", "groups": ["g"]}, {"id": "Doomed"}],
+        delivery={"backoff_initial_ms": 20, "backoff_max_ms": 100, "max_attempts": 1},
+    )
     block_inbox(d, "Doomed")
     with d.client() as c:  # a failed message for each client to retry
         doomed = [c.send("Doomed", "fails"), c.send("Doomed", "fails")]

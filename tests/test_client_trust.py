@@ -27,10 +27,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-
-from coordctl import AsyncClient, Client, CoordError, protocol
 from conftest import run_as
 from figures import record
+
+from coordctl import AsyncClient, Client, CoordError, protocol
 
 NOBODY = 65534  # the squatter: a uid with a passwd entry ("nobody"), so messages can name it
 VICTIM = 43212  # a uid nobody uses: its fallback directory /tmp/coordd-43212 is ours to squat and remove
@@ -101,8 +101,11 @@ class Squatter:
                     while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
                         end = 4 + int.from_bytes(buf[:4], "big")
                         req = protocol.request_decoder.decode(buf[4:end])
-                        conn.sendall(protocol.frame(protocol.Pong(rid=req.rid, version="0.1.0",
-                                                                  protocol=protocol.PROTOCOL_VERSION)))  # fmt: skip
+                        conn.sendall(
+                            protocol.frame(
+                                protocol.Pong(rid=req.rid, version="0.1.0", protocol=protocol.PROTOCOL_VERSION)
+                            )
+                        )
                         buf = buf[end:]
                     pending[conn] = buf
             out = f"{accepted} {received}"
@@ -192,8 +195,11 @@ def test_squatted_fallback_directory_is_refused_and_the_squatter_gets_nothing(sq
     assert str(fallback) in out and f"uid {NOBODY} (nobody)" in out, out  # the path and its owner
     assert "remove" in out, out  # what to do
     assert received == 0 and accepted == 0, "the squatter saw no connection, let alone a byte"
-    record(f"hardening_squatted_dir_{client_kind}", hardening="another uid creates /tmp/coordd-<uid> first",
-           outcome="untrusted_socket; 0 bytes and 0 connections reach it")  # fmt: skip
+    record(
+        f"hardening_squatted_dir_{client_kind}",
+        hardening="another uid creates /tmp/coordd-<uid> first",
+        outcome="untrusted_socket; 0 bytes and 0 connections reach it",
+    )
 
 
 @needs_root
@@ -205,8 +211,11 @@ def test_listener_of_another_uid_in_our_own_directory_is_refused_before_sending(
     assert out.startswith("untrusted_socket "), out
     assert path in out and f"uid {NOBODY} (nobody)" in out and "allow_uids" in out, out
     assert accepted == 1 and received == 0, "connected, then refused before the first byte"
-    record(f"hardening_foreign_peer_{client_kind}", hardening="a socket served by another uid (SO_PEERCRED)",
-           outcome="untrusted_socket before the first byte is sent")  # fmt: skip
+    record(
+        f"hardening_foreign_peer_{client_kind}",
+        hardening="a socket served by another uid (SO_PEERCRED)",
+        outcome="untrusted_socket before the first byte is sent",
+    )
 
 
 @needs_root
@@ -229,10 +238,16 @@ def test_coordctl_refuses_a_squatted_socket_and_says_what_to_do(squatter):
         env = {k: v for k, v in os.environ.items() if k not in ("COORDD_SOCKET", "COORDD_ALLOW_UIDS")}
         run = [sys.executable, "-m", "coordctl", "--socket", path, "send", "Agent-1", "the deploy key is hunter2"]
         refused = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
-        allowed = subprocess.run(run[:-3] + ["ping"], capture_output=True, text=True, timeout=60,
-                                 env={**env, "COORDD_ALLOW_UIDS": f"{NOBODY}"})  # fmt: skip
-        bad_env = subprocess.run(run[:-3] + ["ping"], capture_output=True, text=True, timeout=60,
-                                 env={**env, "COORDD_ALLOW_UIDS": "nobody"})  # fmt: skip
+        allowed = subprocess.run(
+            [*run[:-3], "ping"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "COORDD_ALLOW_UIDS": f"{NOBODY}"},
+        )
+        bad_env = subprocess.run(
+            [*run[:-3], "ping"], capture_output=True, text=True, timeout=60, env={**env, "COORDD_ALLOW_UIDS": "nobody"}
+        )
         accepted, received = s.stop()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
@@ -263,8 +278,11 @@ def test_directory_others_may_write_is_refused(tmp_path):
             listener.accept()  # no connection was even attempted
     finally:
         listener.close()
-    record("hardening_loose_socket_dir", hardening="a socket in a directory others may write",
-           outcome="untrusted_socket; no connection attempted")  # fmt: skip
+    record(
+        "hardening_loose_socket_dir",
+        hardening="a socket in a directory others may write",
+        outcome="untrusted_socket; no connection attempted",
+    )
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770])
@@ -283,8 +301,11 @@ def test_daemon_refuses_a_socket_directory_others_may_write(make_daemon, tmp_pat
     assert "chmod 700" in d.logtext()
     assert victim.read_text() == "not coordd's\n" and not os.path.exists(d.socket)
     assert stat.S_IMODE(os.stat(run).st_mode) == mode  # left for its owner to look into
-    record(f"hardening_daemon_loose_dir_{mode:o}", hardening="coordd started in a socket dir others may write",
-           outcome="refused with the mode; planted lock link untouched")  # fmt: skip
+    record(
+        f"hardening_daemon_loose_dir_{mode:o}",
+        hardening="coordd started in a socket dir others may write",
+        outcome="refused with the mode; planted lock link untouched",
+    )
 
 
 class HugeReply:
@@ -333,8 +354,11 @@ def test_huge_reply_header_fails_fast_without_allocating(tmp_path, client_kind):
     assert "4,294,967,295" in out and "67,108,864" in out and "max_reply_bytes" in out, out  # the size and the cap
     assert elapsed < 2, f"{elapsed:.1f} s: refused at the header, not after the timeout"
     assert peak < 16 << 20, f"{peak:,} bytes allocated at the peak"
-    record(f"hardening_huge_reply_{client_kind}", hardening="a reply header announcing 4 GiB",
-           outcome="protocol_error at once; peak allocation under 16 MiB")  # fmt: skip
+    record(
+        f"hardening_huge_reply_{client_kind}",
+        hardening="a reply header announcing 4 GiB",
+        outcome="protocol_error at once; peak allocation under 16 MiB",
+    )
 
 
 def test_max_reply_bytes_is_the_callers_choice(make_daemon):

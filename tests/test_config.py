@@ -56,8 +56,10 @@ def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):
         ("[daemon\n", "invalid TOML"),
         # A name ends at its last character: `$` would have let one trailing newline through.
         ("[[agents]]\nid = 'A'\ntransport = 'tmux'\ntarget = \"s:0.1\\n\"\n", "agents[0].target"),
-        ("[[agents]]\nid = 'A'\ntransport = 'tmux'\ntarget = 's'\nmultiline = 'keys'\nnewline_key = \"C-j\\n\"\n",
-         "agents[0].newline_key"),
+        (
+            "[[agents]]\nid = 'A'\ntransport = 'tmux'\ntarget = 's'\nmultiline = 'keys'\nnewline_key = \"C-j\\n\"\n",
+            "agents[0].newline_key",
+        ),
         ("[[agents]]\nid = 'A'\ntransport = 'gui'\nx = 1\ny = 2\nsubmit_key = \"enter\\n\"\n", "submit_key"),
     ],
 )

@@ -6,11 +6,11 @@ import os
 import stat
 import sys
 
+import figures
 import pytest
+from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, run_as, wait_until
 
 from coordctl import PROTOCOL_VERSION, Client, CoordError
-import figures
-from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, run_as, wait_until
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 
@@ -113,8 +113,13 @@ def test_idempotency_key(daemon: Daemon):
     with daemon.client() as c:
         first = c.send("Agent-1", "once", key="k-1")
         assert c.send("Agent-1", "once", key="k-1") == first
-        ids = c.batch([{"to": "Agent-2", "body": "x", "key": "k-1"}, {"to": "Agent-2", "body": "y", "key": "k-2"},
-                       {"to": "Agent-2", "body": "y", "key": "k-2"}])  # fmt: skip
+        ids = c.batch(
+            [
+                {"to": "Agent-2", "body": "x", "key": "k-1"},
+                {"to": "Agent-2", "body": "y", "key": "k-2"},
+                {"to": "Agent-2", "body": "y", "key": "k-2"},
+            ]
+        )
         assert ids[0] == first and ids[1] == ids[2] != first
         b1 = c.broadcast("hi", key="b")
         assert c.broadcast("hi", key="b") == b1
@@ -145,8 +150,14 @@ def test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on(ma
     monkeypatch.setenv("COORDD_TEST_HANDLER_RAISES", "get")
     d = make_daemon()
     with d.client() as c:
-        replies = c.pipeline([p.Send(to="Agent-1", body="before"), p.Get(message_id=1), p.Ping(),
-                              p.Send(to="Agent-1", body="after", wait=True)])  # fmt: skip
+        replies = c.pipeline(
+            [
+                p.Send(to="Agent-1", body="before"),
+                p.Get(message_id=1),
+                p.Ping(),
+                p.Send(to="Agent-1", body="after", wait=True),
+            ]
+        )
         assert isinstance(replies[1], p.Error) and replies[1].code == "internal", replies[1]
         assert "test hook: the get handler fails" in replies[1].message and "log" in replies[1].message
         assert isinstance(replies[2], p.Pong) and isinstance(replies[3], p.Sent) and replies[3].status == "delivered"
@@ -155,8 +166,11 @@ def test_a_handler_that_raises_is_reported_as_internal_and_everything_goes_on(ma
         assert c.ping().version
     log = d.logtext()
     assert "Traceback (most recent call last)" in log and "RuntimeError: test hook: the get handler fails" in log
-    figures.record("hardening_internal_error", hardening="a handler raises an unexpected exception",
-                   outcome="`internal` + traceback in the log; connection serves on")  # fmt: skip
+    figures.record(
+        "hardening_internal_error",
+        hardening="a handler raises an unexpected exception",
+        outcome="`internal` + traceback in the log; connection serves on",
+    )
 
 
 def test_batch_is_validated_whole(daemon: Daemon):
@@ -228,8 +242,13 @@ def test_queue_limits(make_daemon):
 def test_queued_bodies_are_bounded_in_bytes_and_released_when_finished(make_daemon, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")  # no tmux: Down's transport is down, its messages stay queued
     stuck = {"max_attempts": 1000, **FAST_RETRY}  # nothing fails for good while A's inbox is blocked
-    d = make_daemon(agents=[{"id": "A"}, {"id": "Down", "transport": "tmux", "target": "nowhere:0.0"}],
-                    daemon={"max_frame_bytes": 65536}, queue={"max_bytes": 100_000}, delivery=stuck, start=False)  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}, {"id": "Down", "transport": "tmux", "target": "nowhere:0.0"}],
+        daemon={"max_frame_bytes": 65536},
+        queue={"max_bytes": 100_000},
+        delivery=stuck,
+        start=False,
+    )
     block_inbox(d, "A")
     d.start()
     big, small = "x" * 30_000, "a small one"
@@ -308,8 +327,11 @@ def test_retention_by_count(make_daemon):
 
 
 def test_retention_by_age_never_prunes_queued(make_daemon):
-    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], delivery={**FAST_RETRY, "max_attempts": 10_000},
-                    retention={"max_age_days": 0.5 / 86400, "prune_interval_s": 0.2})  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}, {"id": "B"}],
+        delivery={**FAST_RETRY, "max_attempts": 10_000},
+        retention={"max_age_days": 0.5 / 86400, "prune_interval_s": 0.2},
+    )
     block_inbox(d, "B")
     with d.client() as c:
         c.batch([{"to": "A", "body": "old"} for _ in range(20)])
@@ -409,7 +431,9 @@ def test_bad_config_names_the_key(tmp_path):
     ]
     for sections, agents, key in cases:
         path = write_config(tmp_path / "bad.toml", sections, agents)
-        out = subprocess.run([sys.executable, "-m", "coordd", "check-config", str(path)], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "coordd", "check-config", str(path)], capture_output=True, text=True
+        )
         assert out.returncode != 0 and key in out.stderr, out.stderr
 
 
@@ -419,8 +443,12 @@ def test_embedded_default_serves_eight_agents_at_the_xdg_socket(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "XDG_STATE_HOME": str(tmp_path / "state"),
-           "XDG_DATA_HOME": str(tmp_path / "data")}  # fmt: skip
+    env = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(run),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+    }
     env.pop("COORDD_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "coordd", "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:

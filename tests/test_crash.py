@@ -18,10 +18,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, read_inbox_file, wait_until
-from coordctl import Client, DaemonUnavailable, protocol
 from figures import memory_kib, record
+
+from coordctl import Client, DaemonUnavailable, protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -87,8 +87,12 @@ class Run:
                         with self.lock:
                             self.duplicates_found += 1
                     return [sent.id]
-                return c.batch([{"to": to, "body": plan.body(seq), "sender": plan.sender, "key": plan.key(seq)}
-                                for seq, to in step])  # fmt: skip
+                return c.batch(
+                    [
+                        {"to": to, "body": plan.body(seq), "sender": plan.sender, "key": plan.key(seq)}
+                        for seq, to in step
+                    ]
+                )
             except DaemonUnavailable:
                 # Killed under us: unacknowledged, so send the same messages again, same keys.
                 with self.lock:
@@ -190,6 +194,17 @@ def test_sigkill_five_times_under_load_loses_and_doubles_nothing(make_daemon):
         for sender, seqs in per_sender.items():
             assert seqs == sorted(seqs), f"{agent}: {sender}'s messages out of order"
 
-    record("crash", sent=total, acknowledged=run.acked, lost=lost, duplicated=duplicated, misrouted=misrouted,
-           kills=len(kills), kill_points=kills, resends=run.resends,
-           resends_found_stored=run.duplicates_found, clients=CLIENTS, peak_rss_kib=peak_rss)  # fmt: skip
+    record(
+        "crash",
+        sent=total,
+        acknowledged=run.acked,
+        lost=lost,
+        duplicated=duplicated,
+        misrouted=misrouted,
+        kills=len(kills),
+        kill_points=kills,
+        resends=run.resends,
+        resends_found_stored=run.duplicates_found,
+        clients=CLIENTS,
+        peak_rss_kib=peak_rss,
+    )

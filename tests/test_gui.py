@@ -14,14 +14,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, concurrently, wait_until
+from tmux_fixtures import READER, records
+from x11 import XServer, xserver  # noqa: F401  (the fixture)
+
 from coordctl import Client, CoordError, coords, protocol
 from coordd import config
 from coordd.gui.transport import GuiTransport, coalesce, render
 from coordd.model import Record
-from tmux_fixtures import READER, records
-from x11 import XServer, xserver  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,7 +109,9 @@ def warp(x: XServer, px: int, py: int) -> None:
 
 
 def test_default_header_mirrors_the_old_tool():
-    rec = Record(id=7, agent="Agent-1", body="Deploy is blocked\non tests", priority="urgent", created=0, sender="Agent-2")
+    rec = Record(
+        id=7, agent="Agent-1", body="Deploy is blocked\non tests", priority="urgent", created=0, sender="Agent-2"
+    )
     assert render(rec, config.Gui().header) == "[A2A] Agent-2 -> Agent-1 | URGENT\nDeploy is blocked\non tests"
     assert render(rec, "{id} {kind} {priority} {tags}") == "7 message urgent \nDeploy is blocked\non tests"
     assert render(rec, "") == "Deploy is blocked\non tests"
@@ -154,8 +156,10 @@ def test_coords_file_supplies_agents_and_coordinates(tmp_path):
         ' "Agent-3": {"chat_input_coordinates": [7, 8], "active": true}}}'
     )
     (tmp_path / "c.toml").write_text("")
-    raw = {"gui": {"coords_file": "coords.json"},  # relative to the config file
-           "agents": [{"id": "Agent-3", "transport": "gui", "x": 70, "y": 80}, {"id": "Agent-9"}]}  # fmt: skip
+    raw = {
+        "gui": {"coords_file": "coords.json"},  # relative to the config file
+        "agents": [{"id": "Agent-3", "transport": "gui", "x": 70, "y": 80}, {"id": "Agent-9"}],
+    }
     cfg = config.parse(raw, str(tmp_path / "c.toml"))
     by_id = {a.id: a for a in cfg.agents}
     assert set(by_id) == {"Agent-1", "Agent-3", "Agent-9"}  # the inactive Agent-2 is skipped
@@ -179,7 +183,7 @@ def test_import_coords_prints_toml_of_the_active_agents():
 def test_bad_coords_file_names_the_key(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"agents": {"Agent-1": {"chat_input_coordinates": [1]}}}')
-    with pytest.raises(coords.CoordsError, match="agents.Agent-1.chat_input_coordinates"):
+    with pytest.raises(coords.CoordsError, match=r"agents\.Agent-1\.chat_input_coordinates"):
         coords.load(str(path))
 
 
@@ -228,6 +232,7 @@ def test_x_server_killed_messages_wait_then_flow(make_daemon, xserver, tmp_path)
     d = make_daemon(agents=agents, gui={"header": HEADER}, delivery=FAST)
     with d.client() as c:
         first = [c.send(f"Agent-{n % 2 + 1}", f"before the crash {n}", sender="s") for n in range(10)]
+
         def kill_mid_run() -> None:
             with d.client() as watcher:
                 wait_until(lambda: delivered(watcher, 3), 20, "the first deliveries")
@@ -318,12 +323,17 @@ def test_urgent_coalesced_and_clipboard_restored(make_daemon, xserver, tmp_path)
         warp(xserver, 400, 400)
         wait_until(lambda: all(c.get(i).message.status == "delivered" for i in [*ids, urgent]), 15, "delivery")
         assert all(c.get(i).message.attempts == 1 for i in ids)  # each recorded on its own
+
     def msg(i: int, body: str, priority: str = "regular") -> str:
         return f"<<{i}|unknown|Agent-1|{priority}>>\n{body}"
 
     queued = [msg(i, f"queued {n}\nsecond line") for n, i in enumerate(ids)]
-    pastes = [msg(first, "warm-up"), msg(urgent, "urgent one", "urgent"),  # urgent first, then at most 4 a paste
-              "\n\n".join(queued[:4]), "\n\n".join(queued[4:])]  # fmt: skip
+    pastes = [
+        msg(first, "warm-up"),
+        msg(urgent, "urgent one", "urgent"),  # urgent first, then at most 4 a paste
+        "\n\n".join(queued[:4]),
+        "\n\n".join(queued[4:]),
+    ]
     expected = "".join(p.replace("\n", JOINED) + "\n" for p in pastes)  # each paste one line, then Enter
     wait_until(lambda: out.read_text() == expected, 5, f"the window to show {expected!r}; it has {out.read_text()!r}")
     assert clipboard() == b"the user's own clipboard"
@@ -344,8 +354,15 @@ def test_paste_nobody_takes_is_a_failed_attempt(make_daemon, xserver):
 
 def test_onboard_runs_the_sequence_and_pointer_reads_the_mouse(make_daemon, xserver, tmp_path):
     [out] = start_xterms(xserver, tmp_path, 1)
-    sequence = [{"do": "click"}, {"do": "wait", "ms": 5}, {"do": "paste", "text": "hello {agent}: {message}"},
-                {"do": "submit"}, {"do": "click", "at": "chat"}, {"do": "paste"}, {"do": "submit", "urgent": True}]  # fmt: skip
+    sequence = [
+        {"do": "click"},
+        {"do": "wait", "ms": 5},
+        {"do": "paste", "text": "hello {agent}: {message}"},
+        {"do": "submit"},
+        {"do": "click", "at": "chat"},
+        {"do": "paste"},
+        {"do": "submit", "urgent": True},
+    ]
     agent = gui_agent(1, onboarding="intro", onboarding_x=100, onboarding_y=60)
     d = make_daemon(agents=[agent], gui={"sequences": {"intro": sequence}}, delivery=FAST)
     with d.client() as c:
@@ -365,19 +382,29 @@ def test_onboard_runs_the_sequence_and_pointer_reads_the_mouse(make_daemon, xser
     captured = coordctl(d, "coords", "capture", "Agent-1", "--delay", "0").stdout
     assert captured.splitlines()[1:] == ["x = 700", "y = 800"]
     assert coordctl(d, "coords", "capture", "Agent-1", "--delay", "0", "--onboarding").stdout.endswith(
-        "onboarding_x = 700\nonboarding_y = 800\n")
+        "onboarding_x = 700\nonboarding_y = 800\n"
+    )
 
 
 def coordctl(d: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "coordctl", "--socket", d.socket, *args], input=stdin,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", d.socket, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out
 
 
 def test_cli_import_coords_prints_the_active_agents():
-    out = subprocess.run([sys.executable, "-m", "coordctl", "agents", "import-coords", str(SHARED_COORDS)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "coordctl", "agents", "import-coords", str(SHARED_COORDS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == coords.to_toml(coords.load(str(SHARED_COORDS)))
     assert tomllib.loads(out.stdout)["agents"]
@@ -401,6 +428,7 @@ def test_a_body_larger_than_one_x_request_is_pasted_whole(make_daemon, xserver, 
 
 def test_the_unset_multiline_follows_the_submit_key():
     """Where Enter submits, a pasted newline (an Enter to a terminal) may too: "join"; else "paste"."""
+
     def multiline(**keys) -> str:
         return GuiTransport(config.GuiAgent(id="A", x=1, y=1, **keys), config.Gui()).multiline
 
@@ -410,9 +438,11 @@ def test_the_unset_multiline_follows_the_submit_key():
 
 @pytest.mark.parametrize(
     "keys, error",
-    [({"multiline": "lines"}, '`agents[0].multiline` = \'lines\': use "join"'),
-     ({"newline_key": "Shift+Enter"}, "agents[0].newline_key")],
-)  # fmt: skip
+    [
+        ({"multiline": "lines"}, "`agents[0].multiline` = 'lines': use \"join\""),
+        ({"newline_key": "Shift+Enter"}, "agents[0].newline_key"),
+    ],
+)
 def test_multiline_config_errors_name_the_key(keys, error):
     with pytest.raises(config.ConfigError) as e:
         config.parse({"agents": [{"id": "A", "transport": "gui", "x": 1, "y": 1, **keys}]}, "c.toml")
@@ -428,8 +458,10 @@ def test_a_multi_line_message_is_one_line_in_a_terminal_without_bracketed_paste(
         first = c.send("Agent-1", "hi\n/exit", wait=True, timeout=10)
         second = c.send("Agent-1", "next\r\nline", wait=True, timeout=10)
     got = wait_until(lambda: out.read_text().count("\n") >= 2 and out.read_text(), 5, "two inputs")
-    assert got == (f"<<{first}|unknown|Agent-1|regular>>{JOINED}hi{JOINED}/exit\n"
-                   f"<<{second}|unknown|Agent-1|regular>>{JOINED}next{JOINED}line\n")
+    assert got == (
+        f"<<{first}|unknown|Agent-1|regular>>{JOINED}hi{JOINED}/exit\n"
+        f"<<{second}|unknown|Agent-1|regular>>{JOINED}next{JOINED}line\n"
+    )
 
 
 def test_keys_and_bracketed_paste_give_one_input_with_its_newlines(make_daemon, xserver, tmp_path):
@@ -437,10 +469,15 @@ def test_keys_and_bracketed_paste_give_one_input_with_its_newlines(make_daemon, 
     newline key is ctrl+j ("keys": a line, ctrl+j, a line), and one that asked xterm for bracketed paste
     ("paste"). Each submission is one record of tmux_reader.py's file."""
     files = [tmp_path / "keys.jsonl", tmp_path / "paste.jsonl"]
-    for n, (out, flags) in enumerate(zip(files, (["--no-bracketed-paste"], []))):
+    for n, (out, flags) in enumerate(zip(files, (["--no-bracketed-paste"], []), strict=True)):
         xserver.xterm(f"agent-{n + 1}", *ORIGINS[n], out, [sys.executable, READER, str(out), *flags])
-    d = make_daemon(agents=[gui_agent(1, header="", multiline="keys", newline_key="ctrl+j"),
-                            gui_agent(2, header="", multiline="paste")], delivery=FAST)  # fmt: skip
+    d = make_daemon(
+        agents=[
+            gui_agent(1, header="", multiline="keys", newline_key="ctrl+j"),
+            gui_agent(2, header="", multiline="paste"),
+        ],
+        delivery=FAST,
+    )
     with d.client() as c:
         for agent in ("Agent-1", "Agent-2"):
             c.send(agent, "hi\n\n/exit", wait=True, timeout=10)

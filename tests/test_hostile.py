@@ -22,13 +22,13 @@ from collections import Counter
 
 import msgspec
 import pytest
+from conftest import Daemon, inbox_bodies, wait_until, write_config
+from figures import memory_kib, record
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from conftest import Daemon, inbox_bodies, wait_until, write_config
 from coordctl import Client, CoordError
 from coordctl import protocol as p
-from figures import memory_kib, record
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,51 +44,125 @@ def framed(body: bytes) -> bytes:
 
 # --- strategies ------------------------------------------------------------------------------------
 
-OPS = ["ping", "send", "batch", "broadcast", "status", "history", "get", "retry", "cancel", "agents",
-       "reload", "onboard", "pointer"]  # fmt: skip
-FIELDS = ["rid", "to", "body", "sender", "priority", "kind", "tags", "key", "wait", "timeout", "messages", "group",
-          "agent", "status", "since", "until", "contains", "limit", "cursor", "message_id", "message"]  # fmt: skip
+OPS = [
+    "ping",
+    "send",
+    "batch",
+    "broadcast",
+    "status",
+    "history",
+    "get",
+    "retry",
+    "cancel",
+    "agents",
+    "reload",
+    "onboard",
+    "pointer",
+]
+FIELDS = [
+    "rid",
+    "to",
+    "body",
+    "sender",
+    "priority",
+    "kind",
+    "tags",
+    "key",
+    "wait",
+    "timeout",
+    "messages",
+    "group",
+    "agent",
+    "status",
+    "since",
+    "until",
+    "contains",
+    "limit",
+    "cursor",
+    "message_id",
+    "message",
+]
 CONTROL_TEXT = st.text(st.characters(max_codepoint=0x9F), max_size=40)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=30),
-    st.binary(max_size=30), CONTROL_TEXT, st.sampled_from(["A", "B", "-t", "--help", "urgent", "queued", ""]),
-)  # fmt: skip
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                      max_leaves=12)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=30),
+    st.binary(max_size=30),
+    CONTROL_TEXT,
+    st.sampled_from(["A", "B", "-t", "--help", "urgent", "queued", ""]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 huge_text = st.integers(100_000, MAX_FRAME + 1000).map(lambda n: "x" * n)
 agent = st.sampled_from(["A", "B", "C", "-t", "A; rm -rf /", ""])
 small_id = st.integers(-3, 400)
 name = st.none() | st.text(max_size=70) | CONTROL_TEXT
 body = st.one_of(*[st.text(min_size=1, max_size=200)] * 6, CONTROL_TEXT, CONTROL_TEXT, huge_text, st.just("   "))
-message = st.fixed_dictionaries({"to": agent, "body": body}, optional={"sender": name, "key": name, "priority": st.sampled_from(["regular", "urgent", "loud"])})
+message = st.fixed_dictionaries(
+    {"to": agent, "body": body},
+    optional={"sender": name, "key": name, "priority": st.sampled_from(["regular", "urgent", "loud"])},
+)
 plausible = {
-    "to": agent, "agent": agent, "group": st.text(max_size=10), "body": body, "sender": name, "kind": name, "key": name,
-    "message": st.text(max_size=50), "contains": st.text(max_size=20),
+    "to": agent,
+    "agent": agent,
+    "group": st.text(max_size=10),
+    "body": body,
+    "sender": name,
+    "kind": name,
+    "key": name,
+    "message": st.text(max_size=50),
+    "contains": st.text(max_size=20),
     "priority": st.sampled_from(["regular", "urgent", "loud"]),
     "status": st.sampled_from(["queued", "delivering", "delivered", "failed", "cancelled", "lost"]),
     "tags": st.lists(st.text(max_size=70), max_size=20),
     "messages": st.lists(message, max_size=8),
-    "wait": st.booleans(), "timeout": st.floats(), "since": st.floats(), "until": st.floats(),
+    "wait": st.booleans(),
+    "timeout": st.floats(),
+    "since": st.floats(),
+    "until": st.floats(),
     "limit": st.integers(-5, 2000),
     "message_id": small_id | st.integers(-(2**63), 2**64 - 1),
     "cursor": small_id | st.integers(-(2**63), 2**64 - 1),
 }
 field_value = st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f), plausible.get(f, values) | values))
 request = st.builds(
-    lambda op, rid, fields: {**({"op": op} if op is not None else {}), **({"rid": rid} if rid is not None else {}), **dict(fields)},
-    st.one_of(*[st.sampled_from(OPS)] * 6, values), st.none() | st.integers(-(2**63), 2**64 - 1) | values,
+    lambda op, rid, fields: {
+        **({"op": op} if op is not None else {}),
+        **({"rid": rid} if rid is not None else {}),
+        **dict(fields),
+    },
+    st.one_of(*[st.sampled_from(OPS)] * 6, values),
+    st.none() | st.integers(-(2**63), 2**64 - 1) | values,
     st.lists(field_value, max_size=6),
-)  # fmt: skip
+)
 # Requests of the right shape with hostile values: they reach the handlers.
 well_typed = st.one_of(
-    st.builds(lambda m, w, t: {"op": "send", **m, "wait": w, **({"timeout": t} if t is not None else {})},
-              message, st.booleans(), st.none() | st.floats(0.01, 3)),
+    st.builds(
+        lambda m, w, t: {"op": "send", **m, "wait": w, **({"timeout": t} if t is not None else {})},
+        message,
+        st.booleans(),
+        st.none() | st.floats(0.01, 3),
+    ),
     st.builds(lambda ms: {"op": "batch", "messages": ms}, st.lists(message, max_size=10)),
-    st.builds(lambda b, g: {"op": "broadcast", "body": b, **({"group": g} if g else {})}, body, st.none() | st.text(max_size=5)),
+    st.builds(
+        lambda b, g: {"op": "broadcast", "body": b, **({"group": g} if g else {})},
+        body,
+        st.none() | st.text(max_size=5),
+    ),
     st.builds(lambda op, i: {"op": op, "message_id": i}, st.sampled_from(["get", "retry", "cancel"]), small_id),
-    st.builds(lambda a, l, c: {"op": "history", "agent": a, "limit": l, "contains": c}, agent, st.integers(0, 1001), st.text(max_size=5)),
+    st.builds(
+        lambda a, n, c: {"op": "history", "agent": a, "limit": n, "contains": c},
+        agent,
+        st.integers(0, 1001),
+        st.text(max_size=5),
+    ),
     st.sampled_from([{"op": "status"}, {"op": "agents"}, {"op": "ping"}]),
-)  # fmt: skip
+)
 
 
 def nested(depth: int) -> bytes:
@@ -108,9 +182,11 @@ whole_frame = st.one_of(
 broken_tail = st.one_of(
     st.binary(min_size=1, max_size=64),  # no prefix: its first bytes are read as one
     st.tuples(st.integers(MAX_FRAME + 1, 2**32 - 1), st.binary(max_size=16)).map(
-        lambda t: t[0].to_bytes(4, "big") + t[1]),  # too large  # fmt: skip
+        lambda t: t[0].to_bytes(4, "big") + t[1]
+    ),  # too large
     st.tuples(st.integers(10, MAX_FRAME), st.binary(max_size=9)).map(
-        lambda t: t[0].to_bytes(4, "big") + t[1]),  # a length that lies: half a frame, then the end  # fmt: skip
+        lambda t: t[0].to_bytes(4, "big") + t[1]
+    ),  # a length that lies: half a frame, then the end
 )
 
 
@@ -175,7 +251,8 @@ def exchange(path: str, frames: list[bytes], tail: bytes | None, abort: bool, st
             assert "internal error" not in r.message, r
             stats[r.code] += 1
     too_large = any(len(f) - 4 > MAX_FRAME for f in frames) or (
-        tail is not None and len(tail) >= 4 and int.from_bytes(tail[:4], "big") > MAX_FRAME)  # fmt: skip
+        tail is not None and len(tail) >= 4 and int.from_bytes(tail[:4], "big") > MAX_FRAME
+    )
     if not too_large:  # every whole frame is answered, the sentinel included, before the connection ends
         assert any(isinstance(r, p.Pong) and r.rid == 987654321 for r in replies)
         assert len(replies) == len(frames) + 1 if tail is None else len(replies) >= len(frames) + 1
@@ -183,7 +260,11 @@ def exchange(path: str, frames: list[bytes], tail: bytes | None, abort: bool, st
 
 @pytest.fixture(scope="module")
 def fuzz_daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("fuzz"), [{"id": "A"}, {"id": "B"}], daemon={"wait_timeout_s": 2.0, "idle_timeout_s": 3.0})
+    d = Daemon(
+        tmp_path_factory.mktemp("fuzz"),
+        [{"id": "A"}, {"id": "B"}],
+        daemon={"wait_timeout_s": 2.0, "idle_timeout_s": 3.0},
+    )
     d.start()
     yield d
     d.kill()
@@ -241,9 +322,15 @@ def test_fuzzed_frames_get_typed_errors_and_memory_stays_bounded(fuzz_daemon):
     assert rss_after - rss_before < RSS_GROWTH_BOUND_KIB, (rss_before, rss_after)
     with d.client() as c:
         c.send("A", "still delivering", wait=True, timeout=10)
-    record("fuzz", frames=stats["frames"], connections=stats["connections"], rss_before_kib=rss_before,
-           rss_after_kib=rss_after, peak_rss_kib=memory_kib(d.proc.pid, "VmHWM"),
-           replies={k: v for k, v in stats.items() if k not in ("frames", "connections")})  # fmt: skip
+    record(
+        "fuzz",
+        frames=stats["frames"],
+        connections=stats["connections"],
+        rss_before_kib=rss_before,
+        rss_after_kib=rss_after,
+        peak_rss_kib=memory_kib(d.proc.pid, "VmHWM"),
+        replies={k: v for k, v in stats.items() if k not in ("frames", "connections")},
+    )
 
 
 # --- many connections ------------------------------------------------------------------------------------
@@ -282,8 +369,10 @@ def closed_by_daemon(socks: list[socket.socket]) -> bool:
 @pytest.mark.slow
 def test_a_thousand_connections_idle_unread_and_half_frames_others_still_served(make_daemon):
     raise_nofile(4096)
-    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}],
-                    daemon={"max_connections": 1100, "idle_timeout_s": 2.0, "max_write_buffer_bytes": 256 << 10})  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}, {"id": "B"}],
+        daemon={"max_connections": 1100, "idle_timeout_s": 2.0, "max_write_buffer_bytes": 256 << 10},
+    )
     with d.client() as c:
         for i in range(4):
             c.send("A", f"big {i} " + "y" * 200_000, wait=True, timeout=10)
@@ -311,8 +400,13 @@ def test_a_thousand_connections_idle_unread_and_half_frames_others_still_served(
     assert rss_loaded - rss_start < bound_kib, (rss_start, rss_loaded, bound_kib)
     with d.client() as c:
         assert c.ping()
-    record("connections", connections_held=held, peak_rss_kib=memory_kib(d.proc.pid, "VmHWM"),
-           rss_start_kib=rss_start, rss_loaded_kib=rss_loaded)  # fmt: skip
+    record(
+        "connections",
+        connections_held=held,
+        peak_rss_kib=memory_kib(d.proc.pid, "VmHWM"),
+        rss_start_kib=rss_start,
+        rss_loaded_kib=rss_loaded,
+    )
 
 
 def test_past_max_connections_a_clear_error(make_daemon):
@@ -323,9 +417,8 @@ def test_past_max_connections_a_clear_error(make_daemon):
         s.sendall(p.frame(p.Watch(rid=1)))
         head = s.recv(4, socket.MSG_WAITALL)
         assert isinstance(p.reply_decoder.decode(s.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)), p.Watching)
-    with pytest.raises(CoordError) as e:
-        with Client(d.socket, timeout=10) as c:
-            c.ping()
+    with pytest.raises(CoordError) as e, Client(d.socket, timeout=10) as c:
+        c.ping()
     assert e.value.code == "unavailable" and "daemon.max_connections" in e.value.message
     held.pop().close()
     with Client(d.socket, timeout=10) as c:
@@ -354,7 +447,7 @@ async def test_idle_connections_are_closed_and_clients_reconnect(make_daemon):
             deadline = time.monotonic() + 10
             while not closed_by_daemon([probe]):  # the loop runs meanwhile, as in an idle asyncio program
                 assert time.monotonic() < deadline, "the idle connection was never closed"
-                await asyncio.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
+                await asyncio.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
             assert c.ping() and await ac.ping()  # both reconnect by themselves
             assert c.send("A", "after the idle close", wait=True)
     assert inbox_bodies(d.inbox("A")) == ["after the idle close"]
@@ -375,7 +468,9 @@ def test_half_closed_client_gets_every_reply(daemon):
 
 # --- control characters and option-like names ------------------------------------------------------------
 
-ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b[2J \x1b[200~paste\x1b[201~ ^C:\x03 DEL:\x7f C1:\x9b bell:\x07 \r\nend"
+ESCAPES = (
+    "\x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b[2J \x1b[200~paste\x1b[201~ ^C:\x03 DEL:\x7f C1:\x9b bell:\x07 \r\nend"
+)
 
 
 def test_control_characters_are_delivered_literally_by_default(make_daemon):
@@ -393,7 +488,9 @@ def test_control_characters_rejected_by_policy(make_daemon):
         with pytest.raises(CoordError) as e:
             c.send("A", "looks fine \x1b[2J but is not")
         assert e.value.code == "bad_request"
-        assert "U+001B" in e.value.message and "offset 11" in e.value.message and "daemon.control_chars" in e.value.message
+        assert (
+            "U+001B" in e.value.message and "offset 11" in e.value.message and "daemon.control_chars" in e.value.message
+        )
         with pytest.raises(CoordError) as e:
             c.batch([{"to": "A", "body": "fine"}, {"to": "A", "body": "C1 \x9b too"}])
         assert "messages[1].body" in e.value.message

@@ -19,12 +19,26 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = {
     "model": ["coordd", "coordd.model", "coordd.lockfile"],  # and leaf utilities: nothing of coordd below them
     "config": ["coordd.config", "coordd.gui", "coordd.gui.config"],
-    "store": ["coordd.store", "coordd.schema", "coordd.writer", "coordd.checkpointer", "coordd.reads", "coordd.retention"],
+    "store": [
+        "coordd.store",
+        "coordd.schema",
+        "coordd.writer",
+        "coordd.checkpointer",
+        "coordd.reads",
+        "coordd.retention",
+    ],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],
     "delivery": ["coordd.delivery"],
-    "handlers": ["coordd.handlers", "coordd.validation", "coordd.admission", "coordd.sending", "coordd.queries",
-                 "coordd.retry_cancel", "coordd.gui.requests"],
+    "handlers": [
+        "coordd.handlers",
+        "coordd.validation",
+        "coordd.admission",
+        "coordd.sending",
+        "coordd.queries",
+        "coordd.retry_cancel",
+        "coordd.gui.requests",
+    ],
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
     "server": ["coordd.server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
@@ -85,7 +99,7 @@ def layer_of(module: str) -> str | None:
     best = None
     for layer, names in LAYERS.items():
         for n in names:
-            covers = module == n or n != "coordd" and module.startswith(n + ".")  # the package alone is "model"
+            covers = module == n or (n != "coordd" and module.startswith(n + "."))  # the package alone is "model"
             if covers and (best is None or len(n) > len(best[1])):
                 best = (layer, n)
     return best[0] if best else None
@@ -137,7 +151,7 @@ def find_cycles(edges: dict[str, list[tuple[str, int]]]) -> list[list[str]]:
         while True:  # walk within the group until the walk closes on itself
             nxt = next(w for w, _ in edges[path[-1]] if w in members)
             if nxt in seen:
-                cycles.append(path[path.index(nxt) :] + [nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
                 break
             path.append(nxt)
             seen.add(nxt)
@@ -181,7 +195,8 @@ def test_coordctl_imports_nothing_of_coordd():
 
 
 def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
-    """The resolver itself: an import inside a function counts, a relative one resolves, an attribute is not a module."""
+    """The resolver itself: an import inside a function counts, a relative one resolves, an attribute is not
+    a module."""
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
-
 from conftest import wait_until
-from coordctl import Client, CoordError
-from coordctl import protocol as p
 from figures import record
 from test_access import open_daemon  # noqa: F401 (a fixture)
 from test_core import _ping_as
 from test_hostile import closed_by_daemon, connect, raise_nofile
+
+from coordctl import Client, CoordError
+from coordctl import protocol as p
 
 pytestmark = pytest.mark.timeout(180)
 encode = msgspec.msgpack.Encoder().encode
@@ -85,15 +85,25 @@ def test_deep_nesting_is_a_bad_request_and_the_earlier_replies_arrive(daemon):
         got = read_replies(s, 7)
         bad = ("Error", "bad_request")
         assert sorted((r.rid, type(r).__name__, getattr(r, "code", None)) for r in got) == [
-            (0, *bad), (0, *bad), (0, *bad), (0, *bad), (1, "Pong", None), (2, "Sent", None), (7, "Pong", None)], got  # fmt: skip
+            (0, *bad),
+            (0, *bad),
+            (0, *bad),
+            (0, *bad),
+            (1, "Pong", None),
+            (2, "Sent", None),
+            (7, "Pong", None),
+        ], got
         why = [r.message for r in got if isinstance(r, p.Error)]
         nested = "cannot decode request: nested too deep (a request nests 4 levels at most)"
         assert why[:3] == [nested] * 3 and "unknown field `x`" in why[3], why  # replies come in frame order
         s.sendall(p.frame(p.Ping(rid=8)))  # the same connection still serves
         assert [r.rid for r in read_replies(s, 1)] == [8]
     assert "Traceback" not in daemon.logtext()
-    record("hardening_deep_nesting", hardening="a frame nested 100,000 deep amid pipelined requests",
-           outcome="bad_request; earlier replies arrive; connection serves")  # fmt: skip
+    record(
+        "hardening_deep_nesting",
+        hardening="a frame nested 100,000 deep amid pipelined requests",
+        outcome="bad_request; earlier replies arrive; connection serves",
+    )
 
 
 @pytest.mark.parametrize("rid", [2**63, 2**64 - 1])
@@ -105,7 +115,9 @@ def test_a_rid_outside_int64_is_a_bad_request(daemon, rid):
     assert isinstance(bad, p.Error) and bad.code == "bad_request" and bad.rid == 0, bad
     assert "$.rid" in bad.message, bad.message
     assert isinstance(edge, p.Pong) and edge.rid == -(2**63)  # the int64 range itself is fine
-    record("hardening_rid_range", hardening="a rid of 2**63 or 2**64-1 (outside int64)", outcome="bad_request naming $.rid")
+    record(
+        "hardening_rid_range", hardening="a rid of 2**63 or 2**64-1 (outside int64)", outcome="bad_request naming $.rid"
+    )
 
 
 # --- slow frames and the connection cap -------------------------------------------------------------------------
@@ -126,8 +138,11 @@ def test_half_a_frame_is_dropped_after_the_frame_timeout(make_daemon):
         assert c.ping()
     assert not closed_by_daemon([idle])
     idle.close()
-    record("hardening_frame_timeout", hardening="half a frame, then silence (slowloris)",
-           outcome="closed after daemon.frame_timeout_s (10 s)")  # fmt: skip
+    record(
+        "hardening_frame_timeout",
+        hardening="half a frame, then silence (slowloris)",
+        outcome="closed after daemon.frame_timeout_s (10 s)",
+    )
 
 
 def test_at_the_cap_the_longest_idle_connection_makes_room(make_daemon):
@@ -157,14 +172,17 @@ def test_at_the_cap_the_longest_idle_connection_makes_room(make_daemon):
         pytest.fail("the watcher's connection closed")
     for s in [*slow, watcher]:
         s.close()
-    record("hardening_connection_flood", hardening="500 idle and half-frame connections, cap 100",
-           outcome="longest-idle closed to make room; client served")  # fmt: skip
+    record(
+        "hardening_connection_flood",
+        hardening="500 idle and half-frame connections, cap 100",
+        outcome="longest-idle closed to make room; client served",
+    )
 
 
 # --- refused uids ---------------------------------------------------------------------------------------------
 
 
-def test_refused_uid_is_logged_once_a_minute(open_daemon):  # noqa: F811 (the fixture imported above)
+def test_refused_uid_is_logged_once_a_minute(open_daemon):
     d = open_daemon()
     for _ in range(5):
         assert _ping_as(d.socket, 65534, 65534).startswith("forbidden uid 65534")
@@ -172,7 +190,11 @@ def test_refused_uid_is_logged_once_a_minute(open_daemon):  # noqa: F811 (the fi
         assert c.ping()
     lines = [line for line in d.logtext().splitlines() if "refused a connection from uid 65534" in line]
     assert len(lines) == 1, lines
-    record("hardening_refusal_log", hardening="5 connections from a uid not allowed", outcome="refused; logged once a minute per uid")
+    record(
+        "hardening_refusal_log",
+        hardening="5 connections from a uid not allowed",
+        outcome="refused; logged once a minute per uid",
+    )
 
 
 # --- a large batch ---------------------------------------------------------------------------------------------
@@ -183,8 +205,11 @@ STALL_BOUND_S = 0.5  # the aim is 50 ms (perf/bench.py measures it); this bound 
 
 def test_a_large_batch_does_not_stall_other_clients(make_daemon):
     agents = [{"id": f"A{i}", "transport": "discard"} for i in range(4)]
-    d = make_daemon(agents=agents, daemon={"max_frame_bytes": 4 << 20},
-                    queue={"max_per_agent": BATCH, "max_total": BATCH, "max_bytes": 64 << 20})  # fmt: skip
+    d = make_daemon(
+        agents=agents,
+        daemon={"max_frame_bytes": 4 << 20},
+        queue={"max_per_agent": BATCH, "max_total": BATCH, "max_bytes": 64 << 20},
+    )
     batch = p.frame(p.Batch(rid=1, messages=[p.NewMessage(to=f"A{i % 4}", body=f"m{i}") for i in range(BATCH)]))
     latencies: list[float] = []
     done = threading.Event()
@@ -211,9 +236,13 @@ def test_a_large_batch_does_not_stall_other_clients(make_daemon):
     assert isinstance(ids, p.Ids) and len(ids.ids) == BATCH and ids.ids == sorted(ids.ids), ids
     assert len(during) > 5, "no ping was answered while the batch was handled"
     worst = max(during)
-    record("hardening_large_batch", hardening=f"a batch of {BATCH:,} messages while another client pings",
-           outcome=f"worst ping {worst * 1000:.0f} ms (was 1.6 to 2.3 s)", worst_ping_ms=round(worst * 1000, 1),
-           pings=len(during))  # fmt: skip
+    record(
+        "hardening_large_batch",
+        hardening=f"a batch of {BATCH:,} messages while another client pings",
+        outcome=f"worst ping {worst * 1000:.0f} ms (was 1.6 to 2.3 s)",
+        worst_ping_ms=round(worst * 1000, 1),
+        pings=len(during),
+    )
     assert worst < STALL_BOUND_S, f"a ping took {worst * 1000:.0f} ms during the batch"
     with d.client() as c:  # still all or nothing: a bad last message, and none of the batch is stored
         bad = [{"to": f"A{i % 4}", "body": f"n{i}"} for i in range(BATCH - 1)] + [{"to": "nobody", "body": "x"}]

@@ -10,9 +10,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_until, write_config
 from coordctl import CoordError
 from coordd import config
 
@@ -35,8 +35,11 @@ def block_inbox(d, agent: str) -> None:
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of a Prometheus text exposition, by (name, labels)."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}  # fmt: skip
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def value(found: dict, name: str, **labels: str) -> float:
@@ -65,8 +68,10 @@ def test_scrape_counts_every_outcome_and_passes_promtool(make_daemon, no_tmux):
         c.cancel(down[0])
         with pytest.raises(CoordError):
             c.send("Nobody", "refused")
-        wait_until(lambda: len(c.history(status="delivered").messages) == 8
-                   and len(c.history(status="failed").messages) == 3, what="8 delivered, 3 failed")  # fmt: skip
+        wait_until(
+            lambda: len(c.history(status="delivered").messages) == 8 and len(c.history(status="failed").messages) == 3,
+            what="8 delivered, 3 failed",
+        )
         text = scrape(url)
         over_socket = c.metrics()
     found = samples(text)
@@ -183,13 +188,14 @@ def test_config_takes_loopback_addresses(listen):
     assert config.parse({"metrics": remote, "agents": [{"id": "A"}]}, "t").metrics.allow_remote
 
 
-
 def test_reload_adds_series_and_a_new_transport_starts_its_own(make_daemon, no_tmux):
     d = make_daemon(agents=[{"id": "A"}, {"id": "B"}])
     with d.client() as c:
         c.send("B", "via the inbox", wait=True)
         sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db}}
-        write_config(d.config, sections, [{"id": "A"}, {"id": "B", "transport": "tmux", "target": "s:0.0"}, {"id": "C"}])
+        write_config(
+            d.config, sections, [{"id": "A"}, {"id": "B", "transport": "tmux", "target": "s:0.0"}, {"id": "C"}]
+        )
         assert c.reload().added == ["C"]
         c.send("B", "waits: no tmux here")
         wait_until(lambda: not c.status().agents[1].healthy, what="B down on its new transport")
@@ -206,8 +212,11 @@ def test_a_new_listen_address_waits_for_a_restart_and_the_endpoint_keeps_serving
     d = make_daemon(agents=[{"id": "A"}], metrics={"listen": "127.0.0.1:0"})
     with d.client() as c:
         url = c.status().metrics_url
-        sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db},
-                    "metrics": {"listen": "127.0.0.1:1"}}  # fmt: skip
+        sections = {
+            "daemon": {"socket": d.socket, "workspace": str(d.workspace)},
+            "store": {"path": d.db},
+            "metrics": {"listen": "127.0.0.1:1"},
+        }
         write_config(d.config, sections, [{"id": "A"}])
         assert c.reload().restart_needed == ["metrics.listen"]
         assert c.status().metrics_url == url

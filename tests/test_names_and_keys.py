@@ -12,11 +12,11 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import inbox_bodies, wait_until
+from figures import record
+
 from coordctl import CoordError
 from coordd import schema
-from figures import record
 
 LINE_BREAKS = {
     "\u2028": "U+2028 LINE SEPARATOR",
@@ -49,8 +49,11 @@ def test_line_breaks_are_refused_in_names_and_keys(daemon, field):
                 assert f"{field} contains {name}" in e.value.message
         assert c.status().rows == 0  # nothing refused was stored
         c.send("Agent-1", "plain names still work", sender="Agent-2", kind="task", tags=["a b"], key="k-1", wait=True)
-    record("hardening_name_line_breaks", hardening="U+2028/2029, NEL, VT/FF, FS/GS/RS in names, keys",
-           outcome="bad_request naming the field and the character")  # fmt: skip
+    record(
+        "hardening_name_line_breaks",
+        hardening="U+2028/2029, NEL, VT/FF, FS/GS/RS in names, keys",
+        outcome="bad_request naming the field and the character",
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,8 +87,11 @@ def test_a_send_key_cannot_swallow_a_broadcast_copy(daemon):
         wait_until(lambda: c.status().queued == 0, what="deliveries")
     bodies = ["X: sent with key standup:Agent-1", "Y: the broadcast keyed standup"]
     assert inbox_bodies(daemon.inbox("Agent-1")) == bodies
-    record("hardening_broadcast_key_namespace", hardening="send key standup:A1 vs broadcast keyed standup",
-           outcome="both delivered; copies keyed in their own namespace")  # fmt: skip
+    record(
+        "hardening_broadcast_key_namespace",
+        hardening="send key standup:A1 vs broadcast keyed standup",
+        outcome="both delivered; copies keyed in their own namespace",
+    )
 
 
 def test_a_broadcast_retried_across_the_upgrade_finds_its_old_copies(make_daemon):
@@ -96,8 +102,11 @@ def test_a_broadcast_retried_across_the_upgrade_finds_its_old_copies(make_daemon
     db = sqlite3.connect(d.db)
     db.executescript(schema.MIGRATIONS[0] + "PRAGMA user_version = 1;")
     old = [(1, "Agent-1", "standup:Agent-1"), (2, "Agent-2", "standup:Agent-2"), (3, "Agent-3", "daily:Agent-1")]
-    db.executemany("INSERT INTO messages (id, agent, priority, key, body, status, created)"
-                   " VALUES (?, ?, 'regular', ?, 'old', 'delivered', 0)", old)  # fmt: skip
+    db.executemany(
+        "INSERT INTO messages (id, agent, priority, key, body, status, created)"
+        " VALUES (?, ?, 'regular', ?, 'old', 'delivered', 0)",
+        old,
+    )
     db.commit()
     db.close()
     d.start()

@@ -17,12 +17,12 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, read_inbox_file
+from figures import record
+
 from coordd import config
 from coordd.model import Record
 from coordd.transports.inbox import render
-from figures import record
 
 VICTIM_TEXT = "a file outside the inbox that coordd must never touch\n"
 
@@ -81,15 +81,18 @@ def test_links_planted_at_the_temp_and_final_paths_are_never_followed(make_daemo
         assert [c.get(i).message.status for i in ids] == ["delivered", "delivered"]
     for v in (by_symlink, by_hard_link):
         assert fingerprint(v) == before[v], f"{v} was written, truncated or chmodded through a link"
-    for n, victim in zip(ids, (by_symlink, by_hard_link)):
+    for n, victim in zip(ids, (by_symlink, by_hard_link), strict=True):
         path = inbox / f"{n:012d}.md"
         assert not path.is_symlink() and path.stat().st_ino != victim.stat().st_ino
         fields, body = read_inbox_file(path)
         assert (fields["id"], fields["from"], body) == (n, "B", f"message {n}")
         assert mode(path) == 0o600
     assert not list(inbox.glob(".*.tmp"))
-    record("hardening_inbox_links", hardening="symlink/hard link planted at inbox temp+final path",
-           outcome="link replaced, its target untouched; message arrives")  # fmt: skip
+    record(
+        "hardening_inbox_links",
+        hardening="symlink/hard link planted at inbox temp+final path",
+        outcome="link replaced, its target untouched; message arrives",
+    )
 
 
 def test_inbox_files_are_0600_whatever_the_umask_and_directory_mode(make_daemon):
@@ -101,8 +104,11 @@ def test_inbox_files_are_0600_whatever_the_umask_and_directory_mode(make_daemon)
     with d.client() as c:
         i = c.send("A", "private", wait=True, timeout=10)
     assert mode(d.inbox("A") / f"{i:012d}.md") == 0o600
-    record("hardening_inbox_mode", hardening="inbox file in a 0777 dir, daemon started with umask 0",
-           outcome="file is 0600")  # fmt: skip
+    record(
+        "hardening_inbox_mode",
+        hardening="inbox file in a 0777 dir, daemon started with umask 0",
+        outcome="file is 0600",
+    )
 
 
 def test_file_mode_shares_an_inbox_with_the_group(make_daemon):
@@ -143,21 +149,28 @@ def test_a_second_daemon_on_the_same_database_is_refused(make_daemon, tmp_path):
     with first.client() as c:  # the first one is undisturbed
         c.send("A", "after", wait=True, timeout=10)
         assert c.status().rows == 2
-    record("hardening_second_daemon", hardening="second daemon, other socket, same database",
-           outcome="refused at start, names the holder's pid")  # fmt: skip
+    record(
+        "hardening_second_daemon",
+        hardening="second daemon, other socket, same database",
+        outcome="refused at start, names the holder's pid",
+    )
 
 
 def test_deleting_the_socket_directory_does_not_free_the_database(make_daemon, tmp_path):
     first = make_daemon(agents=[{"id": "A"}])
     shutil.rmtree(Path(first.socket).parent)  # the socket and its lock file go; the daemon runs on
     (tmp_path / "second").mkdir()
-    second = make_daemon(agents=[{"id": "A"}], sub="second", start=False, daemon={"socket": first.socket},
-                         store={"path": first.db})  # fmt: skip
+    second = make_daemon(
+        agents=[{"id": "A"}], sub="second", start=False, daemon={"socket": first.socket}, store={"path": first.db}
+    )
     log = refused_start(second)
     assert f"another coordd (pid {first.proc.pid}) is using the database {first.db}" in log, log
     assert first.proc.poll() is None
-    record("hardening_socket_dir_deleted", hardening="socket dir deleted, second daemon on same socket+db",
-           outcome="refused at start, names the holder's pid")  # fmt: skip
+    record(
+        "hardening_socket_dir_deleted",
+        hardening="socket dir deleted, second daemon on same socket+db",
+        outcome="refused at start, names the holder's pid",
+    )
 
 
 # --- private store files ----------------------------------------------------------------------------------
@@ -192,8 +205,11 @@ def test_store_files_are_0600_in_a_loose_directory(make_daemon):
         c.send("A", "last", wait=True, timeout=10)
     assert modes(store_files(d)) == dict.fromkeys(store_files(d), 0o600)
     assert f"the store directory {state} is mode 0755" in d.logtext()
-    record("hardening_store_modes", hardening="store dir 0755, db/wal/shm 0644 from an earlier run",
-           outcome="all 0600 at start and after writes; warning")  # fmt: skip
+    record(
+        "hardening_store_modes",
+        hardening="store dir 0755, db/wal/shm 0644 from an earlier run",
+        outcome="all 0600 at start and after writes; warning",
+    )
 
 
 @pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
@@ -235,11 +251,19 @@ def test_no_header_value_can_forge_another_field(make_daemon):
         i = c.send("A", body, sender=sender, kind=kind, tags=tags, wait=True, timeout=10)
     fields, got = read_inbox_file(d.inbox("A") / f"{i:012d}.md")
     assert {k: v for k, v in fields.items() if k != "time"} == {
-        "id": i, "from": sender, "to": "A", "priority": "regular", "kind": kind, "tags": tags,
-    }  # fmt: skip
+        "id": i,
+        "from": sender,
+        "to": "A",
+        "priority": "regular",
+        "kind": kind,
+        "tags": tags,
+    }
     assert got == body
-    record("hardening_inbox_header", hardening="sender/kind/tags crafted to forge inbox header fields",
-           outcome="every value JSON-quoted; header parses as sent")  # fmt: skip
+    record(
+        "hardening_inbox_header",
+        hardening="sender/kind/tags crafted to forge inbox header fields",
+        outcome="every value JSON-quoted; header parses as sent",
+    )
 
 
 def test_line_breaks_in_header_values_are_escaped():
@@ -247,12 +271,19 @@ def test_line_breaks_in_header_values_are_escaped():
     sender = "B\nto: Z\u2028priority: urgent"
     kind = "k\x85from: X\r---"
     tags = ["t\u2029---", "\x1c\x1d\x1e\x0b\x0c"]
-    text = render(Record(id=7, agent="A", body="body", priority="regular", created=0, sender=sender, kind=kind,
-                         tags=tags))  # fmt: skip
+    text = render(
+        Record(id=7, agent="A", body="body", priority="regular", created=0, sender=sender, kind=kind, tags=tags)
+    )
     head, body = text.split("\n---\n\n", 1)
     lines = head.splitlines()  # str.splitlines breaks on all of them, as YAML 1.1 does on NEL, LS and PS
     assert lines[0] == "---" and [line.partition(": ")[0] for line in lines[1:]] == [
-        "id", "from", "to", "priority", "kind", "time", "tags"
-    ]  # fmt: skip
+        "id",
+        "from",
+        "to",
+        "priority",
+        "kind",
+        "time",
+        "tags",
+    ]
     fields = {k: json.loads(v) for k, _, v in (line.partition(": ") for line in lines[1:])}
     assert (fields["from"], fields["kind"], fields["tags"], body) == (sender, kind, tags, "body\n")

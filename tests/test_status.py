@@ -12,8 +12,13 @@ from conftest import wait_until
 
 def status(d, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "COORDD_SOCKET"}
-    return subprocess.run([sys.executable, "-m", "coordctl", "--socket", d.socket, *args, "status"],
-                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", d.socket, *args, "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def block_inbox(d, agent: str) -> None:
@@ -36,8 +41,21 @@ def test_all_well_exits_0_with_latency_percentiles(make_daemon):
     assert lines[1].startswith(f"store {d.db}") and "20 rows" in lines[1] and "retention" in lines[1]
     assert "metrics http://127.0.0.1:" in shown.stdout and "attention" not in shown.stdout
     header = next(line for line in lines if line.startswith("AGENT"))
-    assert header.split() == ["AGENT", "TRANSPORT", "HEALTH", "QUEUED", "IN", "FLIGHT", "DELIVERED", "FAILED", "P50",
-                              "P99", "OLDEST", "LAST", "ERROR"]  # fmt: skip
+    assert header.split() == [
+        "AGENT",
+        "TRANSPORT",
+        "HEALTH",
+        "QUEUED",
+        "IN",
+        "FLIGHT",
+        "DELIVERED",
+        "FAILED",
+        "P50",
+        "P99",
+        "OLDEST",
+        "LAST",
+        "ERROR",
+    ]
     row_a = next(line for line in lines if line.startswith("A ")).split()
     assert row_a[:7] == ["A", "inbox", "ok", "0", "0", "20", "0"]
     assert row_a[7].endswith(("us", "ms")) and row_a[8].endswith(("us", "ms"))
@@ -62,8 +80,13 @@ def test_failed_messages_exit_4_until_retried(make_daemon):
         as_json = status(d, "--json")
         assert as_json.returncode == 4 and json.loads(as_json.stdout)["agents"][0]["failed"] == 1
         env = {k: v for k, v in os.environ.items() if k != "COORDD_SOCKET"}
-        after = subprocess.run([sys.executable, "-m", "coordctl", "--socket", d.socket, "status", "--json"],
-                               capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+        after = subprocess.run(
+            [sys.executable, "-m", "coordctl", "--socket", d.socket, "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert after.returncode == 4 and json.loads(after.stdout)["agents"] == json.loads(as_json.stdout)["agents"]
         d.inbox("A").unlink()
         c.retry(doomed)

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, cancel_between_attempts, inbox_bodies, tmpfs, wait_until
-from coordctl import PROTOCOL_VERSION, CoordError
 from figures import record
+
+from coordctl import PROTOCOL_VERSION, CoordError
 
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
 
@@ -47,8 +47,7 @@ def fill(path: Path) -> int:
 
 
 def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_fs):
-    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], store={"path": str(small_fs / "coordd.db")},
-                    delivery=FAST_RETRY)  # fmt: skip
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], store={"path": str(small_fs / "coordd.db")}, delivery=FAST_RETRY)
     acked: list[int] = []
     refused: list[str] = []
     body = "x" * 2000
@@ -73,8 +72,11 @@ def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_f
         # Still serving: reads, status, and deliveries of what was acknowledged.
         assert c.ping().protocol == PROTOCOL_VERSION
         assert c.get(acked[0]).message.id == acked[0]
-        wait_until(lambda: len(inbox_bodies(d.inbox("A")) + inbox_bodies(d.inbox("B"))) == len(acked), 20,
-                   "acknowledged messages delivered while the disk is full")  # fmt: skip
+        wait_until(
+            lambda: len(inbox_bodies(d.inbox("A")) + inbox_bodies(d.inbox("B"))) == len(acked),
+            20,
+            "acknowledged messages delivered while the disk is full",
+        )
         assert d.proc.poll() is None
 
         filler.unlink()
@@ -100,8 +102,12 @@ def test_disk_full_refuses_sends_keeps_serving_then_resumes(make_daemon, small_f
 
 def test_pruning_on_a_full_disk_waits_for_space(make_daemon, small_fs):
     """Retention deletes need room in the WAL too: on a full disk they fail, and the daemon carries on."""
-    d = make_daemon(agents=[{"id": "A"}], store={"path": str(small_fs / "coordd.db")}, delivery=FAST_RETRY,
-                    retention={"max_age_days": 2 / 86400, "prune_interval_s": 0.1})  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}],
+        store={"path": str(small_fs / "coordd.db")},
+        delivery=FAST_RETRY,
+        retention={"max_age_days": 2 / 86400, "prune_interval_s": 0.1},
+    )
     block_inbox(d, "A")  # queued messages are never pruned; cancelled ones are, once 2 s old
     with d.client() as c:
         cancelled = c.batch([{"to": "A", "body": f"to cancel {i}"} for i in range(30)])

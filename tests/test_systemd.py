@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Daemon, coordd_argv, wait_until, write_config
 
 from coordctl import Client, CoordError
 from coordctl import protocol as p
-from conftest import Daemon, coordd_argv, wait_until, write_config
 
 REPO = Path(__file__).parent.parent
 COORDCTL = [sys.executable, "-m", "coordctl"]
@@ -136,8 +136,9 @@ def agent_row(c: Client, agent: str) -> p.AgentStatus:
 def verify(units: list[Path], home: Path, runtime: Path) -> list[str]:
     """systemd-analyze's complaints about our units (it exits 0 on warnings, so read what it says)."""
     env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
-    run = subprocess.run(["systemd-analyze", "--user", "verify", *map(str, units)], env=env, capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        ["systemd-analyze", "--user", "verify", *map(str, units)], env=env, capture_output=True, text=True, timeout=60
+    )
     out = (run.stdout + run.stderr).splitlines()
     return [line for line in out if "coordd" in line] + ([f"exit {run.returncode}"] if run.returncode else [])
 
@@ -176,8 +177,12 @@ def test_install_service_writes_verified_units(analyze_env, tmp_path):
     home, runtime = analyze_env
     cfg = write_config(tmp_path / "my config.toml", {}, [{"id": "Agent-1"}])
     dest = tmp_path / "units"
-    run = subprocess.run([sys.executable, "-m", "coordd", "install-service", "--config", str(cfg), "--dir", str(dest)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "coordd", "install-service", "--config", str(cfg), "--dir", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert "import-environment DISPLAY XAUTHORITY" in run.stdout and "enable-linger" in run.stdout
     service = (dest / "coordd.service").read_text()
@@ -187,8 +192,12 @@ def test_install_service_writes_verified_units(analyze_env, tmp_path):
     for name, text in units.render().items():
         assert (REPO / "systemd" / name).read_text() == text
     bad = write_config(tmp_path / "bad.toml", {"daemon": {"sockett": "x"}}, [{"id": "A"}])
-    run = subprocess.run([sys.executable, "-m", "coordd", "install-service", "--config", str(bad), "--dir", str(dest)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "coordd", "install-service", "--config", str(bad), "--dir", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode != 0 and "sockett" in run.stderr
 
 
@@ -253,8 +262,9 @@ def test_socket_activation_serves_coordctl_and_leaves_the_socket_alone(make_daem
     proc = spawn(d, {"NOTIFY_SOCKET": notify.env}, listen=listen)
     ctl = [*COORDCTL, "--socket", path]
     # No wait for readiness: like under systemd, a client's connection waits in the socket's backlog.
-    sent = subprocess.run([*ctl, "send", "Agent-1", "via systemd's socket", "--wait"], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    sent = subprocess.run(
+        [*ctl, "send", "Agent-1", "via systemd's socket", "--wait"], capture_output=True, text=True, timeout=60
+    )
     assert sent.returncode == 0, sent.stderr
     status = subprocess.run([*ctl, "--json", "status"], capture_output=True, text=True, timeout=60)
     assert f'"socket":"{path}"' in status.stdout
@@ -315,14 +325,26 @@ def test_systemds_own_socket_activate_tool_starts_coordd(make_daemon, tmp_path):
     d = make_daemon(start=False)
     path = str(tmp_path / "activated.sock")
     keep = [f"--setenv={k}" for k in ("PATH", "HOME", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE") if k in os.environ]
-    cmd = [tool, "--listen", path, "--fdname=coordd", *keep, sys.executable, "-m", "coordd", "run", "--config",
-           str(d.config)]  # fmt: skip
+    cmd = [
+        tool,
+        "--listen",
+        path,
+        "--fdname=coordd",
+        *keep,
+        sys.executable,
+        "-m",
+        "coordd",
+        "run",
+        "--config",
+        str(d.config),
+    ]
     with open(d.log, "ab") as log:
         d.proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     wait_until(lambda: os.path.exists(path), what="the tool to listen")
     # The first connection makes the tool exec coordd in its own process, the socket on fd 3.
-    sent = subprocess.run([*COORDCTL, "--socket", path, "send", "Agent-1", "hello", "--wait"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    sent = subprocess.run(
+        [*COORDCTL, "--socket", path, "send", "Agent-1", "hello", "--wait"], capture_output=True, text=True, timeout=60
+    )
     assert sent.returncode == 0, sent.stderr + d.logtext()
     with Client(path) as c:
         status = c.status()
@@ -380,8 +402,11 @@ def test_second_signal_forces_exit_and_queued_messages_stay(make_daemon, monkeyp
 
 
 def rewrite(d: Daemon, agents: list[dict], **daemon_keys) -> None:
-    sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace), **daemon_keys},
-                "store": {"path": d.db}, "delivery": SLOW_RETRY}  # fmt: skip
+    sections = {
+        "daemon": {"socket": d.socket, "workspace": str(d.workspace), **daemon_keys},
+        "store": {"path": d.db},
+        "delivery": SLOW_RETRY,
+    }
     write_config(d.config, sections, agents)
 
 

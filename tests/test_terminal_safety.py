@@ -15,11 +15,11 @@ import subprocess
 import sys
 
 import msgspec
-
 from conftest import wait_until
-from coordctl import human
 from figures import record
 from tmux_fixtures import TmuxServer
+
+from coordctl import human
 
 OSC52 = "\x1b]52;c;SGVsbG8=\x07"  # "write Hello to the clipboard"
 EVIL = f"copy {OSC52} clear \x1b[2J csi \x9b31m del \x7f cr \r rlo \u202eevil\u202c end"
@@ -69,14 +69,21 @@ def test_show_history_and_watch_print_escapes_visibly(daemon):
         doc = json.loads(text)
         body = doc["message"]["body"] if args[1] == "show" else doc["messages"][0]["body"]
         assert body == EVIL
-    record("hardening_terminal_escapes", hardening="OSC 52, CSI 2J, C1, bidi in a body via show/watch",
-           outcome="shown as ␛]52…␇ / <U+009B>; --json keeps the exact text")  # fmt: skip
+    record(
+        "hardening_terminal_escapes",
+        hardening="OSC 52, CSI 2J, C1, bidi in a body via show/watch",
+        outcome="shown as ␛]52…␇ / <U+009B>; --json keeps the exact text",
+    )
 
 
 def test_error_lines_are_made_visible_too():
     env = {k: v for k, v in os.environ.items() if k != "COORDD_SOCKET"}
-    out = subprocess.run([sys.executable, "-m", "coordctl", "--socket", "/nonexistent/\x1b[2J\x9b/sock", "ping"],
-                         capture_output=True, timeout=60, env=env)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", "/nonexistent/\x1b[2J\x9b/sock", "ping"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 3
     err = out.stderr.decode()
     assert "/nonexistent/␛[2J<U+009B>/sock" in err and not RAW.search(err)
@@ -114,4 +121,3 @@ def test_every_hidden_character_is_replaced_and_json_round_trips():
     assert not RAW.search(human.visible(text)) and human.visible("tab\tand\nnewline") == "tab\tand\nnewline"
     encoded = human.json_escaped(msgspec.json.encode({"body": text}))
     assert not RAW.search(encoded.decode()) and json.loads(encoded) == {"body": text}
-

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from figures import record
 from conftest import concurrently, wait_until, write_config
+from figures import record
+from tmux_fixtures import READER, TmuxServer, records
+
 from coordd import config
 from coordd.transports import tmux_control
 from coordd.transports.tmux import exact_target, printable, tail_fragment
-from tmux_fixtures import READER, TmuxServer, records
 
 JOINED = " \u23ce "  # " ⏎ ": what multiline "join" shows in place of each newline
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
@@ -88,7 +88,7 @@ def delivered(c, n: int) -> bool:
         ({"target": "a:0.0", "submit_timeout_ms": 0}, "agents[0].submit_timeout_ms"),
         ({"target": "a:0.0", "idle_timeout": "shrug"}, "idle_timeout"),
         ({"target": "a:0.0", "enter_delay": 5}, "enter_delay"),
-        ({"target": "a:0.0", "multiline": "lines"}, '`agents[0].multiline` = \'lines\': use "join"'),
+        ({"target": "a:0.0", "multiline": "lines"}, "`agents[0].multiline` = 'lines': use \"join\""),
         ({"target": "a:0.0", "newline_key": "Entr"}, "agents[0].newline_key"),
         ({"target": "a:0.0", "newline_key": "-"}, "agents[0].newline_key"),
         ({"target": "a:0.0", "newline_key": "C-j; kill-server"}, "agents[0].newline_key"),
@@ -214,8 +214,9 @@ def lines_when(path: Path, n: int) -> list[str] | None:
 
 
 @pytest.mark.parametrize("program", ["cat", "readline"])
-def test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste(make_daemon, tmux_server, tmp_path,
-                                                                                program):  # fmt: skip
+def test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste(
+    make_daemon, tmux_server, tmp_path, program
+):
     """Each newline of a paste reaches cat or readline as Enter: `hi\\n/exit` used to be two inputs, the second
     a command. By default (multiline = "join") the message is one line, its newlines shown as " ⏎ "."""
     server = tmux_server()
@@ -232,8 +233,11 @@ def test_a_multi_line_message_is_one_input_to_a_program_without_bracketed_paste(
         c.send("P", "next\r\nline", sender="A", wait=True, timeout=10)
     got = wait_until(lambda: lines_when(out, 2), 5, "two inputs")
     assert got == [f"{header('A', 'P')}{JOINED}hi{JOINED}/exit", f"{header('A', 'P')}{JOINED}next{JOINED}line"]
-    record("hardening_multiline", hardening="a 2-line message to a pane without bracketed paste",
-           outcome="one input line, newlines shown as \u23ce")
+    record(
+        "hardening_multiline",
+        hardening="a 2-line message to a pane without bracketed paste",
+        outcome="one input line, newlines shown as \u23ce",
+    )
 
 
 def bracket_paste_known(server: TmuxServer, target: str) -> bool:
@@ -248,8 +252,9 @@ def test_a_program_with_bracketed_paste_gets_the_message_as_one_block(make_daemo
     joins, pastes = tmp_path / "j.jsonl", tmp_path / "p.jsonl"
     server.reader("j", joins)
     server.reader("p", pastes)
-    d = make_daemon(agents=[tmux_agent("J", server, "j:0", header=""),
-                            tmux_agent("P", server, "p:0", header="", multiline="paste")])  # fmt: skip
+    d = make_daemon(
+        agents=[tmux_agent("J", server, "j:0", header=""), tmux_agent("P", server, "p:0", header="", multiline="paste")]
+    )
     with d.client() as c:
         for agent in ("J", "P"):
             c.send(agent, "hi\n/exit", wait=True, timeout=10)
@@ -266,8 +271,11 @@ def test_keys_types_each_line_then_the_newline_key(make_daemon, tmux_server, tmp
     files = {mode: tmp_path / f"{mode}.jsonl" for mode in ("keys", "paste", "join")}
     for mode, out in files.items():
         server.reader(mode, out, "--no-bracketed-paste")
-    d = make_daemon(agents=[tmux_agent(mode, server, f"{mode}:0", header="", multiline=mode, newline_key=newline_key)
-                            for mode in files])  # fmt: skip
+    d = make_daemon(
+        agents=[
+            tmux_agent(mode, server, f"{mode}:0", header="", multiline=mode, newline_key=newline_key) for mode in files
+        ]
+    )
     with d.client() as c:
         for mode in files:
             c.send(mode, "hi\n\n/exit", wait=True, timeout=10)
@@ -293,9 +301,13 @@ def test_pane_killed_fails_with_reason_others_unaffected(make_daemon, tmux_serve
     a_file, b_file = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     server.reader("a", a_file)
     server.reader("ab", b_file)  # "a" is a prefix of "ab": once "a" is gone, its target must not find "ab"
-    d = make_daemon(agents=[tmux_agent("A", server, "a:0.0", multiline="paste"),
-                            tmux_agent("B", server, "ab:0.0", multiline="paste")],
-                    delivery={**FAST_RETRY, "max_attempts": 3})  # fmt: skip
+    d = make_daemon(
+        agents=[
+            tmux_agent("A", server, "a:0.0", multiline="paste"),
+            tmux_agent("B", server, "ab:0.0", multiline="paste"),
+        ],
+        delivery={**FAST_RETRY, "max_attempts": 3},
+    )
     with d.client() as c:
         c.send("A", "before", wait=True, timeout=10)
         server.tmux("kill-session", "-t", "=a")
@@ -314,7 +326,9 @@ def test_pane_killed_fails_with_reason_others_unaffected(make_daemon, tmux_serve
 
 
 def test_server_gone_fails_then_reconnects(make_daemon, tmux_server, tmp_path):
-    server = tmux_server(socket_name=f"coordd-test-{os.getpid()}-{secrets.token_hex(4)}")  # unique: tests may run in parallel
+    server = tmux_server(
+        socket_name=f"coordd-test-{os.getpid()}-{secrets.token_hex(4)}"
+    )  # unique: tests may run in parallel
     out = tmp_path / "s.jsonl"
     server.reader("s", out)
     d = make_daemon(agents=[tmux_agent("S", server, "s:0.0", header="")], delivery={**FAST_RETRY, "max_attempts": 2})
@@ -358,8 +372,11 @@ def test_a_reload_that_changes_the_agent_keeps_a_text_waiting_for_its_enter(make
         mid = c.send("R", "once only")
         wait_until(lambda: c.get(mid).message.attempts == 1, 10, "the attempt whose Enter was lost")
         assert c.get(mid).message.error.startswith("text left unsubmitted")
-        sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db},
-                    "delivery": slow}  # fmt: skip
+        sections = {
+            "daemon": {"socket": d.socket, "workspace": str(d.workspace)},
+            "store": {"path": d.db},
+            "delivery": slow,
+        }
         write_config(d.config, sections, [{**agent, "submit_timeout_ms": 300}])
         assert c.reload().changed == ["R"]  # a new transport, which tries again at once
         wait_until(lambda: c.get(mid).message.status == "delivered", 10, "delivery on the new transport")
@@ -371,8 +388,10 @@ def test_text_never_submitted_fails(make_daemon, tmux_server, tmp_path):
     server = tmux_server()
     out = tmp_path / "n.jsonl"
     pane = server.reader("n", out, "--ignore-enters", "1000")
-    d = make_daemon(agents=[tmux_agent("N", server, "n:0.0", header="", submit_timeout_ms=100)],
-                    delivery={**FAST_RETRY, "max_attempts": 3})  # fmt: skip
+    d = make_daemon(
+        agents=[tmux_agent("N", server, "n:0.0", header="", submit_timeout_ms=100)],
+        delivery={**FAST_RETRY, "max_attempts": 3},
+    )
     with d.client() as c:
         mid = c.send("N", "stuck text")
         wait_until(lambda: c.get(mid).message.status == "failed", 10, "the message to fail")
@@ -385,8 +404,12 @@ def test_wait_for_idle(make_daemon, tmux_server, tmp_path):
     server = tmux_server()
     waits, eager = tmp_path / "w.jsonl", tmp_path / "e.jsonl"
     server.session("other", "cat")  # the daemon's control client attaches before the agents' sessions exist
-    d = make_daemon(agents=[tmux_agent("W", server, "w:0", header="", idle_quiet_ms=200, idle_prompt="^>$"),
-                            tmux_agent("E", server, "e:0", header="")])  # fmt: skip
+    d = make_daemon(
+        agents=[
+            tmux_agent("W", server, "w:0", header="", idle_quiet_ms=200, idle_prompt="^>$"),
+            tmux_agent("E", server, "e:0", header=""),
+        ]
+    )
     server.reader("w", waits, "--busy-ms", "1500")
     server.reader("e", eager, "--busy-ms", "1500")
     with d.client() as c:
@@ -400,8 +423,10 @@ def test_not_idle_in_time_fails_when_asked_to(make_daemon, tmux_server, tmp_path
     server = tmux_server()
     out = tmp_path / "b.jsonl"
     server.reader("b", out, "--busy-ms", "60000")
-    d = make_daemon(agents=[tmux_agent("B", server, "b:0", idle_quiet_ms=100, idle_max_wait_ms=300,
-                                       idle_timeout="fail")], delivery={**FAST_RETRY, "max_attempts": 2})  # fmt: skip
+    d = make_daemon(
+        agents=[tmux_agent("B", server, "b:0", idle_quiet_ms=100, idle_max_wait_ms=300, idle_timeout="fail")],
+        delivery={**FAST_RETRY, "max_attempts": 2},
+    )
     with d.client() as c:
         mid = c.send("B", "never")
         wait_until(lambda: c.get(mid).message.status == "failed", 10, "the message to fail")

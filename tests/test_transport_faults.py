@@ -14,10 +14,10 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import Daemon, inbox_bodies, tmpfs, wait_until
-from coordctl import Client
 from figures import record
+
+from coordctl import Client
 
 # A pane that is being recreated has no program reading it yet, and what is pasted then is lost when the
 # program starts (it flushes its input): wait for the reader's prompt, as a real setup would.
@@ -56,7 +56,7 @@ def test_unwritable_inbox_backs_off_then_fails_with_the_reason(make_daemon):
         msg = c.get(lost)
     assert "exists but is not a directory" in msg.message.error
     assert [a.ok for a in msg.attempts] == [False] * 4
-    gaps = [b.started - a.finished for a, b in zip(msg.attempts, msg.attempts[1:])]
+    gaps = [b.started - a.finished for a, b in zip(msg.attempts, msg.attempts[1:], strict=False)]
     for n, gap in enumerate(gaps):  # 40, 80, 160 ms: doubling, capped at backoff_max_ms
         assert gap >= min(40 * 2**n, 160) / 1000 * 0.9, gaps
     assert inbox_bodies(d.inbox("B")) == [f"b{i}" for i in range(20)]
@@ -188,7 +188,7 @@ def test_all_transports_faulted_at_once_then_recovered(make_daemon, tmux, tmp_pa
             {"id": "T", "transport": "tmux", "target": "t:0.0", "header": "", **tmux.agent_keys(), **READY},
             {"id": "G", "transport": "gui", "x": WINDOW[0] + 242, "y": WINDOW[1] + 132, "paste_hotkey": "ctrl+shift+v"},
             {"id": "H", "transport": "inbox"},
-        ]  # fmt: skip
+        ]
         d = make_daemon(agents=agents, gui={"header": ""}, delivery={**BACKOFF, "max_attempts": 10_000})
         with d.client() as c:
             for a in "ITG":

@@ -11,8 +11,8 @@ import sys
 import threading
 
 import pytest
-
 from conftest import wait_until
+
 from coordctl import AsyncClient, Client, CoordError, DaemonUnavailable, protocol
 
 FAST_FAIL = {"max_attempts": 2, "backoff_initial_ms": 20, "backoff_max_ms": 20}
@@ -63,12 +63,15 @@ def test_a_watcher_sees_every_event_in_order(make_daemon):
             ids = {"A": [], "B": [], "Bad": []}
             for i in range(30):
                 agent = "AB"[i % 2]
-                ids[agent].append(c.send(agent, f"message {i}\nline two", sender="tester",
-                                         priority="urgent" if i == 7 else "regular"))  # fmt: skip
+                ids[agent].append(
+                    c.send(agent, f"message {i}\nline two", sender="tester", priority="urgent" if i == 7 else "regular")
+                )
             ids["Bad"] = c.batch([{"to": "Bad", "body": "doomed 1"}, {"to": "Bad", "body": "doomed 2"}])
             everything = [m for agent_ids in ids.values() for m in agent_ids]
-            wait_until(lambda: {e.id for e in watcher.events() if e.event in TERMINAL} >= set(everything),
-                       what="a terminal event for every message")  # fmt: skip
+            wait_until(
+                lambda: {e.id for e in watcher.events() if e.event in TERMINAL} >= set(everything),
+                what="a terminal event for every message",
+            )
         finally:
             watcher.stop()
     events = watcher.events()
@@ -143,8 +146,9 @@ def test_events_that_happen_together_share_a_frame_of_at_most_256(daemon):
 
 def test_a_watcher_that_never_reads_slows_nobody_and_is_told_what_it_missed(make_daemon):
     # A small write buffer, so the stuck watcher is behind after a few hundred KiB (the socket's own buffer).
-    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], daemon={"max_write_buffer_bytes": 65536},
-                    metrics={"watch_buffer": 100})  # fmt: skip
+    d = make_daemon(
+        agents=[{"id": "A"}, {"id": "B"}], daemon={"max_write_buffer_bytes": 65536}, metrics={"watch_buffer": 100}
+    )
     stuck = socket.socket(socket.AF_UNIX)
     stuck.connect(d.socket)
     req = protocol.encoder.encode(protocol.Watch(rid=7, agents=["A"]))
@@ -157,10 +161,16 @@ def test_a_watcher_that_never_reads_slows_nobody_and_is_told_what_it_missed(make
             for start in range(0, n, 1000):
                 c.batch([{"to": "A", "body": f"m{i}"} for i in range(start, start + 1000)])
                 c.batch([{"to": "B", "body": f"m{i}"} for i in range(start, start + 1000)])
-            wait_until(lambda: sum(e.event == "delivered" for e in reader.events()) == n, timeout=60,
-                       what="the reading watcher to see every delivery")  # fmt: skip
-            wait_until(lambda: {a.id: a.delivered for a in c.status().agents} == {"A": n, "B": n}, timeout=60,
-                       what="every message delivered")  # fmt: skip
+            wait_until(
+                lambda: sum(e.event == "delivered" for e in reader.events()) == n,
+                timeout=60,
+                what="the reading watcher to see every delivery",
+            )
+            wait_until(
+                lambda: {a.id: a.delivered for a in c.status().agents} == {"A": n, "B": n},
+                timeout=60,
+                what="every message delivered",
+            )
             assert c.status().watchers == 2
         finally:
             reader.stop()
@@ -215,8 +225,13 @@ def test_a_watch_ends_when_the_daemon_stops(daemon):
 
 def coordctl(d, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "COORDD_SOCKET"}
-    return subprocess.Popen([sys.executable, "-m", "coordctl", "--socket", d.socket, *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordctl", "--socket", d.socket, *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_cli_watch_prints_json_lines_and_human_lines(daemon):
@@ -238,8 +253,12 @@ def test_cli_watch_prints_json_lines_and_human_lines(daemon):
             for p in (as_json, human):
                 p.kill()
                 p.wait(10)
-    refused = subprocess.run([sys.executable, "-m", "coordctl", "--socket", daemon.socket, "watch", "--agent", "X"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", daemon.socket, "watch", "--agent", "X"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "unknown_agent" in refused.stderr
 
 
@@ -258,6 +277,10 @@ def test_history_follow_prints_the_page_then_what_happens(daemon):
         finally:
             follow.kill()
             follow.wait(10)
-    usage = subprocess.run([sys.executable, "-m", "coordctl", "--socket", daemon.socket, "history", "--follow",
-                            "--cursor", "5"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    usage = subprocess.run(
+        [sys.executable, "-m", "coordctl", "--socket", daemon.socket, "history", "--follow", "--cursor", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert usage.returncode == 2

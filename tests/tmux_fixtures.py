@@ -32,14 +32,16 @@ class TmuxServer:
 
     def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         sock = ["-L", self.socket_name] if self.socket_name else ["-S", self.socket_path]
-        return subprocess.run(["tmux", *sock, *args], env=self.env, capture_output=True, text=True, check=check,
-                              timeout=10)  # fmt: skip
+        return subprocess.run(
+            ["tmux", *sock, *args], env=self.env, capture_output=True, text=True, check=check, timeout=10
+        )
 
     def session(self, name: str, *command: str, width: int = 100, height: int = 30) -> str:
         """A new detached session running command; its pane id."""
         cmd = shlex.join(command)
-        out = self.tmux("new-session", "-d", "-P", "-F", "#{pane_id} #{pid}", "-s", name,
-                        "-x", str(width), "-y", str(height), cmd).stdout.split()  # fmt: skip
+        out = self.tmux(
+            "new-session", "-d", "-P", "-F", "#{pane_id} #{pid}", "-s", name, "-x", str(width), "-y", str(height), cmd
+        ).stdout.split()
         self.pids.add(int(out[1]))
         return out[0]
 

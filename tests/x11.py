@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
 
 SCREEN = (1280, 1024)
@@ -50,7 +49,18 @@ class XServer:
         """On a free display number the first time; on the same number after kill()."""
         r, w = os.pipe()
         where = [self.display] if self.number is not None else []
-        args = ["Xvfb", *where, "-displayfd", str(w), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp", "-noreset"]
+        args = [
+            "Xvfb",
+            *where,
+            "-displayfd",
+            str(w),
+            "-screen",
+            "0",
+            f"{SCREEN[0]}x{SCREEN[1]}x24",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ]
         with open(self.tmp / "xvfb.log", "ab") as log:
             self.proc = subprocess.Popen(args, pass_fds=(w,), stdout=log, stderr=subprocess.STDOUT)
         os.close(w)
@@ -71,10 +81,22 @@ class XServer:
         log = self.tmp / f"xterm-{title}.log"
         with open(log, "wb") as errors:
             proc = subprocess.Popen(
-                ["xterm", "-u8", "-T", title, "-geometry", f"80x20+{x}+{y}", "-xrm", PASTE_XRM,
-                 "-e", *(command or ["sh", "-c", 'exec cat >> "$0"', str(out)])],
-                env=env, stdout=errors, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [
+                    "xterm",
+                    "-u8",
+                    "-T",
+                    title,
+                    "-geometry",
+                    f"80x20+{x}+{y}",
+                    "-xrm",
+                    PASTE_XRM,
+                    "-e",
+                    *(command or ["sh", "-c", 'exec cat >> "$0"', str(out)]),
+                ],
+                env=env,
+                stdout=errors,
+                stderr=subprocess.STDOUT,
+            )
         self.windows.append(proc)
         wait_until(lambda: self.mapped(title) or proc.poll() is not None, 15, f"xterm {title} to map")
         assert proc.poll() is None, f"xterm {title} exited with {proc.returncode}: {log.read_text()}"

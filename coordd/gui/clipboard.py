@@ -189,7 +189,9 @@ class Clipboard:
         self.content = None
         # Only if we still own it (a SelectionClear may not have arrived yet): never empty another's clipboard.
         if self.owned and _id(self.d.get_selection_owner(self.CLIPBOARD)) == self.win.id:
-            request.SetSelectionOwner(display=self.d.display, window=X.NONE, selection=self.CLIPBOARD, time=X.CurrentTime)
+            request.SetSelectionOwner(
+                display=self.d.display, window=X.NONE, selection=self.CLIPBOARD, time=X.CurrentTime
+            )
             self.d.sync()
         self.owned = False
 
@@ -250,8 +252,12 @@ class Clipboard:
                     self.fetched += 1
                     self.cond.notify_all()
         reply = event.SelectionNotify(
-            time=ev.time, requestor=ev.requestor, selection=ev.selection, target=ev.target, property=prop if ok else X.NONE
-        )  # fmt: skip
+            time=ev.time,
+            requestor=ev.requestor,
+            selection=ev.selection,
+            target=ev.target,
+            property=prop if ok else X.NONE,
+        )
         ev.requestor.send_event(reply)
         self.d.sync()  # the requestor has the data before the GUI thread sends the next key
 

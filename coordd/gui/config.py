@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,7 +41,7 @@ class WaitStep(_Step, tag="wait"):
     ms: int
 
 
-Step = Union[ClickStep, HotkeyStep, PasteStep, SubmitStep, WaitStep]
+Step = ClickStep | HotkeyStep | PasteStep | SubmitStep | WaitStep
 DEFAULT_SEQUENCE: list[Step] = [ClickStep(), PasteStep(), SubmitStep()]
 
 
@@ -89,8 +89,15 @@ class GuiAgent(msgspec.Struct, tag="gui", tag_field="transport", forbid_unknown_
     newline_key: str = "shift+enter"  # multiline = "keys": starts a new line in the input without submitting
 
 
-HEADER_FIELDS = {"sender": "Agent-2", "to": "Agent-1", "kind": "message", "priority": "urgent",
-                 "PRIORITY": "URGENT", "id": 1, "tags": "a,b"}  # fmt: skip
+HEADER_FIELDS = {
+    "sender": "Agent-2",
+    "to": "Agent-1",
+    "kind": "message",
+    "priority": "urgent",
+    "PRIORITY": "URGENT",
+    "id": 1,
+    "tags": "a,b",
+}
 KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*\Z")  # "ctrl+shift+v", "enter", "f5"
 
 
@@ -139,8 +146,10 @@ def _merge_coords_file(cfg: Any, source: str) -> None:
 
 def _check_agent(cfg: Any, src: str, where: str, a: GuiAgent) -> None:
     if a.x is None or a.y is None:
-        raise ConfigError(f"{src}: `{where}` ({a.id}): a gui agent needs both `x` and `y` (the chat input's screen "
-                          "position; `coordctl coords capture` reads it), or an entry in `gui.coords_file`")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}` ({a.id}): a gui agent needs both `x` and `y` (the chat input's screen "
+            "position; `coordctl coords capture` reads it), or an entry in `gui.coords_file`"
+        )
     if (a.onboarding_x is None) != (a.onboarding_y is None):
         raise ConfigError(f"{src}: `{where}` ({a.id}): set both `onboarding_x` and `onboarding_y`, or neither")
     for key in ("paste_hotkey", "submit_key", "urgent_submit_key", "newline_key"):
@@ -153,14 +162,17 @@ def _check_agent(cfg: Any, src: str, where: str, a: GuiAgent) -> None:
     _at_least(src, f"{where}.coalesce_max_bytes", a.coalesce_max_bytes, 1)
     if a.onboarding != "default" and a.onboarding not in cfg.gui.sequences:
         names = ", ".join(["default", *cfg.gui.sequences])
-        raise ConfigError(f"{src}: `{where}.onboarding` = {a.onboarding!r}: no such sequence in [gui.sequences]; "
-                          f"known: {names}")  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{where}.onboarding` = {a.onboarding!r}: no such sequence in [gui.sequences]; known: {names}"
+        )
 
 
 def _keys(src: str, key: str, value: str) -> None:
     if not KEYS.match(value):
-        raise ConfigError(f"{src}: `{key}` = {value!r} is not a key combination: write key names joined by '+', "
-                          'lower case, e.g. "ctrl+shift+v" or "enter"')  # fmt: skip
+        raise ConfigError(
+            f"{src}: `{key}` = {value!r} is not a key combination: write key names joined by '+', "
+            'lower case, e.g. "ctrl+shift+v" or "enter"'
+        )
 
 
 def _at_least(src: str, key: str, value: int, low: int) -> None:

@@ -177,8 +177,10 @@ class GuiOwner:
         """Open the X connections; the pyautogui module."""
         name = os.environ.get("DISPLAY")
         if not name:
-            raise Down("no DISPLAY: start coordd in the graphical session, or pass DISPLAY (and XAUTHORITY) "
-                       "to it, e.g. `systemctl --user import-environment DISPLAY XAUTHORITY`")  # fmt: skip
+            raise Down(
+                "no DISPLAY: start coordd in the graphical session, or pass DISPLAY (and XAUTHORITY) "
+                "to it, e.g. `systemctl --user import-environment DISPLAY XAUTHORITY`"
+            )
         self._disconnect()
         from coordd.gui.clipboard import Clipboard
 
@@ -199,8 +201,10 @@ class GuiOwner:
             from Xlib.error import XauthError
 
             if isinstance(e, XauthError):
-                raise Down(f"cannot open X display {name}: no X authority file ({e}); set XAUTHORITY to the "
-                           "session's authority file") from None  # fmt: skip
+                raise Down(
+                    f"cannot open X display {name}: no X authority file ({e}); set XAUTHORITY to the "
+                    "session's authority file"
+                ) from None
             raise Down(f"cannot open X display {name}: {e}") from None
         self.broken = False
         return pag
@@ -211,8 +215,13 @@ class GuiOwner:
         if clip is None or clip.dead or not clip.owned or not clip.content or shutil.which("xclip") is None:
             return
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["xclip", "-selection", "clipboard", "-i"], input=clip.content, timeout=5,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                ["xclip", "-selection", "clipboard", "-i"],
+                input=clip.content,
+                timeout=5,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def _disconnect(self) -> None:
         if self.clipboard is not None:
@@ -274,7 +283,7 @@ class PasteNotTaken(Exception):
 
 def settle(ms: int) -> None:
     if ms > 0:
-        time.sleep(ms / 1000)  # noqa: sleep-ok: a configured settle delay the target application needs
+        time.sleep(ms / 1000)  # sleep-ok: a configured settle delay the target application needs
 
 
 OWNER = GuiOwner()  # the one owner of the mouse, keyboard and clipboard in this process

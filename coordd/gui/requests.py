@@ -30,5 +30,7 @@ def _transport(delivery: Delivery, agent: str) -> GuiTransport:
         names = ", ".join(delivery.queues)  # the configured agents, in config order
         raise Refused("unknown_agent", f"agent: no agent named {agent!r}; configured agents: {names}")
     if not isinstance(q.transport, GuiTransport):
-        raise Refused("bad_request", f"agent {agent} uses the {q.transport_name()} transport; onboarding needs a gui agent")
+        raise Refused(
+            "bad_request", f"agent {agent} uses the {q.transport_name()} transport; onboarding needs a gui agent"
+        )
     return q.transport

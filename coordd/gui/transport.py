@@ -33,9 +33,14 @@ def render(m: Record, header: str) -> str:
     if not header:
         return m.body
     line = header.format(
-        sender=m.sender or "unknown", to=m.agent, kind=m.kind or "message", priority=m.priority,
-        PRIORITY=m.priority.upper(), id=m.id, tags=",".join(m.tags or ()),
-    )  # fmt: skip
+        sender=m.sender or "unknown",
+        to=m.agent,
+        kind=m.kind or "message",
+        priority=m.priority,
+        PRIORITY=m.priority.upper(),
+        id=m.id,
+        tags=",".join(m.tags or ()),
+    )
     return f"{line}\n{m.body}"
 
 
@@ -166,14 +171,19 @@ class GuiTransport(Transport):
         if not self._keys_ok:  # pyautogui ignores unknown key names silently: refuse them instead
             a = self.agent
             steps = self.settings.sequences.get(a.onboarding, [])
-            combos = [("paste_hotkey", a.paste_hotkey), ("submit_key", a.submit_key),
-                      ("urgent_submit_key", a.urgent_submit_key), ("newline_key", a.newline_key)]  # fmt: skip
+            combos = [
+                ("paste_hotkey", a.paste_hotkey),
+                ("submit_key", a.submit_key),
+                ("urgent_submit_key", a.urgent_submit_key),
+                ("newline_key", a.newline_key),
+            ]
             combos += [(f"gui.sequences.{a.onboarding}.keys", s.keys) for s in steps if isinstance(s, HotkeyStep)]
             for key, combo in combos:
                 bad = [k for k in combo.split("+") if not pag.isValidKey(k)]
                 if bad:
-                    raise DeliveryError(f"agent {a.id}: `{key}` = {combo!r}: pyautogui has no key {bad[0]!r} "
-                                        "(see pyautogui.KEY_NAMES)")  # fmt: skip
+                    raise DeliveryError(
+                        f"agent {a.id}: `{key}` = {combo!r}: pyautogui has no key {bad[0]!r} (see pyautogui.KEY_NAMES)"
+                    )
             self._keys_ok = True
         return pag
 

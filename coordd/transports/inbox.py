@@ -95,7 +95,7 @@ class InboxTransport(Transport):
         else:
             async with _turn():
                 done, error = self._write_all(messages)
-                await asyncio.sleep(0)  # noqa: sleep-ok: keep the turn for one pass of the loop, not a wait
+                await asyncio.sleep(0)  # sleep-ok: keep the turn for one pass of the loop, not a wait
         if error is not None:
             raise DeliveryError(error, delivered=done)
 

@@ -92,6 +92,7 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "ash", "
 class AgentNotRunning(TmuxError):
     """The pane's foreground program is a shell: the agent is not running there (see deliver_to_shell)."""
 
+
 _VISIBLE = {c: "^" + chr(c + 64) for c in range(0x20) if c not in (0x09, 0x0A)}
 _VISIBLE.update({0x7F: "^?", **{c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}})
 
@@ -101,8 +102,15 @@ def printable(text: str) -> str:
 
 
 def header_fields(m: Record) -> dict:
-    return {"sender": m.sender or "unknown", "to": m.agent, "kind": m.kind or "message", "priority": m.priority,
-            "PRIORITY": m.priority.upper(), "id": m.id, "tags": ",".join(m.tags or ())}  # fmt: skip
+    return {
+        "sender": m.sender or "unknown",
+        "to": m.agent,
+        "kind": m.kind or "message",
+        "priority": m.priority,
+        "PRIORITY": m.priority.upper(),
+        "id": m.id,
+        "tags": ",".join(m.tags or ()),
+    }
 
 
 def render(header: str, m: Record) -> str:
@@ -212,7 +220,7 @@ class TmuxTransport(Transport):
             else:
                 await self._paste(conn, pane, text, m.id)
             delay = self.agent.enter_delay_ms / 1000
-            await asyncio.sleep(delay)  # noqa: sleep-ok: the configured Enter delay, for programs that need one
+            await asyncio.sleep(delay)  # sleep-ok: the configured Enter delay, for programs that need one
             if check:  # Enter once the program shows the paste (else a check after Enter could pass too early)
                 _, shown = await self._wait_input_line(conn, pane, lambda s: s != before)
         await conn.run("send-keys", "-t", pane, "Enter")
@@ -223,8 +231,10 @@ class TmuxTransport(Transport):
             if len(self.unsubmitted) >= 256:  # forget the oldest: its message was retried or given up long ago
                 del self.unsubmitted[next(iter(self.unsubmitted))]
             self.unsubmitted[m.id] = (pane, shown)
-            raise TmuxError(f"text left unsubmitted in tmux pane {self.agent.target}: Enter did not clear "
-                            f"the input line within {self.agent.submit_timeout_ms} ms")  # fmt: skip
+            raise TmuxError(
+                f"text left unsubmitted in tmux pane {self.agent.target}: Enter did not clear "
+                f"the input line within {self.agent.submit_timeout_ms} ms"
+            )
         self.unsubmitted.pop(m.id, None)
 
     async def _resolve(self, conn: Connection) -> tuple[str, bool]:
@@ -245,9 +255,11 @@ class TmuxTransport(Transport):
         if input_off == "1":
             raise TmuxError(f"tmux pane {self.agent.target} has input disabled (select-pane -e enables it)")
         if os.path.basename(command.lstrip("-")) in SHELLS and not self.agent.deliver_to_shell:
-            raise AgentNotRunning(f"tmux pane {self.agent.target} runs {command}, a shell, not the agent: messages "
-                                  "wait until the agent runs there (a message typed into a shell would run as a "
-                                  "command; set deliver_to_shell = true if the agent runs under a shell script)")  # fmt: skip
+            raise AgentNotRunning(
+                f"tmux pane {self.agent.target} runs {command}, a shell, not the agent: messages "
+                "wait until the agent runs there (a message typed into a shell would run as a "
+                "command; set deliver_to_shell = true if the agent runs under a shell script)"
+            )
         return pane, bracketed == "1"
 
     async def _paste(self, conn: Connection, pane: str, text: str, message_id: int) -> None:
@@ -304,7 +316,7 @@ class TmuxTransport(Transport):
         while not done(line := await self._input_line(conn, pane)):
             if loop.time() >= deadline:
                 return False, line
-            await asyncio.sleep(SUBMIT_POLL_S)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
+            await asyncio.sleep(SUBMIT_POLL_S)  # sleep-ok: poll interval of a deadline-bounded wait
         return True, line
 
     async def _wait_idle(self, conn: Connection, pane: str) -> None:
@@ -331,4 +343,4 @@ class TmuxTransport(Transport):
                     raise TmuxError(f"tmux pane {a.target} was not idle within {a.idle_max_wait_ms} ms")
                 log.info("agent %s: pane %s not idle after %d ms; delivering", a.id, a.target, a.idle_max_wait_ms)
                 return
-            await asyncio.sleep(interval)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
+            await asyncio.sleep(interval)  # sleep-ok: poll interval of a deadline-bounded wait

@@ -132,10 +132,21 @@ class Connection:
                 raise TmuxError("tmux is not installed (no `tmux` on PATH)")
             env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
             proc = self.proc = await asyncio.create_subprocess_exec(
-                tmux, "-u", "-N", *self.server, "-C", "attach-session", "-f", "no-output,ignore-size",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, limit=1 << 20, start_new_session=True,
-            )  # fmt: skip
+                tmux,
+                "-u",
+                "-N",
+                *self.server,
+                "-C",
+                "attach-session",
+                "-f",
+                "no-output,ignore-size",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                limit=1 << 20,
+                start_new_session=True,
+            )
             # All three are pipes (created with PIPE above).
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
             stdin = self.stdin = proc.stdin
