@@ -21,6 +21,7 @@ from coordctl.paths import runtime_socket_path
 # The [gui] section and the gui agent are defined with the rest of the GUI; they are part of the config as well.
 from coordd.gui.config import (  # noqa: F401
     DEFAULT_SEQUENCE,
+    HEADER_FIELDS,  # a header template's fields with sample values: tmux headers have the same
     ClickStep,
     Gui,
     GuiAgent,
@@ -338,15 +339,6 @@ def _validate_file_mode(src: str, where: str, mode: str) -> None:
 
 # A tmux target: `%N`, or `session[:window[.pane]]`; never a leading '-', so never read as an option.
 TMUX_TARGET = re.compile(r"^(%\d+|(\$\d+|=?\w[\w+-]*)(:(@\d+|=?\w[\w+-]*)(\.(\d+|%\d+))?)?)\Z", re.ASCII)
-TMUX_HEADER_FIELDS = {
-    "sender": "Agent-2",
-    "to": "Agent-1",
-    "kind": "message",
-    "priority": "urgent",
-    "PRIORITY": "URGENT",
-    "id": 1,
-    "tags": "a,b",
-}
 
 
 def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
@@ -362,11 +354,10 @@ def _validate_tmux(src: str, where: str, a: TmuxAgent) -> None:
     if a.socket_path and not os.path.isabs(a.socket_path):
         raise ConfigError(f"{src}: `{where}.socket_path` = {a.socket_path!r} must be an absolute path")
     try:
-        a.header.format(**TMUX_HEADER_FIELDS)
+        a.header.format(**HEADER_FIELDS)
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(
-            f"{src}: `{where}.header` = {a.header!r}: {e!r}; fields: "
-            f"{', '.join('{' + k + '}' for k in TMUX_HEADER_FIELDS)}"
+            f"{src}: `{where}.header` = {a.header!r}: {e!r}; fields: {', '.join('{' + k + '}' for k in HEADER_FIELDS)}"
         ) from None
     try:
         re.compile(a.idle_prompt)
