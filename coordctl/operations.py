@@ -143,9 +143,22 @@ def _text(reply: protocol.MetricsText) -> str:
     return reply.text
 
 
+def _messages(reply: protocol.Page) -> list[protocol.MessageInfo]:
+    return reply.messages
+
+
+def _changed(reply: protocol.Acked) -> int:
+    return reply.changed
+
+
 def _until_delivered(send: protocol.Send) -> float | None:
-    """With ``wait``, the daemon answers once the message is delivered, or at ``timeout``."""
+    """With ``wait``, the daemon answers once the message is delivered (read, acked), or at ``timeout``."""
     return send.timeout if send.wait else 0.0
+
+
+def _until_arrival(inbox: protocol.Inbox) -> float:
+    """The daemon answers an empty inbox at once, or once a message arrives, at most ``wait`` later."""
+    return inbox.wait
 
 
 class Operations:
@@ -165,11 +178,15 @@ class Operations:
         key: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
+        wait_for: protocol.Receipt = "delivered",
     ) -> protocol.Send:
         """Queue one message; returns its id once the daemon has committed it.
 
         With ``wait=True`` returns only once it is delivered; a failure or a
         ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
+        ``wait_for="read"`` or ``"acked"`` waits further, until its recipient
+        has read it (``inbox``) or acknowledged it (``ack``); past ``timeout``
+        (the whole wait) a delivered message raises ``timeout``.
         """
         return protocol.Send(
             to=to,
@@ -181,6 +198,7 @@ class Operations:
             key=key,
             wait=wait,
             timeout=timeout,
+            wait_for=wait_for,
         )
 
     @operation(protocol.Ids, _ids)
@@ -255,6 +273,21 @@ class Operations:
     def cancel(self, message_id: int) -> protocol.Cancel:
         """Cancel a message that is still queued."""
         return protocol.Cancel(message_id=message_id)
+
+    @operation(protocol.Page, _messages, held=_until_arrival)
+    def inbox(
+        self, agent: str, *, unread: bool = True, limit: int = 50, wait: float = 0.0, ack: bool = False
+    ) -> protocol.Inbox:
+        """``agent``'s delivered messages, oldest first (``unread``: only those not read yet), at most
+        ``limit``; they are marked read (``ack=True``: acknowledged too). With ``wait`` (seconds) and
+        none there, the daemon answers as soon as one is delivered, or with none once ``wait`` is up."""
+        return protocol.Inbox(agent=agent, unread=unread, limit=limit, wait=wait, ack=ack)
+
+    @operation(protocol.Acked, _changed)
+    def ack(self, agent: str, ids: Iterable[int]) -> protocol.Ack:
+        """``agent`` acknowledges its messages ``ids``; returns how many were not acknowledged before.
+        A message of another agent is refused (``not_recipient``), and then none is acknowledged."""
+        return protocol.Ack(agent=agent, ids=list(ids))
 
     @operation(protocol.AgentList, _agents)
     def agents(self) -> protocol.Agents:

@@ -22,6 +22,7 @@ Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]  # msgpack
 Priority = Literal["regular", "urgent"]
 Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
 TERMINAL_STATUSES = ("delivered", "failed", "cancelled")
+Receipt = Literal["delivered", "read", "acked"]  # the points of a message's life a sender can wait for
 EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled"]
 
 # Stable error codes: clients branch on these, so never rename one.
@@ -42,6 +43,8 @@ ERROR_CODES = (
     # the daemon could not be reached (client side), or is full: max_connections, none idle (rid 0, closed)
     "unavailable",
     "internal",  # a bug in coordd failed this request (its log has the traceback); the daemon goes on serving
+    "timeout",  # send with wait_for read or acked: delivered, but not read (or acked) in time
+    "not_recipient",  # ack: the message is another agent's; nothing was acknowledged
     "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
 )
 
@@ -93,8 +96,9 @@ class Send(_Req, tag="send"):
     kind: str | None = None
     tags: list[str] = []
     key: str | None = None
-    wait: bool = False  # reply only once the message is delivered, failed or timed out
+    wait: bool = False  # reply only once the message is delivered (or read, acked), failed or timed out
     timeout: float | None = None  # seconds to wait; None means the daemon's default
+    wait_for: Receipt = "delivered"  # with wait: the point to wait for
 
 
 class Batch(_Req, tag="batch"):
@@ -174,6 +178,23 @@ class Metrics(_Req, tag="metrics"):
     """Every metric, in the Prometheus text format (as the HTTP endpoint serves it)."""
 
 
+class Inbox(_Req, tag="inbox"):
+    """An agent's delivered messages, oldest first, marked read (`page` reply; its cursor is always nil)."""
+
+    agent: str
+    unread: bool = True  # only those not read yet; false: every delivered message
+    limit: int = 50
+    wait: float = 0.0  # seconds: if none is there, answer as soon as one arrives, or empty after this long
+    ack: bool = False  # acknowledge the returned messages too
+
+
+class Ack(_Req, tag="ack"):
+    """The recipient acknowledges its messages (`acked` reply)."""
+
+    agent: str
+    ids: list[Int64]
+
+
 Request = (
     Ping
     | Send
@@ -191,6 +212,8 @@ Request = (
     | Watch
     | Unwatch
     | Metrics
+    | Inbox
+    | Ack
 )
 
 
@@ -242,8 +265,10 @@ class MessageInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     tags: list[str] = []
     key: str | None = None
     attempts: int = 0
-    delivered: float | None = None
+    delivered: float | None = None  # when it was delivered (the `delivered` receipt)
     error: str | None = None
+    read_at: float | None = None  # when its recipient fetched it through `inbox`
+    acked_at: float | None = None  # when its recipient acknowledged it (`ack`, or `inbox` with ack)
 
 
 class Message(_Rep, tag="message"):
@@ -367,6 +392,10 @@ class MetricsText(_Rep, tag="metrics"):
     text: str  # Prometheus text exposition format 0.0.4
 
 
+class Acked(_Rep, tag="acked"):
+    changed: int  # messages acknowledged by this request (those acked before are not counted)
+
+
 Reply = (
     Error
     | Pong
@@ -384,6 +413,7 @@ Reply = (
     | Missed
     | Unwatched
     | MetricsText
+    | Acked
 )
 
 

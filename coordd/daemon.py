@@ -23,6 +23,7 @@ from coordd.delivery import Delivery
 from coordd.events import EventBus
 from coordd.handlers import Handlers
 from coordd.hooks import NO_HOOKS, Hooks
+from coordd.inbox_requests import InboxRequests
 from coordd.metrics import Collector, Metrics
 from coordd.observer import BENCH_OFF, Observer, start_http
 from coordd.queries import Queries
@@ -97,7 +98,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             sending = Sending(config, store, delivery, Admission(store, delivery), hooks)
             queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
             retry_cancel = RetryCancel(config, store, delivery, hooks)
-            handlers = Handlers(config, delivery, sending, queries, retry_cancel, reload, hooks, collector.text)
+            inbox = InboxRequests(config, store, delivery)
+            handlers = Handlers(config, delivery, sending, queries, retry_cancel, inbox, reload, hooks, collector.text)
             server = Server(handlers, config.daemon, hooks, bus)
             pruner = Pruner(store, config.retention, spawn)
 

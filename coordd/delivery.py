@@ -113,6 +113,10 @@ class Delivery:
         self.orphans: dict[str, AgentQueue] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiters: dict[int, list[asyncio.Future]] = {}
+        # Requests waiting past delivery: a sender for a message's read or acked receipt (by (id, point)), an
+        # inbox request for the next message an agent gets (by agent). Both empty unless someone waits.
+        self.receipt_waiters: dict[tuple[int, str], list[asyncio.Future]] = {}
+        self.arrivals: dict[str, list[asyncio.Future]] = {}
         self.unrecorded: set[int] = set()  # delivered or failed, outcome not yet committed
         self.stopping = False
 
@@ -219,6 +223,29 @@ class Delivery:
             if not fut.done():
                 fut.set_result((status, error))
 
+    def wait_receipt(self, message_id: int, point: str) -> asyncio.Future:
+        """A future resolved once `receipted(ids, point)` names the message (or at shutdown); drop it after."""
+        return _waiter(self.receipt_waiters, (message_id, point))
+
+    def receipted(self, ids: list[int], point: str) -> None:
+        """The messages' `point` receipt (read or acked) is committed."""
+        if self.receipt_waiters:
+            for message_id in ids:
+                _wake(self.receipt_waiters.pop((message_id, point), ()))
+
+    def wait_arrival(self, agent: str) -> asyncio.Future:
+        """A future resolved once a delivery to `agent` is recorded (or at shutdown); drop it after."""
+        return _waiter(self.arrivals, agent)
+
+    @staticmethod
+    def drop_waiter(waiters: dict, key: object, fut: asyncio.Future) -> None:
+        """Forget a waiter that gave up (timed out): a receipt that never comes must not keep it."""
+        futs = waiters.get(key)
+        if futs is not None and fut in futs:
+            futs.remove(fut)
+            if not futs:
+                del waiters[key]
+
     # --- the workers -------------------------------------------------------------
 
     async def worker(self, q: AgentQueue) -> None:
@@ -307,9 +334,9 @@ class Delivery:
         for message_id, _, _ in outcomes:
             self.unrecorded.add(message_id)
         waited_on = any(message_id in self.waiters for message_id, _, _ in outcomes)  # then commit now
-        self.store.write(ops, deferred=not waited_on).add_done_callback(lambda f: self._recorded(f, outcomes))
+        self.store.write(ops, deferred=not waited_on).add_done_callback(lambda f: self._recorded(f, outcomes, q.id))
 
-    def _recorded(self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]]) -> None:
+    def _recorded(self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]], agent: str) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             # The delivery happened but its outcome is not stored: the message stays
             # queued in the database and is delivered again after a restart (at-least-once).
@@ -317,6 +344,8 @@ class Delivery:
         for message_id, status, error in outcomes:
             self.unrecorded.discard(message_id)
             self.settle(message_id, status, error)
+        if agent in self.arrivals and any(status == "delivered" for _, status, _ in outcomes):
+            _wake(self.arrivals.pop(agent))
 
     def stop(self) -> None:
         """Start no new deliveries; the ones in progress finish. Waiters hear the message is still queued."""
@@ -327,6 +356,20 @@ class Delivery:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(("queued", "the daemon is shutting down"))
+        for futs in (*self.receipt_waiters.values(), *self.arrivals.values()):
+            _wake(futs)  # they look again, find nothing new, and answer
+
+
+def _waiter(waiters: dict, key: object) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    waiters.setdefault(key, []).append(fut)
+    return fut
+
+
+def _wake(futs) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(None)
 
 
 async def _close_when_idle(q: AgentQueue, transport: Transport) -> None:

@@ -6,6 +6,7 @@ code. The answers themselves are in the modules named for them:
 - sending.py: send, batch, broadcast (validation.py checks them, admission.py admits them);
 - queries.py: history, get, status, agents;
 - retry_cancel.py: retry, cancel;
+- inbox_requests.py: inbox, ack;
 - gui/requests.py: onboard, pointer; reload.py: reload. ping and metrics are answered here.
 """
 
@@ -18,6 +19,7 @@ from coordd import __version__
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
+from coordd.inbox_requests import InboxRequests
 from coordd.model import Refused
 from coordd.queries import Queries
 from coordd.retry_cancel import RetryCancel
@@ -36,6 +38,7 @@ class Handlers:
         sending: Sending,
         queries: Queries,
         retry_cancel: RetryCancel,
+        inbox: InboxRequests,
         reload: Callable[[], Awaitable[p.Reloaded]],
         observer: Hooks = NO_HOOKS,
         metrics_text: Callable[[], str] = str,
@@ -44,6 +47,7 @@ class Handlers:
         self.sending = sending
         self.queries = queries
         self.retry_cancel = retry_cancel
+        self.inbox = inbox
         self.reload = reload  # the `reload` request: coordd.reload.Reloader.reload
         self.observer = observer  # metrics and watch events
         self.metrics_text = metrics_text  # the `metrics` request: the Prometheus exposition
@@ -55,7 +59,7 @@ class Handlers:
         self.config = config
         self.config_error: str | None = None  # why the last reload failed
         self.agents = {a.id: a for a in config.agents}
-        for part in (self.sending, self.queries, self.retry_cancel, self.observer):
+        for part in (self.sending, self.queries, self.retry_cancel, self.inbox, self.observer):
             part.configure(config)
 
     def reload_failed(self, error: str) -> None:
@@ -89,6 +93,10 @@ class Handlers:
                 return await self.retry_cancel.retry(req.message_id)
             case p.Cancel():
                 return await self.retry_cancel.cancel(req.message_id)
+            case p.Inbox():
+                return await self.inbox.inbox(req)
+            case p.Ack():
+                return await self.inbox.ack(req)
             case p.StatusRequest():
                 return await self.queries.status(self.config_error)
             case p.Agents():

@@ -44,6 +44,36 @@ class Reads:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
 
+    def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
+        """(read_at, acked_at) of a message; None: there is no such message."""
+        return self.db.execute("SELECT read_at, acked_at FROM messages WHERE id = ?", (message_id,)).fetchone()
+
+    def ack_states(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
+        """(recipient, acked_at) of each of the messages that exist, by id."""
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT id, agent, acked_at FROM messages WHERE id IN ({marks})", ids)
+        return {i: (agent, acked) for i, agent, acked in rows}
+
+    async def inbox(self, agent: str, unread: bool, limit: int, max_bytes: int) -> list[p.MessageInfo]:
+        """An agent's delivered messages, oldest first (unread: only those with no read_at), at most `limit`; it
+        stops early once the bodies pass max_bytes (at least one)."""
+        sql = f"SELECT {COLUMNS} FROM messages WHERE agent = ? AND status = 'delivered'"
+        if unread:
+            sql += " AND read_at IS NULL"  # the partial index messages_unread
+        rows: list[Sequence[Any]] = []
+        size = 0
+        async with self.reader.execute(sql + " ORDER BY id LIMIT ?", (agent, limit)) as cur:
+            while len(rows) < limit:
+                batch = await cur.fetchmany(min(HISTORY_BATCH, limit - len(rows)))
+                for r in batch:
+                    size += len(r[7]) * 4 + 1024  # at most 4 bytes a character, and the fields around the body
+                    if size > max_bytes and rows:
+                        return [info_from_row(r) for r in rows]
+                    rows.append(r)
+                if not batch:
+                    break
+        return [info_from_row(r) for r in rows]
+
     async def get(self, message_id: int) -> p.Message | None:
         async with self.reader.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)) as cur:
             row = await cur.fetchone()

@@ -66,15 +66,18 @@ class RetryCancel:
         return p.Sent(id=message_id, status="cancelled")
 
     async def _write(self, message_id: int, ops: s.Write) -> None:
-        try:
-            await self.store.write(ops)
-        except StorageFull as e:
-            raise Refused(
-                "storage_full",
-                f"the disk holding {self.store.path} is full ({e}); nothing changed: free some space there and retry",
-                message_id,
-            ) from None
-        except StorageError as e:
-            raise Refused(
-                "storage_error", f"the database refused the write ({e}); nothing changed", message_id
-            ) from None
+        await write_or_refuse(self.store, ops, message_id)
+
+
+async def write_or_refuse(store: Store, ops: s.Write, message_id: int | None = None) -> None:
+    """Commit a change a request asked for now, or refuse the request (storage_full, storage_error)."""
+    try:
+        await store.write(ops)
+    except StorageFull as e:
+        raise Refused(
+            "storage_full",
+            f"the disk holding {store.path} is full ({e}); nothing changed: free some space there and retry",
+            message_id,
+        ) from None
+    except StorageError as e:
+        raise Refused("storage_error", f"the database refused the write ({e}); nothing changed", message_id) from None

@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -61,6 +61,14 @@ MIGRATIONS = [
     CREATE TABLE legacy_keys (below INTEGER NOT NULL);
     INSERT INTO legacy_keys SELECT coalesce(max(id) + 1, 0) FROM messages WHERE key IS NOT NULL;
     """,
+    # 3: receipts. `delivered` (schema 1) is when it was delivered; read_at when its recipient fetched it through
+    # the inbox request, acked_at when the recipient acknowledged it (NULL until then). The index keeps an
+    # agent's unread inbox a short scan however many messages it has read.
+    """
+    ALTER TABLE messages ADD COLUMN read_at REAL;
+    ALTER TABLE messages ADD COLUMN acked_at REAL;
+    CREATE INDEX messages_unread ON messages(agent, id) WHERE read_at IS NULL;
+    """,
 ]
 
 INSERT_MESSAGE = (
@@ -73,9 +81,14 @@ MARK_FAILED = "UPDATE messages SET status = 'failed', attempts = ?, error = ? WH
 MARK_ATTEMPTED = "UPDATE messages SET attempts = ?, error = ? WHERE id = ?"
 MARK_CANCELLED = "UPDATE messages SET status = 'cancelled' WHERE id = ? AND status = 'queued'"
 MARK_REQUEUED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = ?"
+MARK_READ = "UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL"
+# Acknowledging implies having read: a message acked unread gets read_at too.
+MARK_ACKED = "UPDATE messages SET acked_at = ?1, read_at = coalesce(read_at, ?1) WHERE id = ?2 AND acked_at IS NULL"
 
 TERMINAL = "('delivered', 'failed', 'cancelled')"
-COLUMNS = "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error"
+COLUMNS = (
+    "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at, acked_at"
+)
 
 # A write is a list of (sql, params, many): one statement, or executemany when many.
 Write = list[tuple[str, Any, bool]]
@@ -99,6 +112,8 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         delivered=r[10],
         attempts=r[11],
         error=r[12],
+        read_at=r[13],
+        acked_at=r[14],
     )
 
 

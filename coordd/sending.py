@@ -60,7 +60,10 @@ class Sending:
         check_wait_timeout(req)
         [message_id], stored = await self._accept([msg], where="")
         if req.wait:
-            return await self._await_outcome(message_id, req.timeout or self.config.daemon.wait_timeout_s)
+            timeout = req.timeout or self.config.daemon.wait_timeout_s
+            if req.wait_for == "delivered":
+                return await self._await_outcome(message_id, timeout)
+            return await self._await_receipt(message_id, req.wait_for, timeout)
         return p.Sent(id=message_id, duplicate=not stored)
 
     async def broadcast(self, req: p.Broadcast) -> list[int]:
@@ -204,3 +207,31 @@ class Sending:
                 "not_delivered", f"message {message_id} is {status}: {error or 'see coordctl show'}", message_id
             )
         return p.Sent(id=message_id, status="delivered")
+
+    async def _await_receipt(self, message_id: int, point: str, timeout: float) -> p.Sent:
+        """Wait until the message is delivered, then until its recipient read (or acked) it, `timeout` in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sent = await self._await_outcome(message_id, timeout)
+        # Registered before looking, so a receipt committed after the look still wakes us.
+        fut = self.delivery.wait_receipt(message_id, point)
+        try:
+            while (receipts := self.store.receipts(message_id)) is not None:
+                if receipts[0 if point == "read" else 1] is not None:
+                    return sent
+                left = deadline - loop.time()
+                if left <= 0 or self.delivery.stopping:
+                    break
+                try:
+                    await asyncio.wait_for(fut, left)
+                except TimeoutError:
+                    break
+                fut = self.delivery.wait_receipt(message_id, point)  # (the receipt is committed: the look finds it)
+        finally:
+            self.delivery.drop_waiter(self.delivery.receipt_waiters, (message_id, point), fut)
+        raise Refused(
+            "timeout",
+            f"message {message_id} was delivered but not {point} within {timeout:g} s; it stays in its "
+            f"recipient's inbox (`coordctl inbox` fetches it, `coordctl ack` acknowledges it)",
+            message_id,
+        )

@@ -279,6 +279,15 @@ class Store:
     async def get(self, message_id: int) -> p.Message | None:
         return await self.reads.get(message_id)
 
+    def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
+        return self.reads.receipts(message_id)
+
+    def ack_states(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
+        return self.reads.ack_states(ids)
+
+    async def inbox(self, agent: str, unread: bool, limit: int, max_bytes: int) -> list[p.MessageInfo]:
+        return await self.reads.inbox(agent, unread, limit, max_bytes)
+
     async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:
         return await self.reads.history(q, max_bytes)
 

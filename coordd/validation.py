@@ -95,6 +95,8 @@ def check_not_empty(msgs: list[p.NewMessage], where: str) -> None:
 
 
 def check_wait_timeout(req: p.Send) -> None:
+    if req.wait_for != "delivered" and not req.wait:
+        raise Refused("bad_request", f"wait_for {req.wait_for!r} needs wait: set wait to true as well")
     if req.wait and req.timeout is not None and not 0 < req.timeout <= MAX_WAIT_S:
         raise Refused(
             "bad_request", f"timeout must be more than 0 and at most {MAX_WAIT_S:g} seconds, got {req.timeout}"
@@ -104,5 +106,19 @@ def check_wait_timeout(req: p.Send) -> None:
 def check_page(req: p.History, agents: Collection[str], orphans: Collection[str]) -> None:
     if not 1 <= req.limit <= MAX_PAGE:
         raise Refused("bad_request", f"limit must be 1 to {MAX_PAGE}, got {req.limit}")
-    if req.agent is not None and req.agent not in agents and req.agent not in orphans:
-        raise Refused("unknown_agent", f"agent: no agent named {req.agent!r}; configured agents: {', '.join(agents)}")
+    if req.agent is not None:
+        check_agent(req.agent, agents, orphans)
+
+
+def check_agent(agent: str, agents: Collection[str], orphans: Collection[str]) -> None:
+    """A configured agent, or one whose messages wait for it to be configured again."""
+    if agent not in agents and agent not in orphans:
+        raise Refused("unknown_agent", f"agent: no agent named {agent!r}; configured agents: {', '.join(agents)}")
+
+
+def check_ids_list(ids: list[int], limit: int) -> None:
+    if not 1 <= len(ids) <= limit:
+        raise Refused("bad_request", f"ids: give 1 to {limit} message ids, got {len(ids)}")
+    for value in ids:
+        if not -MAX_ID <= value <= MAX_ID:
+            raise Refused("bad_request", f"ids: {value} is out of range: ids are 64-bit integers")

@@ -62,6 +62,8 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["cancel"] = refused(lambda: c.cancel(out["send"]))  # delivered by now, or being delivered
         out["onboard"] = refused(lambda: c.onboard("A"))  # an inbox agent
         out["pointer"] = None  # needs an X display: tests/test_gui.py
+        out["inbox"] = refused(lambda: c.inbox("Nobody"))  # test_receipts.py has the inboxes that answer
+        out["ack"] = refused(lambda: c.ack("B", [out["send"]]))  # A's message
         return out
 
     async def run_async(ac: AsyncClient) -> dict:  # the same calls, awaited
@@ -79,6 +81,8 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["cancel"] = await refused_async(ac.cancel(out["send"]))
         out["onboard"] = await refused_async(ac.onboard("A"))
         out["pointer"] = None
+        out["inbox"] = await refused_async(ac.inbox("Nobody"))
+        out["ack"] = await refused_async(ac.ack("B", [out["send"]]))
         return out
 
     async def with_async_client() -> dict:
@@ -96,6 +100,7 @@ def test_both_clients_get_the_same_results(make_daemon):
     assert awaited == blocking
     assert blocking["history"] == ["two", "one"] and blocking["get"] == "one" and blocking["retry"]
     assert blocking["cancel"] == "bad_state" and blocking["onboard"] == "bad_request" and blocking["metrics"]
+    assert blocking["inbox"] == "unknown_agent" and blocking["ack"] == "not_recipient"
 
 
 def refused(call) -> str:

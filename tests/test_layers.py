@@ -37,6 +37,7 @@ LAYERS = {
         "coordd.sending",
         "coordd.queries",
         "coordd.retry_cancel",
+        "coordd.inbox_requests",
         "coordd.gui.requests",
     ],
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
