@@ -179,6 +179,11 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @click.option("--key", help="Idempotency key: sending again with the same key returns the first id.")
 @click.option("--wait", is_flag=True, help="Return once delivered; exit 1 if delivery fails or times out.")
 @click.option(
+    "--wait-for",
+    type=click.Choice(get_args(protocol.Receipt)),
+    help="Wait (implies --wait) until the message is delivered, read (inbox) or acked (ack)  [default: delivered]",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -195,9 +200,11 @@ def send(
     tags: tuple[str, ...],
     key: str | None,
     wait: bool,
+    wait_for: protocol.Receipt | None,
     timeout: float | None,
 ) -> None:
     """Queue MESSAGE (- reads stdin) for AGENT; prints its id."""
+    wait = wait or wait_for is not None
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
     req = protocol.Send(
@@ -210,13 +217,14 @@ def send(
         key=key,
         wait=wait,
         timeout=timeout,
+        wait_for=wait_for or "delivered",
     )
     # With --wait the daemon bounds the wait (timeout or its default), so do not cut it short.
     reply = expect(state.client(timeout=None if wait else IO_TIMEOUT).call(req), protocol.Sent)
     if state.json:
         emit_json(reply)
     elif wait:
-        human.echo(f"{reply.id} {reply.status}")
+        human.echo(f"{reply.id} {wait_for if wait_for in ('read', 'acked') else reply.status}")
     else:
         human.echo(str(reply.id))
     if reply.duplicate and not state.json:
@@ -501,6 +509,8 @@ def format_message(reply: protocol.Message) -> str:
         ("key", key_text(m.key)),
         ("created", human.timestamp(m.created)),
         ("delivered", human.timestamp(m.delivered)),
+        ("read", human.timestamp(m.read_at)),
+        ("acked", human.timestamp(m.acked_at)),
         ("attempts", str(m.attempts)),
         ("error", opt(m.error)),
     ]
@@ -529,6 +539,49 @@ def key_text(key: str | None) -> str:
         return "-"
     broadcast, sep, agent = key.partition(protocol.BROADCAST_KEY_SEP)
     return f"{broadcast}  (broadcast, the copy for {agent})" if sep else key
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--all", "every", is_flag=True, help="Read messages too, not only unread ones.")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N", help="Messages at most."
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    metavar="SECONDS",
+    help="If there is none, wait up to SECONDS for one to arrive.",
+)
+@click.option("--ack", is_flag=True, help="Acknowledge the messages shown, too.")
+@pass_state
+def inbox(state: State, agent: str, every: bool, limit: int, wait: float, ack: bool) -> None:
+    """AGENT's delivered messages, oldest first (unread ones unless --all); marks them read."""
+    messages = state.client().inbox(agent, unread=not every, limit=limit, wait=wait, ack=ack)
+    if state.json:
+        emit_json(messages)
+        return
+    if not messages:
+        human.echo("no messages", err=True)
+    for m in messages:
+        meta = [f"from {m.sender}" if m.sender else "", m.kind or "", m.priority if m.priority != "regular" else ""]
+        about = "  ".join(x for x in meta if x)
+        human.echo(f"--- #{m.id}  {human.timestamp(m.created)}  {about}".rstrip())
+        human.echo(m.body.rstrip("\n"))
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@pass_state
+def ack(state: State, agent: str, message_ids: tuple[int, ...]) -> None:
+    """AGENT acknowledges its messages ID...; prints how many were not acknowledged before."""
+    changed = state.client().ack(agent, message_ids)
+    if state.json:
+        emit_json({"changed": changed})
+    else:
+        human.echo(f"{changed} acknowledged")
 
 
 @cli.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import wait_until
+from test_cli import cli, ok
 
 from coordctl import CoordError
 from coordd import schema
@@ -148,3 +150,24 @@ def test_a_store_of_the_previous_schema_keeps_every_message(make_daemon):
         assert c.ack("Agent-1", [1, 3]) == 2
     d.stop()
     assert sqlite3.connect(d.db).execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
+def test_cli_inbox_ack_and_wait_for(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}])
+    m = int(ok(d, "send", "A", "line one\n\x1b[31mred\x1b[0m", "--sender", "B").strip())
+    with d.client() as c:
+        wait_until(lambda: delivered(c, m), what="delivery")
+    shown = ok(d, "inbox", "A")
+    assert f"--- #{m}" in shown and "from B" in shown and "line one" in shown
+    assert "\x1b" not in shown  # a body's escape sequence cannot drive the terminal
+    assert ok(d, "inbox", "A").strip() == ""  # read now
+    as_json = json.loads(ok(d, "--json", "inbox", "A", "--all", "--ack"))
+    assert [x["id"] for x in as_json] == [m] and as_json[0]["acked_at"] and as_json[0]["read_at"]
+    assert json.loads(ok(d, "--json", "ack", "A", str(m))) == {"changed": 0}
+    other = int(ok(d, "send", "B", "for B").strip())
+    refused = cli(d, "ack", "A", str(other))
+    assert refused.returncode != 0 and "not_recipient" in refused.stderr
+    assert "read:" in ok(d, "show", str(m)) and "acked:" in ok(d, "show", str(m))
+    out = cli(d, "send", "A", "wait for me", "--wait-for", "acked", "--timeout", "0.3")
+    assert out.returncode != 0 and "timeout" in out.stderr and "not acked" in out.stderr
+    assert ok(d, "inbox", "B", "--wait", "5", "--ack").startswith(f"--- #{other}")
