@@ -25,6 +25,7 @@ class InboxRequests:
     def __init__(self, config: Config, store: Store, delivery: Delivery) -> None:
         self.store = store
         self.delivery = delivery
+        self.fetching: dict[str, asyncio.Lock] = {}  # by agent
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -44,10 +45,15 @@ class InboxRequests:
             # Registered before looking, so a delivery recorded while the query runs still wakes us.
             arrival = self.delivery.wait_arrival(req.agent) if req.wait else None
             try:
-                messages = await self.store.inbox(req.agent, req.unread, req.limit, budget)
+                # One fetch of an agent's inbox at a time, until its messages are marked read: two requests at
+                # once never both get the same unread message.
+                async with self.fetching.setdefault(req.agent, asyncio.Lock()):
+                    messages = await self.store.inbox(req.agent, req.unread, req.limit, budget)
+                    if messages:
+                        await self._mark(messages, s.MARK_ACKED if req.ack else s.MARK_READ)
                 left = deadline - loop.time()
                 if messages or arrival is None or left <= 0 or self.delivery.stopping:
-                    break
+                    return p.Page(messages=messages)
                 try:
                     await asyncio.wait_for(arrival, left)
                 except TimeoutError:
@@ -55,9 +61,6 @@ class InboxRequests:
             finally:
                 if arrival is not None:
                     self.delivery.drop_waiter(self.delivery.arrivals, req.agent, arrival)
-        if messages:
-            await self._mark(messages, s.MARK_ACKED if req.ack else s.MARK_READ)
-        return p.Page(messages=messages)
 
     async def ack(self, req: p.Ack) -> p.Acked:
         check_agent(req.agent, self.agents, self.delivery.orphans)

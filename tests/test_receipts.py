@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -11,7 +12,7 @@ import pytest
 from conftest import wait_until
 from test_cli import cli, ok
 
-from coordctl import CoordError
+from coordctl import AsyncClient, CoordError
 from coordd import schema
 
 DOWN = {"id": "Down", "transport": "tmux", "target": "nowhere:0.0"}  # never delivered: keeps its messages queued
@@ -62,6 +63,20 @@ def test_inbox_is_oldest_first_limited_and_can_ack(make_daemon):
         got = c.inbox("A", ack=True)
         assert [x.id for x in got] == ids[2:] and all(x.acked_at for x in got)
         assert c.get(ids[3]).message.acked_at is not None and c.get(ids[0]).message.acked_at is None
+
+
+def test_inbox_requests_at_once_never_return_the_same_message(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}])
+    with d.client() as c:
+        ids = c.batch([{"to": "A", "body": f"m{i}"} for i in range(10)])
+        wait_until(lambda: delivered(c, ids[-1]), what="delivery")
+
+    async def fetch_at_once() -> list[list[int]]:
+        async with AsyncClient(d.socket) as ac:  # pipelined: the daemon handles the ten at once
+            pages = await asyncio.gather(*(ac.inbox("A", limit=1) for _ in range(10)))
+        return [[m.id for m in page] for page in pages]
+
+    assert sorted(i for page in asyncio.run(fetch_at_once()) for i in page) == ids
 
 
 def test_inbox_long_poll_answers_when_a_message_arrives(make_daemon):
