@@ -684,8 +684,9 @@ def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json
     """Print what happens to messages as it happens, until ^C.
 
     Events: accepted, delivering, delivered, retried (an attempt failed, or `retry`),
-    failed (for good), cancelled. A watcher that reads too slowly is told how many
-    events it missed; delivery never waits for it.
+    failed (for good), cancelled, read (its recipient fetched it: `inbox`), acked.
+    A watcher that reads too slowly is told how many events it missed; delivery
+    never waits for it.
     """
     from coordctl import events
 

@@ -20,7 +20,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 # The order of a message's events; a history page's status maps onto it (see `follow_filter`).
-RANK = {"accepted": 0, "queued": 0, "delivering": 1, "retried": 2, "delivered": 3, "failed": 3, "cancelled": 3}
+RANK = {
+    "accepted": 0,
+    "queued": 0,
+    "delivering": 1,
+    "retried": 2,
+    "delivered": 3,
+    "failed": 3,
+    "cancelled": 3,
+    "read": 4,
+    "acked": 5,
+}
 
 
 def latency(seconds: float | None) -> str:
@@ -51,6 +61,8 @@ def event_line(ev: protocol.Event) -> str:
             line += f"  attempt {ev.attempt} failed, next in {latency(ev.retry_in)}: {human.first_line(ev.error, 100)}"
     elif ev.event == "failed":
         line += f"  gave up after attempt {ev.attempt}: {human.first_line(ev.error or '-', 100)}"
+    elif ev.event in ("read", "acked"):
+        line += f"  from {ev.sender or '-'}"
     return line
 
 
@@ -89,7 +101,7 @@ def print_stream(
 def follow_filter(page: protocol.Page, sender: str | None) -> Callable[[protocol.Event], bool]:
     """For `history --follow`, which subscribes before it reads the page: skip the events the page
     already shows (a message's events up to its status there), and those of other senders."""
-    shown = {m.id: RANK[m.status] for m in page.messages}
+    shown = {m.id: RANK["acked" if m.acked_at else "read" if m.read_at else m.status] for m in page.messages}
 
     def skip(ev: protocol.Event) -> bool:
         if sender is not None and ev.sender != sender:

@@ -23,7 +23,7 @@ Priority = Literal["regular", "urgent"]
 Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
 TERMINAL_STATUSES = ("delivered", "failed", "cancelled")
 Receipt = Literal["delivered", "read", "acked"]  # the points of a message's life a sender can wait for
-EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled"]
+EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled", "read", "acked"]
 
 # Stable error codes: clients branch on these, so never rename one.
 ERROR_CODES = (

@@ -12,6 +12,9 @@ from coordctl import protocol as p
 from coordd.config import Config
 from coordd.model import Record
 
+# A receipted message, as a read/acked event shows it: (id, sender, priority).
+Receipted = tuple[int, str | None, p.Priority]
+
 
 class Hooks:
     """The hooks, doing nothing."""
@@ -33,6 +36,12 @@ class Hooks:
 
     def cancelled(self, rec: Record) -> None:
         """rec was cancelled while queued."""
+
+    def read(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        """agent read msgs (fetched them through `inbox`, or acknowledged them unread); stored at `at`."""
+
+    def acked(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        """agent acknowledged msgs; stored at `at`."""
 
     def answered(self, req: p.Request, started: float, code: str | None) -> None:
         """A request was answered; started is its time.perf_counter() on arrival; code: the error's, if refused."""

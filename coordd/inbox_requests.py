@@ -15,16 +15,19 @@ from coordctl import protocol as p
 from coordd import schema as s
 from coordd.config import Config
 from coordd.delivery import Delivery
+from coordd.hooks import NO_HOOKS, Hooks, Receipted
 from coordd.model import Refused
+from coordd.reads import AckState
 from coordd.retry_cancel import write_or_refuse
 from coordd.store import Store
 from coordd.validation import MAX_PAGE, MAX_WAIT_S, check_agent, check_ids_list
 
 
 class InboxRequests:
-    def __init__(self, config: Config, store: Store, delivery: Delivery) -> None:
+    def __init__(self, config: Config, store: Store, delivery: Delivery, observer: Hooks = NO_HOOKS) -> None:
         self.store = store
         self.delivery = delivery
+        self.observer = observer
         self.fetching: dict[str, asyncio.Lock] = {}  # by agent
         self.configure(config)
 
@@ -50,7 +53,7 @@ class InboxRequests:
                 async with self.fetching.setdefault(req.agent, asyncio.Lock()):
                     messages = await self.store.inbox(req.agent, req.unread, req.limit, budget)
                     if messages:
-                        await self._mark(messages, s.MARK_ACKED if req.ack else s.MARK_READ)
+                        await self._mark(req.agent, messages, req.ack)
                 left = deadline - loop.time()
                 if messages or arrival is None or left <= 0 or self.delivery.stopping:
                     return p.Page(messages=messages)
@@ -68,38 +71,53 @@ class InboxRequests:
         ids = list(dict.fromkeys(req.ids))
         found = self.store.ack_states(ids)
         for message_id in ids:
-            to, _ = found.get(message_id, (None, None))
-            if to is None:
+            state = found.get(message_id)
+            if state is None:
                 raise Refused(
                     "unknown_message",
                     f"no message {message_id}: it never existed or retention pruned it; nothing was acknowledged",
                     message_id,
                 )
-            if to != req.agent:
+            if state.agent != req.agent:
                 raise Refused(
                     "not_recipient",
-                    f"message {message_id} is {to}'s, not {req.agent}'s: an agent acknowledges only its own "
+                    f"message {message_id} is {state.agent}'s, not {req.agent}'s: an agent acknowledges only its own "
                     "messages; nothing was acknowledged",
                     message_id,
                 )
-        unacked = [i for i in ids if found[i][1] is None]
+        unacked = [i for i in ids if found[i].acked_at is None]
         if unacked:
             now = time.time()
             await write_or_refuse(self.store, [(s.MARK_ACKED, [(now, i) for i in unacked], True)])
             self.delivery.receipted(unacked, "read")
             self.delivery.receipted(unacked, "acked")
+            # Acknowledging an unread message reads it too (schema.MARK_ACKED): its `read` comes first.
+            unread = [_receipted(i, found[i]) for i in unacked if found[i].read_at is None]
+            if unread:
+                self.observer.read(req.agent, unread, now)
+            self.observer.acked(req.agent, [_receipted(i, found[i]) for i in unacked], now)
         return p.Acked(changed=len(unacked))
 
-    async def _mark(self, messages: list[p.MessageInfo], sql: str) -> None:
-        """Store the read (or acked) receipt of the messages returned, and show it in them."""
+    async def _mark(self, agent: str, messages: list[p.MessageInfo], ack: bool) -> None:
+        """Store the read (and with ack, acked) receipt of the messages returned, and show it in them."""
         now = time.time()
         ids = [m.id for m in messages]
-        await write_or_refuse(self.store, [(sql, [(now, i) for i in ids], True)])
-        acked = sql is s.MARK_ACKED
+        await write_or_refuse(self.store, [(s.MARK_ACKED if ack else s.MARK_READ, [(now, i) for i in ids], True)])
+        # Reported only for the messages whose receipt this changed (unread=False returns read ones too).
+        unread = [(m.id, m.sender, m.priority) for m in messages if m.read_at is None]
+        unacked = [(m.id, m.sender, m.priority) for m in messages if ack and m.acked_at is None]
         for m in messages:
             m.read_at = m.read_at or now
-            if acked:
+            if ack:
                 m.acked_at = m.acked_at or now
         self.delivery.receipted(ids, "read")
-        if acked:
+        if unread:
+            self.observer.read(agent, unread, now)
+        if ack:
             self.delivery.receipted(ids, "acked")
+            if unacked:
+                self.observer.acked(agent, unacked, now)
+
+
+def _receipted(message_id: int, state: AckState) -> Receipted:
+    return message_id, state.sender, state.priority

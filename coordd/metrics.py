@@ -60,11 +60,23 @@ REQUEST_OPS = {cls: cls.__struct_config__.tag for cls in get_args(p.Request)}
 class AgentStats:
     """One agent's counts under one transport (a reload that changes the transport starts a new series)."""
 
-    __slots__ = ("accepted", "cancelled", "delivered", "failed", "latency", "retried", "transport", "window")
+    __slots__ = (
+        "accepted",
+        "acked",
+        "cancelled",
+        "delivered",
+        "failed",
+        "latency",
+        "read",
+        "retried",
+        "transport",
+        "window",
+    )
 
     def __init__(self, transport: str, window: deque | None = None) -> None:
         self.transport = transport
         self.accepted = self.delivered = self.failed = self.retried = self.cancelled = 0
+        self.read = self.acked = 0  # receipts: by `inbox` (read) and `ack` or `inbox --ack` (acked)
         self.latency = Histogram(BUCKETS)  # accepted to delivered, seconds
         self.window: deque[tuple[float, float]] = window if window is not None else deque(maxlen=WINDOW_SAMPLES)
 
@@ -160,6 +172,8 @@ class Collector:
             ("failed", "Messages that failed every attempt (final until retried)"),
             ("retried", "Messages put back for another attempt: after a failed attempt, or by `retry`"),
             ("cancelled", "Messages cancelled while queued"),
+            ("read", "Messages read by their recipient (fetched through inbox, or acknowledged unread)"),
+            ("acked", "Messages acknowledged by their recipient"),
         ):
             fam = CounterMetricFamily(f"coordd_messages_{what}", doc, labels=labels)
             for (agent, transport), st in m.series.items():

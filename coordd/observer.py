@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from coordctl import protocol as p
 from coordd.config import Config, split_listen
 from coordd.events import EventBus
-from coordd.hooks import Hooks
+from coordd.hooks import Hooks, Receipted
 from coordd.metrics import Collector, Metrics, serve_http
 from coordd.model import Record
 
@@ -84,6 +84,20 @@ class Observer(Hooks):
         self.metrics.agent(rec.agent).cancelled += 1
         if self.bus.active:
             self.bus.publish(_event("cancelled", rec, time.time(), attempt=rec.attempts))
+
+    def read(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        self.metrics.agent(agent).read += len(msgs)
+        if self.bus.active:
+            self._receipts("read", agent, msgs, at)
+
+    def acked(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        self.metrics.agent(agent).acked += len(msgs)
+        if self.bus.active:
+            self._receipts("acked", agent, msgs, at)
+
+    def _receipts(self, kind: p.EventType, agent: str, msgs: list[Receipted], at: float) -> None:
+        for message_id, sender, priority in msgs:
+            self.bus.publish(p.Event(event=kind, id=message_id, agent=agent, time=at, sender=sender, priority=priority))
 
     def answered(self, req: p.Request, started: float, code: str | None) -> None:
         self.metrics.rpc[type(req)].observe(time.perf_counter() - started)

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
 from coordctl import protocol as p
 from coordd.model import Record
 from coordd.schema import COLUMNS, info_from_row, record_from_row
+
+
+class AckState(NamedTuple):
+    """What `ack` needs to decide on a message, and to report its receipts."""
+
+    agent: str  # its recipient
+    sender: str | None
+    priority: p.Priority
+    read_at: float | None
+    acked_at: float | None
+
 
 HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
 
@@ -48,11 +59,13 @@ class Reads:
         """(read_at, acked_at) of a message; None: there is no such message."""
         return self.db.execute("SELECT read_at, acked_at FROM messages WHERE id = ?", (message_id,)).fetchone()
 
-    def ack_states(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
-        """(recipient, acked_at) of each of the messages that exist, by id."""
+    def ack_states(self, ids: list[int]) -> dict[int, AckState]:
+        """The AckState of each of the messages that exist, by id."""
         marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT id, agent, acked_at FROM messages WHERE id IN ({marks})", ids)
-        return {i: (agent, acked) for i, agent, acked in rows}
+        rows = self.db.execute(
+            f"SELECT id, agent, sender, priority, read_at, acked_at FROM messages WHERE id IN ({marks})", ids
+        )
+        return {r[0]: AckState(*r[1:]) for r in rows}
 
     async def inbox(self, agent: str, unread: bool, limit: int, max_bytes: int) -> list[p.MessageInfo]:
         """An agent's delivered messages, oldest first (unread: only those with no read_at), at most `limit`; it

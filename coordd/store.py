@@ -28,7 +28,7 @@ from coordctl import protocol as p
 from coordd import lockfile
 from coordd.checkpointer import Checkpointer
 from coordd.model import Histogram, Record, StorageError, StorageFull
-from coordd.reads import Reads
+from coordd.reads import AckState, Reads
 from coordd.schema import INSERT_MESSAGE, Write, check_integrity, migrate, schema_version
 from coordd.writer import Writer
 
@@ -282,7 +282,7 @@ class Store:
     def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
         return self.reads.receipts(message_id)
 
-    def ack_states(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
+    def ack_states(self, ids: list[int]) -> dict[int, AckState]:
         return self.reads.ack_states(ids)
 
     async def inbox(self, agent: str, unread: bool, limit: int, max_bytes: int) -> list[p.MessageInfo]:
