@@ -86,3 +86,28 @@ def test_read_and_acked_counters_count_each_receipt_once(make_daemon):
         assert value(found, "coordd_messages_read_total", agent="A", transport="inbox") == 4
         assert value(found, "coordd_messages_acked_total", agent="A", transport="inbox") == 2
         assert value(found, "coordd_messages_read_total", agent="B", transport="inbox") == 0
+
+
+def test_history_follow_goes_on_with_receipts_after_a_page_of_read_messages(daemon):
+    with daemon.client() as c:
+        old = c.send("Agent-1", "read before the follow", wait=True)
+        c.inbox("Agent-1")
+        follow = coordctl(daemon, "--json", "history", "--follow", "--agent", "Agent-1", "--limit", "1")
+        try:
+            assert json.loads(follow.stdout.readline())["id"] == old
+            wait_until(lambda: c.status().watchers == 1, what="history --follow to subscribe")
+            new = c.send("Agent-1", "new one", wait=True)
+            c.inbox("Agent-1", ack=True)
+            c.ack("Agent-1", [old])
+            live = [json.loads(follow.stdout.readline()) for _ in range(6)]
+            assert [(e["event"], e["id"]) for e in live] == [
+                ("accepted", new),
+                ("delivering", new),
+                ("delivered", new),
+                ("read", new),
+                ("acked", new),
+                ("acked", old),
+            ]
+        finally:
+            follow.kill()
+            follow.wait(10)
