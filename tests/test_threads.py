@@ -11,8 +11,21 @@ from test_cli import cli, ok
 
 from coordctl import CoordError
 from coordd import schema
+from coordd.config import Gui, TmuxAgent
+from coordd.gui import transport as gui
+from coordd.model import Record
+from coordd.transports import tmux
 
 AGENTS = [{"id": "A"}, {"id": "B"}, {"id": "C"}]
+DEFAULT_HEADER = TmuxAgent(id="A", target="s:0.0").header
+
+
+def tmux_render(m: Record) -> str:
+    return tmux.render(DEFAULT_HEADER, m)
+
+
+def gui_render(m: Record) -> str:
+    return gui.render(m, Gui().header)
 
 
 def delivered(c, message_id: int) -> bool:
@@ -132,3 +145,17 @@ def test_cli_reply_and_thread(make_daemon):
     assert "subject:" not in ok(d, "show", str(ok(d, "send", "A", "plain").strip()))  # only when set
     refused = cli(d, "reply", "999", "x")
     assert refused.returncode != 0 and "unknown_message" in refused.stderr
+
+
+@pytest.mark.parametrize("render", [tmux_render, gui_render], ids=["tmux", "gui"])
+def test_headers_show_the_subject_and_what_a_message_answers(render):
+    assert Gui().header == DEFAULT_HEADER  # the same default for both
+    plain = Record(id=9, agent="A", body="hi", priority="urgent", created=0.0, sender="B")
+    assert render(plain).split("\n")[0] == "[A2A] B -> A | URGENT"  # as before threads
+    answer = Record(
+        id=9, agent="A", body="hi", priority="regular", created=0.0, sender="B", reply_to=7, thread=3, subject="plan B"
+    )
+    assert render(answer).split("\n")[0] == "[A2A] B -> A | REGULAR | re: #7 | plan B"
+    custom = "{subject}/{reply_to}/{id}"
+    assert tmux.render(custom, answer).split("\n")[0] == gui.render(answer, custom).split("\n")[0] == "plan B/7/9"
+    assert tmux.render(custom, plain).split("\n")[0] == "//9"
