@@ -177,6 +177,8 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @kind_option
 @tag_option
 @click.option("--key", help="Idempotency key: sending again with the same key returns the first id.")
+@click.option("--subject", help="A one-line subject, shown in the recipient's header.")
+@click.option("--reply-to", type=int, metavar="ID", help="The message this one answers: it joins ID's thread.")
 @click.option("--wait", is_flag=True, help="Return once delivered; exit 1 if delivery fails or times out.")
 @click.option(
     "--wait-for",
@@ -199,6 +201,8 @@ def send(
     kind: str | None,
     tags: tuple[str, ...],
     key: str | None,
+    subject: str | None,
+    reply_to: int | None,
     wait: bool,
     wait_for: protocol.Receipt | None,
     timeout: float | None,
@@ -218,6 +222,8 @@ def send(
         wait=wait,
         timeout=timeout,
         wait_for=wait_for or "delivered",
+        reply_to=reply_to,
+        subject=subject,
     )
     # With --wait the daemon bounds the wait (timeout or its default), so do not cut it short.
     reply = expect(state.client(timeout=None if wait else IO_TIMEOUT).call(req), protocol.Sent)
@@ -507,6 +513,8 @@ def format_message(reply: protocol.Message) -> str:
         ("kind", opt(m.kind)),
         ("tags", ", ".join(m.tags) or "-"),
         ("key", key_text(m.key)),
+        *((("subject", m.subject),) if m.subject is not None else ()),
+        *((("re", f"#{m.reply_to}  (thread #{m.thread})"),) if m.reply_to is not None else ()),
         ("created", human.timestamp(m.created)),
         ("delivered", human.timestamp(m.delivered)),
         ("read", human.timestamp(m.read_at)),
@@ -562,10 +570,21 @@ def inbox(state: State, agent: str, every: bool, limit: int, wait: float, ack: b
     if state.json:
         emit_json(messages)
         return
+    print_messages(messages)
+
+
+def print_messages(messages: list[protocol.MessageInfo]) -> None:
+    """Each message as a `--- #ID  TIME  from ...` line, then its body."""
     if not messages:
         human.echo("no messages", err=True)
     for m in messages:
-        meta = [f"from {m.sender}" if m.sender else "", m.kind or "", m.priority if m.priority != "regular" else ""]
+        meta = [
+            f"from {m.sender}" if m.sender else "",
+            m.kind or "",
+            m.priority if m.priority != "regular" else "",
+            f"re: #{m.reply_to}" if m.reply_to is not None else "",
+            m.subject or "",
+        ]
         about = "  ".join(x for x in meta if x)
         human.echo(f"--- #{m.id}  {human.timestamp(m.created)}  {about}".rstrip())
         human.echo(m.body.rstrip("\n"))
@@ -582,6 +601,35 @@ def ack(state: State, agent: str, message_ids: tuple[int, ...]) -> None:
         emit_json({"changed": changed})
     else:
         human.echo(f"{changed} acknowledged")
+
+
+@cli.command()
+@click.argument("message_id", metavar="ID", type=int)
+@click.argument("message")
+@sender_option
+@pass_state
+def reply(state: State, message_id: int, message: str, sender: str | None) -> None:
+    """Answer message ID with MESSAGE (- reads stdin): sent to its sender, in its thread; prints the new id."""
+    new_id = state.client().reply(message_id, read_body(message), sender=sender)
+    if state.json:
+        emit_json({"id": new_id})
+    else:
+        human.echo(str(new_id))
+
+
+@cli.command()
+@click.argument("message_id", metavar="ID", type=int)
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=1000, show_default=True, metavar="N", help="Messages at most."
+)
+@pass_state
+def thread(state: State, message_id: int, limit: int) -> None:
+    """Every message of message ID's thread, oldest first."""
+    messages = state.client().thread(message_id, limit=limit)
+    if state.json:
+        emit_json(messages)
+    else:
+        print_messages(messages)
 
 
 @cli.command()

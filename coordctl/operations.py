@@ -179,6 +179,8 @@ class Operations:
         wait: bool = False,
         timeout: float | None = None,
         wait_for: protocol.Receipt = "delivered",
+        reply_to: int | None = None,
+        subject: str | None = None,
     ) -> protocol.Send:
         """Queue one message; returns its id once the daemon has committed it.
 
@@ -186,7 +188,8 @@ class Operations:
         ``timeout`` (seconds; default: the daemon's) raises ``not_delivered``.
         ``wait_for="read"`` or ``"acked"`` waits further, until its recipient
         has read it (``inbox``) or acknowledged it (``ack``); past ``timeout``
-        (the whole wait) a delivered message raises ``timeout``.
+        (the whole wait) a delivered message raises ``timeout``. ``reply_to``
+        (a message id) puts it in that message's thread; ``subject`` is one line.
         """
         return protocol.Send(
             to=to,
@@ -199,7 +202,21 @@ class Operations:
             wait=wait,
             timeout=timeout,
             wait_for=wait_for,
+            reply_to=reply_to,
+            subject=subject,
         )
+
+    @operation(protocol.Sent, _id)
+    def reply(self, message_id: int, body: str, *, sender: str | None = None) -> protocol.ReplyRequest:
+        """Answer message ``message_id``: sent to its sender, from ``sender`` (default: its recipient), with
+        its subject, in its thread; returns the id. A message whose sender is none or not a configured agent
+        is refused (``bad_state``, ``unknown_agent``)."""
+        return protocol.ReplyRequest(message_id=message_id, body=body, sender=sender)
+
+    @operation(protocol.Page, _messages)
+    def thread(self, message_id: int, *, limit: int = 1000) -> protocol.Thread:
+        """Every message of ``message_id``'s thread (the first ``limit``), in id order."""
+        return protocol.Thread(message_id=message_id, limit=limit)
 
     @operation(protocol.Ids, _ids)
     def batch(self, messages: Iterable[protocol.NewMessage | Mapping[str, object]]) -> protocol.Batch:

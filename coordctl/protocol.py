@@ -82,6 +82,8 @@ class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_
     kind: str | None = None
     tags: tuple[str, ...] = ()  # on the wire an array of strings, as everywhere
     key: str | None = None  # idempotency key: the same key returns the first id
+    reply_to: Int64 | None = None  # the message this one answers: it joins that message's thread
+    subject: str | None = None
 
 
 class Ping(_Req, tag="ping"):
@@ -99,6 +101,8 @@ class Send(_Req, tag="send"):
     wait: bool = False  # reply only once the message is delivered (or read, acked), failed or timed out
     timeout: float | None = None  # seconds to wait; None means the daemon's default
     wait_for: Receipt = "delivered"  # with wait: the point to wait for
+    reply_to: Int64 | None = None  # the message this one answers: it joins that message's thread
+    subject: str | None = None
 
 
 class Batch(_Req, tag="batch"):
@@ -195,6 +199,21 @@ class Ack(_Req, tag="ack"):
     ids: list[Int64]
 
 
+class ReplyRequest(_Req, tag="reply"):
+    """Answer a message: sent to its sender, from `sender` (nil: its recipient), in its thread (`sent` reply)."""
+
+    message_id: Int64
+    body: str
+    sender: str | None = None
+
+
+class Thread(_Req, tag="thread"):
+    """Every message of a message's thread, in id order (`page` reply; its cursor is always nil)."""
+
+    message_id: Int64
+    limit: int = 1000
+
+
 Request = (
     Ping
     | Send
@@ -214,6 +233,8 @@ Request = (
     | Metrics
     | Inbox
     | Ack
+    | ReplyRequest
+    | Thread
 )
 
 
@@ -269,6 +290,9 @@ class MessageInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     read_at: float | None = None  # when its recipient fetched it through `inbox`
     acked_at: float | None = None  # when its recipient acknowledged it (`ack`, or `inbox` with ack)
+    reply_to: int | None = None  # the message this one answers
+    thread: int | None = None  # its thread: the id of the thread's first message (its own id if it starts one)
+    subject: str | None = None
 
 
 class Message(_Rep, tag="message"):

@@ -107,7 +107,7 @@ class TmuxAgent(_Agent, tag="tmux"):
     target: str  # "session:window.pane" or a pane id "%3"
     socket_name: str = ""  # tmux -L; with neither socket key, tmux's default server
     socket_path: str = ""  # tmux -S
-    header: str = "[A2A] {sender} -> {to} | {PRIORITY}"  # first line of the pasted text; "" for none
+    header: str = "[A2A] {sender} -> {to} | {PRIORITY}{about}"  # first line of the pasted text; "" for none
     enter_delay_ms: int = 5  # between the paste and the Enter key
     submit_check: bool = True  # after Enter, confirm the text left the input line
     submit_timeout_ms: int = 1000

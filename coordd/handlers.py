@@ -27,7 +27,7 @@ from coordd.sending import Sending
 from coordd.validation import check_ids
 
 # What is still answered while shutting down: nothing that makes new work.
-WHILE_STOPPING = (p.Ping, p.StatusRequest, p.History, p.Get, p.Agents, p.Metrics)
+WHILE_STOPPING = (p.Ping, p.StatusRequest, p.History, p.Get, p.Thread, p.Agents, p.Metrics)
 
 
 class Handlers:
@@ -97,6 +97,10 @@ class Handlers:
                 return await self.inbox.inbox(req)
             case p.Ack():
                 return await self.inbox.ack(req)
+            case p.ReplyRequest():
+                return await self.sending.reply(req)
+            case p.Thread():
+                return await self.queries.thread(req)
             case p.StatusRequest():
                 return await self.queries.status(self.config_error)
             case p.Agents():

@@ -33,10 +33,26 @@ class Record(msgspec.Struct, gc=False):
     attempts: int = 0  # total attempts, as stored
     tries: int = 0  # attempts since it was last (re)queued; the retry budget counts these
     error: str | None = None
+    reply_to: int | None = None  # the message this one answers
+    thread: int = 0  # the id of its thread's first message; 0: it starts its own (its id, once it has one)
+    subject: str | None = None
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None
-        return (self.id, self.agent, self.sender, self.priority, self.kind, tags, self.key, self.body, self.created)
+        return (
+            self.id,
+            self.agent,
+            self.sender,
+            self.priority,
+            self.kind,
+            tags,
+            self.key,
+            self.body,
+            self.created,
+            self.reply_to,
+            self.thread or self.id,
+            self.subject,
+        )
 
 
 class ConfigError(Exception):

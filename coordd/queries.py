@@ -16,7 +16,7 @@ from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Refused
 from coordd.store import Store
-from coordd.validation import check_page
+from coordd.validation import MAX_PAGE, check_page
 
 
 def status_of(message_id: int, delivery: Delivery, store: Store) -> str:
@@ -78,6 +78,18 @@ class Queries:
                 page.messages, page.cursor = msgs[:n], msgs[n - 1].id
                 break
         return page
+
+    async def thread(self, req: p.Thread) -> p.Page:
+        if not 1 <= req.limit <= MAX_PAGE:
+            raise Refused("bad_request", f"limit must be 1 to {MAX_PAGE}, got {req.limit}")
+        budget = self.config.daemon.max_frame_bytes - 1024  # the page's own fields
+        messages = await self.store.thread(req.message_id, req.limit, budget)
+        if messages is None:
+            raise Refused("unknown_message", f"no message {req.message_id}: it never existed or retention pruned it")
+        for m in messages:
+            if m.status == "queued" and self.delivery.in_flight(m.id):
+                m.status = "delivering"
+        return p.Page(messages=messages)
 
     async def get(self, message_id: int) -> p.Message:
         found = await self.store.get(message_id)

@@ -73,9 +73,26 @@ class Reads:
         sql = f"SELECT {COLUMNS} FROM messages WHERE agent = ? AND status = 'delivered'"
         if unread:
             sql += " AND read_at IS NULL"  # the partial index messages_unread
+        return await self._oldest_first(sql, agent, limit, max_bytes)
+
+    def reply_target(self, message_id: int) -> tuple[str, str | None, int, str | None] | None:
+        """(recipient, sender, thread, subject) of a message; None: there is no such message."""
+        return self.db.execute(
+            "SELECT agent, sender, thread, subject FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+
+    async def thread(self, message_id: int, limit: int, max_bytes: int) -> list[p.MessageInfo] | None:
+        """The messages of a message's thread in id order, as inbox pages them; None: there is no such message."""
+        async with self.reader.execute("SELECT thread FROM messages WHERE id = ?", (message_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return await self._oldest_first(f"SELECT {COLUMNS} FROM messages WHERE thread = ?", row[0], limit, max_bytes)
+
+    async def _oldest_first(self, sql: str, key: object, limit: int, max_bytes: int) -> list[p.MessageInfo]:
         rows: list[Sequence[Any]] = []
         size = 0
-        async with self.reader.execute(sql + " ORDER BY id LIMIT ?", (agent, limit)) as cur:
+        async with self.reader.execute(sql + " ORDER BY id LIMIT ?", (key, limit)) as cur:
             while len(rows) < limit:
                 batch = await cur.fetchmany(min(HISTORY_BATCH, limit - len(rows)))
                 for r in batch:

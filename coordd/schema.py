@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -69,11 +69,20 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN acked_at REAL;
     CREATE INDEX messages_unread ON messages(agent, id) WHERE read_at IS NULL;
     """,
+    # 4: replies and threads. reply_to is the message a message answers; thread the id of its thread's first
+    # message (a message that answers none starts its own: thread = id, as every message stored before).
+    """
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN thread INTEGER;
+    ALTER TABLE messages ADD COLUMN subject TEXT;
+    UPDATE messages SET thread = id;
+    CREATE INDEX messages_thread ON messages(thread, id);
+    """,
 ]
 
 INSERT_MESSAGE = (
-    "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)"
+    "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
+    " subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
 MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"
@@ -87,7 +96,8 @@ MARK_ACKED = "UPDATE messages SET acked_at = ?1, read_at = coalesce(read_at, ?1)
 
 TERMINAL = "('delivered', 'failed', 'cancelled')"
 COLUMNS = (
-    "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at, acked_at"
+    "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at,"
+    " acked_at, reply_to, thread, subject"
 )
 
 # A write is a list of (sql, params, many): one statement, or executemany when many.
@@ -114,6 +124,9 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         error=r[12],
         read_at=r[13],
         acked_at=r[14],
+        reply_to=r[15],
+        thread=r[16],
+        subject=r[17],
     )
 
 
@@ -130,6 +143,9 @@ def record_from_row(r: Sequence[Any]) -> Record:
         created=r[9],
         attempts=r[11],
         error=r[12],
+        reply_to=r[15],
+        thread=r[16],
+        subject=r[17],
     )
 
 

@@ -56,6 +56,8 @@ class Sending:
             kind=req.kind,
             tags=tuple(req.tags) if req.tags else (),
             key=req.key,
+            reply_to=req.reply_to,
+            subject=req.subject,
         )
         check_wait_timeout(req)
         [message_id], stored = await self._accept([msg], where="")
@@ -65,6 +67,31 @@ class Sending:
                 return await self._await_outcome(message_id, timeout)
             return await self._await_receipt(message_id, req.wait_for, timeout)
         return p.Sent(id=message_id, duplicate=not stored)
+
+    async def reply(self, req: p.ReplyRequest) -> p.Sent:
+        """A message to the sender of message `req.message_id`, from its recipient unless `req.sender` says."""
+        found = self.store.reply_target(req.message_id)
+        if found is None:
+            raise Refused("unknown_message", _no_message(req.message_id, "nothing was sent"), req.message_id)
+        recipient, sender, _, subject = found
+        if sender is None:
+            raise Refused(
+                "bad_state",
+                f"message {req.message_id} has no sender, so a reply has no one to go to: "
+                f"send to an agent with reply_to={req.message_id} instead",
+                req.message_id,
+            )
+        if sender not in self.agents:
+            raise Refused(
+                "unknown_agent",
+                f"message {req.message_id} is from {sender!r}, which is not a configured agent, so a reply has "
+                f"nowhere to go: send to an agent with reply_to={req.message_id} instead",
+                req.message_id,
+            )
+        send = p.Send(
+            to=sender, body=req.body, sender=req.sender or recipient, reply_to=req.message_id, subject=subject
+        )
+        return await self.send(send)
 
     async def broadcast(self, req: p.Broadcast) -> list[int]:
         if req.group is None:
@@ -106,7 +133,8 @@ class Sending:
         for i, m in enumerate(msgs):
             if i and not i % CHUNK:
                 await asyncio.sleep(0)  # sleep-ok: a large batch yields to the other clients between chunks
-            check_message(m, self.agents, control_chars, f"{where}[{i}]." if where else "")
+            prefix = f"{where}[{i}]." if where else ""
+            check_message(m, self.agents, control_chars, prefix)
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
             if key is not None:
                 known = by_key.get(key) or self.admission.known_key(key, waits)
@@ -115,6 +143,7 @@ class Sending:
                 if known is not None:
                     entries.append(known)
                     continue
+            thread = self._thread_of(m.reply_to, prefix) if m.reply_to is not None else 0
             rec = Record(
                 id=0,
                 agent=m.to,
@@ -125,6 +154,9 @@ class Sending:
                 kind=m.kind,
                 tags=m.tags or None,
                 key=key,
+                reply_to=m.reply_to,
+                thread=thread,
+                subject=m.subject,
             )
             fresh.append(rec)
             entries.append(rec)
@@ -140,6 +172,13 @@ class Sending:
         if fresh:
             await self._commit(fresh, size, per_agent, by_key)
         return [e if isinstance(e, int) else e.id for e in entries], len(fresh)
+
+    def _thread_of(self, reply_to: int, where: str) -> int:
+        """The thread a reply to message `reply_to` joins: that message's."""
+        found = self.store.reply_target(reply_to)
+        if found is None:
+            raise Refused("unknown_message", f"{where}reply_to: " + _no_message(reply_to, "nothing was sent"), reply_to)
+        return found[2]
 
     async def _commit(
         self, fresh: list[Record], size: int, per_agent: dict[str, int], by_key: dict[str, Record]
@@ -235,3 +274,7 @@ class Sending:
             f"recipient's inbox (`coordctl inbox` fetches it, `coordctl ack` acknowledges it)",
             message_id,
         )
+
+
+def _no_message(message_id: int, consequence: str) -> str:
+    return f"no message {message_id}: it never existed or retention pruned it; {consequence}"

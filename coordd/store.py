@@ -291,6 +291,12 @@ class Store:
     async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:
         return await self.reads.history(q, max_bytes)
 
+    def reply_target(self, message_id: int) -> tuple[str, str | None, int, str | None] | None:
+        return self.reads.reply_target(message_id)
+
+    async def thread(self, message_id: int, limit: int, max_bytes: int) -> list[p.MessageInfo] | None:
+        return await self.reads.thread(message_id, limit, max_bytes)
+
     async def counts(self) -> dict[tuple[str, str], int]:
         return await self.reads.counts()
 

@@ -15,6 +15,7 @@ from coordd.model import Refused
 
 MAX_NAME = 64  # sender, kind, tag
 MAX_KEY = 256
+MAX_SUBJECT = 200
 MAX_TAGS = 16
 MAX_PAGE = 1000
 MAX_WAIT_S = 3600.0
@@ -75,14 +76,20 @@ def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, 
             f"{where}body has the control character {char_name(bad[0])} at offset "
             f'{bad.start()}, refused by daemon.control_chars = "reject": remove it from the text',
         )
-    for field, value in (("sender", m.sender), ("kind", m.kind), ("key", m.key), *(("tags", t) for t in m.tags)):
+    lines = (("sender", m.sender), ("kind", m.kind), ("key", m.key), ("subject", m.subject))
+    for field, value in (*lines, *(("tags", t) for t in m.tags)):
         if value is not None and (bad := NAME_CONTROL.search(value)):
             raise Refused(
                 "bad_request",
                 f"{where}{field} contains {char_name(bad[0])}: use a single line of "
                 "plain text, without line breaks or control characters",
             )
-    for field, value, limit in (("sender", m.sender, MAX_NAME), ("kind", m.kind, MAX_NAME), ("key", m.key, MAX_KEY)):
+    for field, value, limit in (
+        ("sender", m.sender, MAX_NAME),
+        ("kind", m.kind, MAX_NAME),
+        ("key", m.key, MAX_KEY),
+        ("subject", m.subject, MAX_SUBJECT),
+    ):
         if value is not None and not 0 < len(value) <= limit:
             raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
     if len(m.tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME for t in m.tags):

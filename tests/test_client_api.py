@@ -64,6 +64,8 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["pointer"] = None  # needs an X display: tests/test_gui.py
         out["inbox"] = refused(lambda: c.inbox("Nobody"))  # test_receipts.py has the inboxes that answer
         out["ack"] = refused(lambda: c.ack("B", [out["send"]]))  # A's message
+        out["reply"] = refused(lambda: c.reply(out["send"], "re"))  # from "s", no configured agent
+        out["thread"] = [m.body for m in c.thread(out["send"])]  # test_threads.py has replies that land
         return out
 
     async def run_async(ac: AsyncClient) -> dict:  # the same calls, awaited
@@ -83,6 +85,8 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["pointer"] = None
         out["inbox"] = await refused_async(ac.inbox("Nobody"))
         out["ack"] = await refused_async(ac.ack("B", [out["send"]]))
+        out["reply"] = await refused_async(ac.reply(out["send"], "re"))
+        out["thread"] = [m.body for m in await ac.thread(out["send"])]
         return out
 
     async def with_async_client() -> dict:
@@ -101,6 +105,7 @@ def test_both_clients_get_the_same_results(make_daemon):
     assert blocking["history"] == ["two", "one"] and blocking["get"] == "one" and blocking["retry"]
     assert blocking["cancel"] == "bad_state" and blocking["onboard"] == "bad_request" and blocking["metrics"]
     assert blocking["inbox"] == "unknown_agent" and blocking["ack"] == "not_recipient"
+    assert blocking["reply"] == "unknown_agent" and blocking["thread"] == ["one"]
 
 
 def refused(call) -> str:

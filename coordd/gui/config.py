@@ -50,7 +50,7 @@ class Gui(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     pause_ms: int = 0  # pyautogui.PAUSE: its pause after every call (its own default is 100 ms)
     failsafe: bool = True  # pyautogui's fail-safe: the mouse in a screen corner pauses GUI delivery
-    header: str = "[A2A] {sender} -> {to} | {PRIORITY}"
+    header: str = "[A2A] {sender} -> {to} | {PRIORITY}{about}"
     restore_clipboard: bool = True
     confirm_paste: bool = True  # wait until the application fetched the pasted text
     paste_timeout_ms: int = 2000
@@ -97,6 +97,9 @@ HEADER_FIELDS = {
     "PRIORITY": "URGENT",
     "id": 1,
     "tags": "a,b",
+    "subject": "review 41",
+    "reply_to": 7,
+    "about": " | re: #7 | review 41",  # what is set of " | re: #ID" and " | SUBJECT"; empty when neither is
 }
 KEYS = re.compile(r"^[^+\sA-Z]+(\+[^+\sA-Z]+)*\Z")  # "ctrl+shift+v", "enter", "f5"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from coordd.config import DEFAULT_SEQUENCE, ClickStep, Gui, GuiAgent, HotkeyStep, PasteStep, SubmitStep, WaitStep
 from coordd.gui.owner import OWNER, PasteNotTaken, settle
-from coordd.transports import DeliveryError, Record, Transport, TransportDown, input_lines, one_line
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, header_fields, input_lines, one_line
 
 SEPARATOR = "\n\n"  # between coalesced messages in one paste
 
@@ -32,16 +32,7 @@ def render(m: Record, header: str) -> str:
     """One message as pasted: the header line (if the template is not empty), then the body."""
     if not header:
         return m.body
-    line = header.format(
-        sender=m.sender or "unknown",
-        to=m.agent,
-        kind=m.kind or "message",
-        priority=m.priority,
-        PRIORITY=m.priority.upper(),
-        id=m.id,
-        tags=",".join(m.tags or ()),
-    )
-    return f"{line}\n{m.body}"
+    return f"{header.format(**header_fields(m))}\n{m.body}"
 
 
 def coalesce(texts: list[str], max_bytes: int) -> list[tuple[int, str]]:

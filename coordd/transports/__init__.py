@@ -29,7 +29,16 @@ from __future__ import annotations
 
 from coordd.model import DeliveryError, Record, TransportDown
 
-__all__ = ["LINE_SEPARATOR", "DeliveryError", "Record", "Transport", "TransportDown", "input_lines", "one_line"]
+__all__ = [
+    "LINE_SEPARATOR",
+    "DeliveryError",
+    "Record",
+    "Transport",
+    "TransportDown",
+    "header_fields",
+    "input_lines",
+    "one_line",
+]
 
 # What "join" shows in place of each newline: visible, plainly not part of the text, and no key to a terminal.
 LINE_SEPARATOR = " \u23ce "  # " ⏎ "
@@ -43,6 +52,26 @@ def input_lines(text: str) -> list[str]:
 def one_line(text: str) -> str:
     """The text as one input line ("join"): each line end shown as LINE_SEPARATOR."""
     return LINE_SEPARATOR.join(input_lines(text))
+
+
+def header_fields(m: Record) -> dict:
+    """The fields a tmux or gui header template may use (coordd.gui.config.HEADER_FIELDS has samples).
+
+    `about` is " | re: #ID" and " | SUBJECT" for what is set, else empty: a template ending in it (the
+    default's) reads as before for a message that answers none and has no subject."""
+    about = (f" | re: #{m.reply_to}" if m.reply_to is not None else "") + (f" | {m.subject}" if m.subject else "")
+    return {
+        "sender": m.sender or "unknown",
+        "to": m.agent,
+        "kind": m.kind or "message",
+        "priority": m.priority,
+        "PRIORITY": m.priority.upper(),
+        "id": m.id,
+        "tags": ",".join(m.tags or ()),
+        "subject": m.subject or "",
+        "reply_to": "" if m.reply_to is None else m.reply_to,
+        "about": about,
+    }
 
 
 class Transport:

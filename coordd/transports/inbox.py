@@ -46,6 +46,10 @@ def render(m: Record) -> str:
     ]
     if m.tags:
         lines.append(f"tags: [{', '.join(map(_quote, m.tags))}]")
+    if m.subject is not None:
+        lines.append(f"subject: {_quote(m.subject)}")
+    if m.reply_to is not None:
+        lines += [f"reply_to: {m.reply_to}", f"thread: {m.thread}"]
     lines += ["---", "", m.body, ""]
     return "\n".join(lines)
 

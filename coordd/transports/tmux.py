@@ -75,7 +75,7 @@ import shutil
 import tempfile
 
 from coordd.config import TmuxAgent
-from coordd.transports import DeliveryError, Record, Transport, TransportDown, one_line
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, header_fields, one_line
 from coordd.transports.tmux_control import Connection, TmuxError, acquire, release, server_args
 
 log = logging.getLogger("coordd.tmux")
@@ -99,18 +99,6 @@ _VISIBLE.update({0x7F: "^?", **{c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}})
 
 def printable(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").translate(_VISIBLE)
-
-
-def header_fields(m: Record) -> dict:
-    return {
-        "sender": m.sender or "unknown",
-        "to": m.agent,
-        "kind": m.kind or "message",
-        "priority": m.priority,
-        "PRIORITY": m.priority.upper(),
-        "id": m.id,
-        "tags": ",".join(m.tags or ()),
-    }
 
 
 def render(header: str, m: Record) -> str:
