@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordctl import protocol, trust
-from coordctl.client import MAX_REPLY_BYTES, check_directory, check_peer, reply_too_large, unreachable
+from coordctl import protocol
+from coordctl.client import check_directory, check_peer, reply_too_large, unreachable
 from coordctl.errors import CoordError, DaemonUnavailable, error_for, raise_for
 from coordctl.operations import AsyncOperations, expect
-from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -38,19 +37,7 @@ class AsyncClient(AsyncOperations):
     as for ``Client`` (the same checks, once per connection).
     """
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        timeout: float | None = None,
-        *,
-        allow_uids: Iterable[int] | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-    ) -> None:
-        self.socket_path = socket_path or default_socket_path()
-        self.timeout = timeout
-        self.max_reply_bytes = max_reply_bytes
-        self._trusted = trust.trusted_uids(allow_uids)
-        self._rid = 0
+    def _init_connection(self) -> None:
         self._pending: dict[int, asyncio.Future[protocol.Reply]] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None

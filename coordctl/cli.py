@@ -808,7 +808,7 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
         human.echo(f"Point the mouse at {agent}'s {what}:", err=True, nl=False)
         for left in range(delay, 0, -1):
             human.echo(f" {left}", err=True, nl=False)
-            time.sleep(1)  # sleep-ok: a countdown for a person moving the mouse
+            time.sleep(1)  # noqa: sleep-ok: a countdown for a person moving the mouse
         human.echo("", err=True)
     at = client.pointer()
     keys = ("onboarding_x", "onboarding_y") if onboarding else ("x", "y")

@@ -17,8 +17,7 @@ import msgspec
 
 from coordctl import protocol, trust
 from coordctl.errors import CoordError, DaemonUnavailable, error_for, raise_for
-from coordctl.operations import BlockingOperations, expect, to_new_messages
-from coordctl.paths import default_socket_path
+from coordctl.operations import MAX_REPLY_BYTES, BlockingOperations, expect, to_new_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -50,10 +49,6 @@ _MAX_IDLE_BUFFER = 1 << 20
 # kernel's socket buffer, so sendall cannot block on a daemon that has itself
 # stopped reading because our unread replies filled its write buffer.
 _PIPELINE_WINDOW = 64 * 1024
-# The largest reply a client reads (``max_reply_bytes``), so that a length header from a broken or hostile
-# peer cannot make it allocate gigabytes. coordd's replies stay near its daemon.max_frame_bytes (1 MiB by
-# default: a history page holds what fits in it); only a single message larger than this needs more.
-MAX_REPLY_BYTES = 64 << 20
 
 START_HINT = "is coordd running? start it with `coordd run` or `systemctl --user start coordd`"
 
@@ -109,20 +104,8 @@ class Client(BlockingOperations):
     (``protocol_error``) unread.
     """
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        timeout: float | None = None,
-        *,
-        allow_uids: Iterable[int] | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-    ) -> None:
-        self.socket_path = socket_path or default_socket_path()
-        self.timeout = timeout  # seconds for connect and for each reply; None: no limit
-        self.max_reply_bytes = max_reply_bytes
-        self._trusted = trust.trusted_uids(allow_uids)
+    def _init_connection(self) -> None:
         self._sock: socket.socket | None = None
-        self._rid = 0
         self._wbuf = bytearray(_HEADER.size)
         self._rbuf = bytearray(_READ_CHUNK)
         self._rview = memoryview(self._rbuf)

@@ -18,12 +18,18 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 
-from coordctl import protocol
+from coordctl import protocol, trust
 from coordctl.errors import CoordError
+from coordctl.paths import default_socket_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping
     from typing import Concatenate
+
+# The largest reply a client reads (``max_reply_bytes``), so that a length header from a broken or hostile
+# peer cannot make it allocate gigabytes. coordd's replies stay near its daemon.max_frame_bytes (1 MiB by
+# default: a history page holds what fits in it); only a single message larger than this needs more.
+MAX_REPLY_BYTES = 64 << 20
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,7 +169,28 @@ def _until_arrival(inbox: protocol.Inbox) -> float:
 
 class Operations:
     """Every operation: each function here builds its request, and its
-    ``@operation`` says which reply that calls for and what the method returns."""
+    ``@operation`` says which reply that calls for and what the method returns.
+
+    Also the settings both clients take, so that they are written once."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float | None = None,
+        *,
+        allow_uids: Iterable[int] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout  # seconds for connect and for each reply; None: no limit
+        self.max_reply_bytes = max_reply_bytes
+        self._trusted = trust.trusted_uids(allow_uids)  # whose daemon we talk to (coordctl.trust)
+        self._rid = 0
+        self._init_connection()
+
+    def _init_connection(self) -> None:
+        """The client's own connection state (no connection yet: it connects on first use)."""
+        raise NotImplementedError
 
     @operation(protocol.Sent, _id, held=_until_delivered)
     def send(

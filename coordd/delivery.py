@@ -24,6 +24,7 @@ from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import DeliveryError, Record, TransportDown
 from coordd.store import Store
 from coordd.transports import Transport
+from coordd.turns import next_turn
 
 log = logging.getLogger("coordd.delivery")
 
@@ -267,7 +268,7 @@ class Delivery:
                 if q and not (q.retired or self.stopping):  # either may have changed while waiting for the lock
                     await self._deliver(q, loop)
             # One chunk per turn of the loop: sends, and other agents, get their turn in between.
-            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
+            await next_turn()
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
         transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from coordd.config import Retention
 from coordd.schema import TERMINAL
 from coordd.store import Store
+from coordd.turns import next_turn
 
 log = logging.getLogger("coordd.retention")
 
@@ -63,7 +64,7 @@ async def run(store: Store, config: Retention) -> None:
             if not n:
                 break
             pruned += n
-            await asyncio.sleep(0)  # sleep-ok: a yield to other work between chunks, not a wait
+            await next_turn()  # other work goes on between chunks
         if pruned:
             log.info("pruned %d finished messages (%d rows left)", pruned, store.rows)
             await store.writer.writable()

@@ -21,6 +21,7 @@ from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Record, Refused
 from coordd.queries import status_of
 from coordd.store import StorageError, StorageFull, Store
+from coordd.turns import in_turns, next_turn
 from coordd.validation import check_message, check_not_empty, check_wait_timeout
 
 # Messages of a large batch handled per turn of the event loop (checked, stored, queued), so that the other
@@ -131,8 +132,8 @@ class Sending:
         now = time.time()
         control_chars = self.config.daemon.control_chars
         for i, m in enumerate(msgs):
-            if i and not i % CHUNK:
-                await asyncio.sleep(0)  # sleep-ok: a large batch yields to the other clients between chunks
+            if i and not i % CHUNK:  # a large batch: the other clients are served between chunks
+                await next_turn()
             prefix = f"{where}[{i}]." if where else ""
             check_message(m, self.agents, control_chars, prefix)
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
@@ -218,10 +219,8 @@ class Sending:
         refuse a send meanwhile but never lets a queue past its limit."""
         async with self.store.exclusive():
             await self.store.insert_chunked(fresh, CHUNK)
-            for i in range(0, len(fresh), CHUNK):
-                if i:
-                    await asyncio.sleep(0)  # sleep-ok: a yield to the loop between chunks, not a wait
-                self._queue(fresh[i : i + CHUNK])
+            async for _, chunk in in_turns(fresh, CHUNK):
+                self._queue(chunk)
 
     def _queue(self, recs: list[Record]) -> None:
         self.observer.accepted(recs)

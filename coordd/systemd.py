@@ -108,14 +108,14 @@ async def watchdog(notifier: Notifier, commit: Callable[[], asyncio.Future], per
             log.error("the store writer fails (%s): withholding the watchdog ping", probe.exception())
         else:
             notifier.notify("WATCHDOG=1")
-        await asyncio.sleep(max(0.0, started + period - loop.time()))  # sleep-ok: the ping period
+        await asyncio.sleep(max(0.0, started + period - loop.time()))  # noqa: sleep-ok: the ping period
 
 
 async def refresh_status(notifier: Notifier, summary: Callable[[], str]) -> None:
     """Keep `systemctl --user status coordd` showing a current one-line queue summary."""
     last = summary()  # as sent with READY=1
     while True:
-        await asyncio.sleep(STATUS_REFRESH_S)  # sleep-ok: a refresh period for a display, not a wait
+        await asyncio.sleep(STATUS_REFRESH_S)  # noqa: sleep-ok: a refresh period for a display, not a wait
         text = summary()
         if text != last:
             notifier.notify(f"STATUS={text}")

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from coordd.model import Histogram, StorageError, StorageFull
 from coordd.schema import Write
+from coordd.turns import next_turn
 
 log = logging.getLogger("coordd.store")
 
@@ -231,9 +232,9 @@ class Writer:
         try:
             db.execute("BEGIN IMMEDIATE")
             for ops in writes:
-                await asyncio.sleep(0)  # sleep-ok: other clients are served between chunks; their writes wait
+                await next_turn()  # other clients are served between chunks; their writes wait
                 self._execute((ops,))
-            await asyncio.sleep(0)  # sleep-ok: the commit writes every page of the WAL: a turn of its own
+            await next_turn()  # the commit writes every page of the WAL: a turn of its own
             db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:

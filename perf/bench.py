@@ -439,6 +439,7 @@ def bench_cli(cfg, ctx) -> list[dict]:
 
 def sqlite_floor(n: int, reps: int) -> list[float]:
     """Seconds per commit of n message rows (executemany) into a fresh WAL DB with coordd's schema and pragmas."""
+    from coordd.model import Record
     from coordd.schema import INSERT_MESSAGE, MIGRATIONS
 
     tmp = tempfile.mkdtemp(prefix="coordd-sqlite-")
@@ -450,8 +451,8 @@ def sqlite_floor(n: int, reps: int) -> list[float]:
             db.executescript(m)
         out = []
         for r in range(reps + 1):  # rep 0 is a warm-up
-            rows = [
-                (r * n + i + 1, AGENTS[i % 8], "bench", "regular", None, None, None, f"bench message {i}", time.time())
+            rows = [  # the rows coordd stores, as coordd builds them: the floor follows the schema
+                Record(r * n + i + 1, AGENTS[i % 8], f"bench message {i}", "regular", time.time(), "bench").row()
                 for i in range(n)
             ]
             t0 = pc()

@@ -69,7 +69,7 @@ def wait_for(predicate, timeout: float, what: str):
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # sleep-ok: poll interval of a deadline-bounded wait
+        time.sleep(0.01)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
     return value
 
 

@@ -140,7 +140,7 @@ def daemon_rows(tmp: Path, sock: str, target: str, n: int) -> list[dict]:
             except CoordError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"coordd did not start: {(tmp / 'coordd.log').read_text()}") from None
-                time.sleep(0.02)  # sleep-ok: poll interval of a deadline-bounded wait
+                time.sleep(0.02)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
         with Client(f"{tmp}/coordd.sock") as c:
             for agent, label, target_ in (("I", "inbox agent (floor)", "-"), ("T", "tmux agent", "<= 15 ms")):
                 for i in range(20):
@@ -200,7 +200,7 @@ def main() -> int:
         while not subprocess.run(capture, capture_output=True, text=True).stdout.strip():
             if time.monotonic() > deadline:
                 raise RuntimeError("the reader did not start")
-            time.sleep(0.02)  # sleep-ok: poll interval of a deadline-bounded wait
+            time.sleep(0.02)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
         rows = asyncio.run(transport_rows(sock, "bench:0.0", n))
         rows += daemon_rows(tmp, sock, "bench:0.0", n)
         received = sum(1 for _ in open(tmp / "received.jsonl", encoding="utf-8"))

@@ -83,7 +83,7 @@ class Remover(threading.Thread):
                         found += 1
             self.removed += found
             if not found:
-                self.stop.wait(0.02)  # sleep-ok: the poll interval of a directory watcher
+                self.stop.wait(0.02)  # noqa: sleep-ok: the poll interval of a directory watcher
 
 
 def start_daemon(tmp: Path, args) -> tuple[subprocess.Popen, Path, Path, list[Path]]:
@@ -116,7 +116,7 @@ def start_daemon(tmp: Path, args) -> tuple[subprocess.Popen, Path, Path, list[Pa
         except CoordError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"coordd did not start: {(tmp / 'coordd.log').read_text()}") from None
-            time.sleep(0.05)  # sleep-ok: the poll interval of a deadline-bounded wait
+            time.sleep(0.05)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
     inboxes = [ws / "agent_workspaces" / a / "inbox" for a in agents]
     return proc, sock, db, inboxes
 
@@ -141,7 +141,7 @@ def send_all(c: Client, args, agents: list[str]) -> int:
             while c.status().queued > args.batch * 4:
                 if time.monotonic() > deadline:
                     raise SystemExit("the queue did not drain within 60 s") from None
-                time.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
+                time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
             continue
         sent += n
     return refused
@@ -178,7 +178,7 @@ def main() -> int:
             while (st := c.status()).queued or (remover and remover.removed < args.messages):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"deliveries did not finish: {st.queued} queued")
-                time.sleep(0.02)  # sleep-ok: the poll interval of a deadline-bounded wait
+                time.sleep(0.02)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
             t_done = time.monotonic()
             failed = sum(a.failed for a in st.agents)
             # Let one retention pass finish, then read the settled figures.

@@ -29,7 +29,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
+        time.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
 
 
 def cancel_between_attempts(c: Client, message_id: int) -> bool:

@@ -31,7 +31,7 @@ JOINED = " \u23ce "  # " ⏎ ": what multiline "join" shows in place of each new
 FAST = {"backoff_initial_ms": 50, "backoff_max_ms": 200, "unhealthy_recheck_ms": 100}
 # Window origins on the 1280x1024 screen; an 80x20 xterm is 484x264 px. The daemon clicks each one's middle.
 ORIGINS = [(20, 20), (660, 20), (20, 520), (660, 520)]
-# A copy of the old tool's coordinates file (shared/fixtures/ beside the repository), so a plain clone runs these.
+# The old tool's coordinates file, as it shipped with that tool (a copy kept in the repository).
 SHARED_COORDS = Path(__file__).parent / "fixtures" / "cursor_agent_coords.json"
 
 

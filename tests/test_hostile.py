@@ -447,7 +447,7 @@ async def test_idle_connections_are_closed_and_clients_reconnect(make_daemon):
             deadline = time.monotonic() + 10
             while not closed_by_daemon([probe]):  # the loop runs meanwhile, as in an idle asyncio program
                 assert time.monotonic() < deadline, "the idle connection was never closed"
-                await asyncio.sleep(0.01)  # sleep-ok: the poll interval of a deadline-bounded wait
+                await asyncio.sleep(0.01)  # noqa: sleep-ok: the poll interval of a deadline-bounded wait
             assert c.ping() and await ac.ping()  # both reconnect by themselves
             assert c.send("A", "after the idle close", wait=True)
     assert inbox_bodies(d.inbox("A")) == ["after the idle close"]

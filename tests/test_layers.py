@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The layers, bottom up, by module (a package name covers the modules under it). A module may import
 # the modules of its own layer and of the layers ALLOWED lists for it; coordctl may always be imported.
 LAYERS = {
-    "model": ["coordd", "coordd.model", "coordd.lockfile"],  # and leaf utilities: nothing of coordd below them
+    # and leaf utilities: nothing of coordd below them
+    "model": ["coordd", "coordd.model", "coordd.lockfile", "coordd.turns"],
     "config": ["coordd.config", "coordd.gui", "coordd.gui.config"],
     "store": [
         "coordd.store",

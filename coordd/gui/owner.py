@@ -283,7 +283,7 @@ class PasteNotTaken(Exception):
 
 def settle(ms: int) -> None:
     if ms > 0:
-        time.sleep(ms / 1000)  # sleep-ok: a configured settle delay the target application needs
+        time.sleep(ms / 1000)  # noqa: sleep-ok: a configured settle delay the target application needs
 
 
 OWNER = GuiOwner()  # the one owner of the mouse, keyboard and clipboard in this process

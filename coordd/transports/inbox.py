@@ -25,6 +25,7 @@ from json.encoder import encode_basestring
 
 from coordd.config import InboxAgent
 from coordd.transports import DeliveryError, Record, Transport
+from coordd.turns import next_turn
 
 
 def render(m: Record) -> str:
@@ -99,7 +100,7 @@ class InboxTransport(Transport):
         else:
             async with _turn():
                 done, error = self._write_all(messages)
-                await asyncio.sleep(0)  # sleep-ok: keep the turn for one pass of the loop, not a wait
+                await next_turn()  # keep the turn for one pass of the loop
         if error is not None:
             raise DeliveryError(error, delivered=done)
 

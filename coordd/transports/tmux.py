@@ -208,7 +208,7 @@ class TmuxTransport(Transport):
             else:
                 await self._paste(conn, pane, text, m.id)
             delay = self.agent.enter_delay_ms / 1000
-            await asyncio.sleep(delay)  # sleep-ok: the configured Enter delay, for programs that need one
+            await asyncio.sleep(delay)  # noqa: sleep-ok: the configured Enter delay, for programs that need one
             if check:  # Enter once the program shows the paste (else a check after Enter could pass too early)
                 _, shown = await self._wait_input_line(conn, pane, lambda s: s != before)
         await conn.run("send-keys", "-t", pane, "Enter")
@@ -304,7 +304,7 @@ class TmuxTransport(Transport):
         while not done(line := await self._input_line(conn, pane)):
             if loop.time() >= deadline:
                 return False, line
-            await asyncio.sleep(SUBMIT_POLL_S)  # sleep-ok: poll interval of a deadline-bounded wait
+            await asyncio.sleep(SUBMIT_POLL_S)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
         return True, line
 
     async def _wait_idle(self, conn: Connection, pane: str) -> None:
@@ -331,4 +331,4 @@ class TmuxTransport(Transport):
                     raise TmuxError(f"tmux pane {a.target} was not idle within {a.idle_max_wait_ms} ms")
                 log.info("agent %s: pane %s not idle after %d ms; delivering", a.id, a.target, a.idle_max_wait_ms)
                 return
-            await asyncio.sleep(interval)  # sleep-ok: poll interval of a deadline-bounded wait
+            await asyncio.sleep(interval)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
