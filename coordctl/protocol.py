@@ -293,6 +293,9 @@ class MessageInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     reply_to: int | None = None  # the message this one answers
     thread: int | None = None  # its thread: the id of the thread's first message (its own id if it starts one)
     subject: str | None = None
+    fetches: int = 0  # how many times a pull agent fetched it (more than 1: its lease ran out unacked)
+    lease_until: float | None = None  # a pull agent's fetch leases it until then; unacked after, it is fetched again
+    group: str | None = None  # the group it was sent to ("@NAME"); `to` is the member the group's pick chose
 
 
 class Message(_Rep, tag="message"):

@@ -36,6 +36,7 @@ class Record(msgspec.Struct, gc=False):
     reply_to: int | None = None  # the message this one answers
     thread: int = 0  # the id of its thread's first message; 0: it starts its own (its id, once it has one)
     subject: str | None = None
+    group: str | None = None  # the group it was sent to ("@NAME"), whose pick chose `agent`
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None
@@ -52,6 +53,7 @@ class Record(msgspec.Struct, gc=False):
             self.reply_to,
             self.thread or self.id,
             self.subject,
+            self.group,
         )
 
 

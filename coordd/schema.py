@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -78,11 +78,19 @@ MIGRATIONS = [
     UPDATE messages SET thread = id;
     CREATE INDEX messages_thread ON messages(thread, id);
     """,
+    # 5: pull agents and group sends. fetches counts the times a pull agent fetched the message, lease_until is
+    # when its current lease ends (a fetched message not acked by then is fetched again); grp the group it
+    # was sent to ("@NAME": its recipient is the member the group's pick chose), NULL when sent to the agent.
+    """
+    ALTER TABLE messages ADD COLUMN fetches INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN lease_until REAL;
+    ALTER TABLE messages ADD COLUMN grp TEXT;
+    """,
 ]
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
-    " subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+    " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
 MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"
@@ -97,7 +105,7 @@ MARK_ACKED = "UPDATE messages SET acked_at = ?1, read_at = coalesce(read_at, ?1)
 TERMINAL = "('delivered', 'failed', 'cancelled')"
 COLUMNS = (
     "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at,"
-    " acked_at, reply_to, thread, subject"
+    " acked_at, reply_to, thread, subject, fetches, lease_until, grp"
 )
 
 # A write is a list of (sql, params, many): one statement, or executemany when many.
@@ -127,6 +135,9 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         reply_to=r[15],
         thread=r[16],
         subject=r[17],
+        fetches=r[18],
+        lease_until=r[19],
+        group=r[20],
     )
 
 
@@ -146,6 +157,7 @@ def record_from_row(r: Sequence[Any]) -> Record:
         reply_to=r[15],
         thread=r[16],
         subject=r[17],
+        group=r[20],
     )
 
 

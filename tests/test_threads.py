@@ -120,7 +120,7 @@ def test_a_store_of_schema_3_gains_threads_and_keeps_every_message(make_daemon):
         assert [m.id for m in c.thread(answer)] == [1, answer]
     d.stop()
     db = sqlite3.connect(d.db)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4
     plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE thread = 1 ORDER BY id"))
     assert "messages_thread" in plan
