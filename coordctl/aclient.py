@@ -196,7 +196,7 @@ class AsyncClient(AsyncOperations):
         usable for other calls meanwhile. ``async for event in sub``; ``await sub.aclose()`` (or
         ``async with sub``) ends the watch. Consume promptly: events the daemon sent are held
         here until read."""
-        req = protocol.Watch(agents=list(agents), events=list(events))
+        req = protocol.Watch(agents=list(agents), events=list(events), protocol=protocol.PROTOCOL_VERSION)
         expect(await self.call(req), protocol.Watching)
         stream = self._streams.get(req.rid)
         if stream is None:  # the connection broke right after the reply

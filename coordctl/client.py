@@ -330,7 +330,7 @@ class Client(BlockingOperations):
         ``idle`` is called whenever the stream is about to wait for the daemon
         (all events received so far are handled): e.g. to flush buffered output.
         """
-        req = protocol.Watch(agents=list(agents), events=list(events))
+        req = protocol.Watch(agents=list(agents), events=list(events), protocol=protocol.PROTOCOL_VERSION)
         expect(self.call(req), protocol.Watching)
         return self._stream(req.rid, idle)
 

@@ -10,11 +10,13 @@ is the human-readable form of this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: watch events come in `events` frames (1 sent an `event` frame each)
+# 2: watch events come in `events` frames (1 sent an `event` frame each). 3: read and acked events, and the
+# requests and fields of receipts, inboxes and threads (all additive: a client of protocol 2 keeps working).
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 1 << 20
 HEADER_SIZE = 4
 Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]  # msgpack also holds uint64: refuse past int64
@@ -24,6 +26,17 @@ Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
 TERMINAL_STATUSES = ("delivered", "failed", "cancelled")
 Receipt = Literal["delivered", "read", "acked"]  # the points of a message's life a sender can wait for
 EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled", "read", "acked"]
+# The protocol version that brought each event type after the first ones. A client decodes `event` as a literal,
+# so a watch is never sent a type newer than the protocol it speaks (Watch.protocol).
+EVENT_SINCE = {"read": 3, "acked": 3}
+
+
+def events_known_to(protocol: int) -> list[str]:
+    """The event types a client of `protocol` can decode; [] when it knows them all."""
+    if protocol >= PROTOCOL_VERSION:
+        return []
+    return [e for e in get_args(EventType) if EVENT_SINCE.get(e, 1) <= protocol]
+
 
 # Stable error codes: clients branch on these, so never rename one.
 ERROR_CODES = (
@@ -169,7 +182,10 @@ class Watch(_Req, tag="watch"):
     """Stream events as they happen: a `watching` reply, then `event` and `missed` replies, all with this rid."""
 
     agents: list[str] = []  # only events of these agents; []: every agent
-    events: list[EventType] = []  # only events of these types; []: every type
+    events: list[EventType] = []  # only events of these types; []: every type the client knows (`protocol`)
+    # The protocol version the client speaks: a client that does not say (protocol 2) is sent no event type of a
+    # later version, since its decoder would refuse the frame. Clients of this module say PROTOCOL_VERSION.
+    protocol: int = 2
 
 
 class Unwatch(_Req, tag="unwatch"):

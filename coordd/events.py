@@ -192,5 +192,5 @@ def answer(
         )
     if len(watches) >= MAX_WATCHES:
         return p.Error(rid=req.rid, code="bad_request", message=f"at most {MAX_WATCHES} watches per connection")
-    watches[req.rid] = sub = bus.subscribe(conn, req.rid, req.agents, req.events)
+    watches[req.rid] = sub = bus.subscribe(conn, req.rid, req.agents, req.events or p.events_known_to(req.protocol))
     return p.Watching(rid=req.rid, buffer=sub.limit)

@@ -32,7 +32,7 @@ def ok(d: Daemon, *args: str, stdin: str | None = None) -> str:
 
 
 def test_every_command(daemon: Daemon, tmp_path):
-    assert "protocol 2" in ok(daemon, "ping")
+    assert "protocol 3" in ok(daemon, "ping")
     first = int(ok(daemon, "send", "Agent-1", "hello from the CLI", "--sender", "Agent-2", "--wait").split()[0])
     piped = int(ok(daemon, "send", "Agent-2", "-", "--priority", "urgent", stdin="line one\nline two\n").strip())
     assert "delivered" in ok(daemon, "show", str(first))  # --wait returned, so it is stored as delivered
@@ -65,7 +65,7 @@ def test_json_output_is_parseable(daemon: Daemon):
     status = json.loads(ok(daemon, "--json", "status"))
     assert [a["id"] for a in status["agents"]] == [f"Agent-{n}" for n in range(1, 5)]
     assert json.loads(ok(daemon, "--json", "agents"))
-    assert json.loads(ok(daemon, "--json", "ping"))["protocol"] == 2
+    assert json.loads(ok(daemon, "--json", "ping"))["protocol"] == 3
 
 
 def test_retry_and_cancel(make_daemon):

@@ -34,7 +34,7 @@ def unblock_inbox(d: Daemon, agent: str) -> None:
 def test_every_method(daemon: Daemon):
     with daemon.client() as c:
         pong = c.ping()
-        assert pong.protocol == 2 and pong.version  # docs/protocol.md's version
+        assert pong.protocol == 3 and pong.version  # docs/protocol.md's version
         assert [a.id for a in c.agents()] == ["Agent-1", "Agent-2", "Agent-3", "Agent-4"]
         first = c.send("Agent-1", "hello\nsecond line", sender="Agent-2", kind="review", tags=["pr-42"], wait=True)
         msg = c.get(first)
