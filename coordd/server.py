@@ -52,8 +52,15 @@ MAX_IN_FLIGHT = 64  # requests handled at once per connection
 # Requests whose replies can be large and that read through the store's reader thread. At most
 # HEAVY_AT_ONCE run at once in all, one per connection, and never for a client that is not reading
 # its replies: so what waits for a stuck client is its write buffer and one reply at most.
-HEAVY = (p.History, p.Get, p.StatusRequest)
+HEAVY = (p.History, p.Get, p.StatusRequest, p.Thread)
 HEAVY_AT_ONCE = 4
+
+
+def is_heavy(req: p.Request) -> bool:
+    # An inbox request that may wait is not: a long poll holding a slot while it waits would stall the others.
+    return isinstance(req, HEAVY) or (type(req) is p.Inbox and not req.wait)
+
+
 FD_MARGIN = 64  # file descriptors beyond the connections: the database, transports, logs
 REFUSE_FLUSH_S = 10.0  # a refused client gets this long to read what was sent to it before it is dropped
 REFUSAL_LOG_S = 60.0  # refused connections are logged at most this often per uid: a loop of them floods no log
@@ -320,7 +327,7 @@ class Connection(asyncio.Protocol):
 
     async def answer(self, req: p.Request, started: float) -> None:
         try:
-            rep = await (self._heavy(req) if isinstance(req, HEAVY) else self.server.handlers.handle(req))
+            rep = await (self._heavy(req) if is_heavy(req) else self.server.handlers.handle(req))
         except Refused as e:
             rep = p.Error(code=e.code, message=e.message, message_id=e.message_id)
         except Exception as e:  # a bug in coordd, not in the request: say so, and keep serving

@@ -12,6 +12,7 @@ replies, or stuck half-way through a frame, while another client is served.
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import subprocess
@@ -534,3 +535,26 @@ def test_option_like_agent_in_a_request_is_just_unknown(daemon):
             with pytest.raises(CoordError) as e:
                 c.history(agent=name)
             assert e.value.code == "unknown_agent"
+
+
+@pytest.mark.parametrize("op", ["thread", "inbox"])
+def test_a_client_reading_no_replies_gets_one_large_thread_or_inbox_reply_at_a_time(make_daemon, op):
+    """thread and inbox (when it does not wait) can answer with a frame of up to max_frame_bytes: like history,
+    they run one at a time per connection and only while its client reads, so a client sending many and
+    reading none holds one reply, not one per request."""
+    d = make_daemon(agents=[{"id": "A"}])
+    with d.client() as c:
+        first = c.send("A", "x" * 60_000, wait=True, timeout=10)
+        for _ in range(3):
+            c.send("A", "y" * 60_000, reply_to=first, wait=True, timeout=10)
+    request = p.Thread(message_id=first, limit=4) if op == "thread" else p.Inbox(agent="A", unread=False, limit=4)
+    rss_start = memory_kib(d.proc.pid)
+    stuck = connect(d.socket)
+    stuck.sendall(p.frame(request) * 60)  # ~240 KB a reply, never read: 14 MB if all were answered
+    with d.client() as c:  # served meanwhile, through the same gate, after the stuck client's first
+        answered = getattr(c, op)(first if op == "thread" else "A", **({"unread": False} if op == "inbox" else {}))
+        assert len(answered) == 4
+        count = re.search(rf'coordd_rpc_duration_seconds_count{{method="{op}"}} (\S+)', c.metrics())
+    assert float(count[1]) <= 3, "the stuck client's requests ran without it reading their replies"
+    assert memory_kib(d.proc.pid) - rss_start < 6 * 1024
+    stuck.close()
