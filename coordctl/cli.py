@@ -150,6 +150,7 @@ priority_option = click.option(
 sender_option = click.option("--sender", help="Who the message is from, as the recipient will see it.")
 kind_option = click.option("--kind", help="A free-form message kind, e.g. task or review.")
 tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
+subject_option = click.option("--subject", help="A one-line subject, shown in the recipient's header.")
 
 
 @click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,7 +178,7 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @kind_option
 @tag_option
 @click.option("--key", help="Idempotency key: sending again with the same key returns the first id.")
-@click.option("--subject", help="A one-line subject, shown in the recipient's header.")
+@subject_option
 @click.option("--reply-to", type=int, metavar="ID", help="The message this one answers: it joins ID's thread.")
 @click.option("--wait", is_flag=True, help="Return once delivered; exit 1 if delivery fails or times out.")
 @click.option(
@@ -247,7 +248,7 @@ def batch(state: State, file: BinaryIO) -> None:
     """Queue the messages in FILE (- reads stdin) in one commit; prints their ids.
 
     FILE is JSON Lines, one message per line:
-    {"to": ..., "body": ..., "priority"?, "sender"?, "kind"?, "tags"?, "key"?}
+    {"to": ..., "body": ..., "priority"?, "sender"?, "kind"?, "tags"?, "key"?, "subject"?, "reply_to"?}
     """
     messages = []
     for lineno, line in enumerate(file, 1):
@@ -269,6 +270,7 @@ def batch(state: State, file: BinaryIO) -> None:
 @kind_option
 @tag_option
 @click.option("--key", help="Idempotency key: broadcasting again with the same key stores nothing new.")
+@subject_option
 @pass_state
 def broadcast(
     state: State,
@@ -279,6 +281,7 @@ def broadcast(
     kind: str | None,
     tags: tuple[str, ...],
     key: str | None,
+    subject: str | None,
 ) -> None:
     """Queue MESSAGE (- reads stdin) for every agent; prints the ids."""
     ids = state.client().broadcast(
@@ -289,6 +292,7 @@ def broadcast(
         kind=kind,
         tags=tags,
         key=key,
+        subject=subject,
     )
     print_ids(state, ids)
 

@@ -261,6 +261,7 @@ class Operations:
         kind: str | None = None,
         tags: Iterable[str] | None = None,
         key: str | None = None,
+        subject: str | None = None,
     ) -> protocol.Broadcast:
         """Queue the message for every agent (or every agent in ``group``); returns the ids."""
         return protocol.Broadcast(
@@ -271,6 +272,7 @@ class Operations:
             kind=kind,
             tags=list(tags) if tags else [],
             key=key,
+            subject=subject,
         )
 
     @operation(protocol.StatusInfo)

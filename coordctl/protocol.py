@@ -130,6 +130,7 @@ class Broadcast(_Req, tag="broadcast"):
     kind: str | None = None
     tags: list[str] = []
     key: str | None = None  # each agent's copy is stored with the key broadcast_key(key, agent)
+    subject: str | None = None
 
 
 class StatusRequest(_Req, tag="status"):

@@ -105,7 +105,14 @@ class Sending:
         tags = tuple(req.tags)
         msgs = [
             p.NewMessage(
-                to=t, body=req.body, sender=req.sender, priority=req.priority, kind=req.kind, tags=tags, key=req.key
+                to=t,
+                body=req.body,
+                sender=req.sender,
+                priority=req.priority,
+                kind=req.kind,
+                tags=tags,
+                key=req.key,
+                subject=req.subject,
             )
             for t in targets
         ]

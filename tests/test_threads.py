@@ -159,3 +159,17 @@ def test_headers_show_the_subject_and_what_a_message_answers(render):
     custom = "{subject}/{reply_to}/{id}"
     assert tmux.render(custom, answer).split("\n")[0] == gui.render(answer, custom).split("\n")[0] == "plan B/7/9"
     assert tmux.render(custom, plain).split("\n")[0] == "//9"
+
+
+def test_a_broadcast_has_a_subject(make_daemon):
+    d = make_daemon(agents=AGENTS)
+    ids = [int(i) for i in ok(d, "broadcast", "freeze at 5", "--subject", "release 1.2", "--sender", "A").split()]
+    with d.client() as c:
+        assert [c.get(i).message.subject for i in ids] == ["release 1.2"] * 3
+        wait_until(lambda: all(delivered(c, i) for i in ids), what="the copies")
+        assert c.broadcast("no subject") and c.history(limit=1).messages[0].subject is None
+        with pytest.raises(CoordError) as refused:
+            c.broadcast("x", subject="two\nlines")
+        assert refused.value.code == "bad_request" and "subject" in refused.value.message
+    header, body = read_inbox_file(sorted(d.inbox("B").iterdir())[0])
+    assert header["subject"] == "release 1.2" and body == "freeze at 5"
