@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import socket
 import sqlite3
 import sys
@@ -140,3 +141,17 @@ def test_a_client_of_0_1_0_keeps_working(make_daemon):
     while isinstance(frame := watcher.read(), old.Events):  # the events before the unwatch, then its reply
         assert {e.event for e in frame.events} <= {"accepted", "delivering", "delivered"}
     assert isinstance(frame, old.Unwatched) and frame.rid == 9
+
+
+def test_the_bytes_docs_protocol_md_shows_are_what_coordctl_protocol_encodes():
+    from coordctl import __version__
+    from coordctl import protocol as p
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    examples = doc[doc.index("A `ping` with `rid` 1, as bytes on the wire") :].split("```")[1::2]
+    shown = [bytes.fromhex(" ".join(re.findall(r"^((?:[0-9a-f]{2} ?)+)", block, re.M))) for block in examples]
+    assert shown == [
+        p.frame(p.Ping(rid=1)),
+        p.frame(p.Pong(rid=1, version=__version__, protocol=p.PROTOCOL_VERSION)),
+        p.frame(p.Send(rid=2, to="alice", body="hi")),
+    ]
