@@ -48,7 +48,7 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # -h as coordctl takes it
 @click.version_option(__version__, prog_name="coordd")
 def main() -> None:
     """coordd: the message-delivery daemon for teams of coding agents."""

@@ -6,6 +6,7 @@ errors carry the path (``$.agents[2].inbox_dir``), which ConfigError keeps.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
 import os
@@ -149,6 +150,26 @@ def embedded_default() -> dict:
     return {"agents": [{"id": f"Agent-{n}", "transport": "inbox"} for n in range(1, 9)]}
 
 
+def _did_you_mean(error: str) -> str:
+    """For an unknown key, the known key closest to it (from any section: typos rarely cross sections)."""
+    found = re.match(r"Object contains unknown field `([^`]*)`", error)
+    if found is None:
+        return ""
+    close = difflib.get_close_matches(found[1], _known_keys(Config), n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _known_keys(struct: type) -> set[str]:
+    keys = set()
+    for field in msgspec.structs.fields(struct):
+        keys.add(field.encode_name)
+        for t in (field.type, *getattr(field.type, "__args__", ())):  # a list's item, a union's members
+            for inner in (t, *getattr(t, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+                    keys |= _known_keys(inner)
+    return keys
+
+
 def parse(raw: dict, source: str) -> Config:
     for agent in raw.get("agents", []) if isinstance(raw.get("agents"), list) else []:
         if isinstance(agent, dict):
@@ -156,7 +177,7 @@ def parse(raw: dict, source: str) -> Config:
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{source}: {e}{_did_you_mean(str(e))}") from None
     _fill_defaults(cfg)
     if cfg.gui.coords_file or any(isinstance(a, GuiAgent) for a in cfg.agents):
         apply_gui(cfg, source)  # coordinates from gui.coords_file, gui checks

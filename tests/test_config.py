@@ -88,3 +88,29 @@ def test_gui_agent_without_the_gui_extra_says_what_to_install(tmp_path):
     cfg.write_text('[[agents]]\nid = "B"\n')  # inbox agents need neither
     out = subprocess.run([sys.executable, "-c", hide, "check-config", str(cfg)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("[daemon]\nsockett = '/x'\n", "did you mean `socket`?"),
+        ("[[agents]]\nid = 'A'\ntransport = 'tmux'\ntraget = 's'\n", "did you mean `target`?"),
+        ("[delivery]\nmax_atempts = 3\n", "did you mean `max_attempts`?"),
+    ],
+)
+def test_a_mistyped_key_gets_the_closest_known_one(tmp_path, text, hint):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value).endswith(hint)
+    path.write_text("[daemon]\nfrobnicate = 1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert "did you mean" not in str(e.value)  # nothing close: no guess
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_coordd_help(flag):
+    shown = subprocess.run([sys.executable, "-m", "coordd", flag], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "coordd [OPTIONS] COMMAND" in shown.stdout and "check-config" in shown.stdout
