@@ -16,6 +16,7 @@ from conftest import cancel_between_attempts, read_inbox_file, wait_until
 from test_cli import cli
 from test_metrics import block_inbox, samples, value
 from test_transport_faults import tmux  # noqa: F401 (a fixture)
+from test_watch import Collector
 
 from coordctl import Client
 from coordctl import protocol as p
@@ -44,12 +45,15 @@ def test_a_failed_message_bounces_to_its_sending_agent_once(make_daemon):
     block_inbox(d, "B")
     d.start()
     body = "please review #41 " + "x" * 100 + "\nsecond line"
+    watch = Collector(d.socket, agents=["A"])
     with d.client() as c:
         lost = c.send("B", body, sender="A", subject="review")
         wait_until(lambda: status(c, lost) == "failed", what="the message to fail")
         # The bounce is stored with the failure: once the failure shows, so does the bounce.
         [bounce] = bounces(c)
         wait_until(lambda: status(c, bounce.id) == "delivered", what="the bounce to reach A")
+        wait_until(lambda: any(e.event == "delivered" for e in watch.events()), what="the watcher to see it")
+        watch.stop()
         assert (bounce.to, bounce.sender, bounce.reply_to, bounce.thread) == ("A", None, lost, lost)
         assert bounce.subject == f"not delivered: #{lost} to B"
         assert [m.id for m in c.thread(lost)] == [lost, bounce.id]
@@ -61,6 +65,10 @@ def test_a_failed_message_bounces_to_its_sending_agent_once(make_daemon):
     assert lines[1] == f'Message: "{body[:80]}…"'  # its first line, cut
     assert lines[2] == f"Why: it failed after 2 attempts: {error}"
     assert f"`coordctl retry {lost}`" in lines[3]
+    # Watched like any message to A: accepted (from no sender), then delivered.
+    events = watch.events()
+    assert [(e.event, e.id) for e in events] == [(k, bounce.id) for k in ("accepted", "delivering", "delivered")]
+    assert events[0].sender is None and events[0].preview == f"Your message #{lost} to B was not delivered."
     # Through A's own transport, the inbox file says who it is from and what it answers.
     [(fields, text)] = inbox_files(d, "A")
     assert (fields["from"], fields["kind"], fields["reply_to"], fields["thread"]) == ("coordd", "bounce", lost, lost)
@@ -134,6 +142,12 @@ def test_a_bounce_that_fails_does_not_bounce(make_daemon):
         [bounce] = bounces(c)
         wait_until(lambda: status(c, bounce.id) == "failed", what="the bounce to fail too")
         assert [m.id for m in c.history(limit=10).messages] == [bounce.id, lost]  # nothing bounced back
+        # Retried, it fails again, and still nothing bounces; the retry's reply says A is not reachable.
+        again = c.call(p.Retry(message_id=bounce.id))
+        assert again.status == "queued" and not again.healthy and "is not a directory" in again.reason
+        wait_until(lambda: c.get(bounce.id).message.attempts == 4, what="the retried bounce's attempts")
+        wait_until(lambda: status(c, bounce.id) == "failed", what="the retried bounce to fail")
+        assert [m.id for m in c.history(limit=10).messages] == [bounce.id, lost]
 
 
 def test_a_bounce_stored_before_a_crash_goes_out_once(make_daemon, tmux, tmp_path):
