@@ -24,7 +24,8 @@ def notice(rec: Record, error: str | None, message_id: int, now: float) -> Recor
         head += "…"
     if error is None:
         subject = f"cancelled: #{rec.id} to {rec.agent}"
-        why = "it was cancelled by an operator before it was delivered."
+        why = "it was cancelled by an operator before it was delivered"
+        why += f" (its last attempt had failed: {rec.error})." if rec.error else "."
         todo = "ask your operator why, or send it again if it is still needed."
     else:
         subject = f"not delivered: #{rec.id} to {rec.agent}"
@@ -33,8 +34,13 @@ def notice(rec: Record, error: str | None, message_id: int, now: float) -> Recor
             f"check that {rec.agent} is running and reachable (`coordctl status`), then "
             f"`coordctl retry {rec.id}` sends the message again."
         )
-    body = (
-        f'Your message #{rec.id} to {rec.agent} was not delivered.\nMessage: "{head}"\nWhy: {why}\nWhat to do: {todo}'
+    body = "\n".join(
+        (
+            f"Your message #{rec.id} to {rec.agent} was not delivered.",
+            f'Message: "{head}"',
+            f"Why: {why}",
+            f"What to do: {todo}",
+        )
     )
     return Record(
         id=message_id,

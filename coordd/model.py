@@ -18,7 +18,6 @@ import msgspec
 PREVIEW = 80  # characters of a body's first line in an `accepted` event, and in a bounce
 _LEADING_SPACE = re.compile(r"\s*")
 
-
 BOUNCE = "bounce"  # the kind of a bounce: coordd's notice that a message failed or was cancelled (coordd.bounces)
 
 

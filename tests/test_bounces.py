@@ -96,17 +96,19 @@ def test_a_cancelled_message_bounces(make_daemon):
     with d.client() as c:
         quiet = [c.send("B", "from the operator"), c.send("B", "from no agent", sender="someone")]
         doomed = c.send("B", "never mind", sender="A")
-        for message_id in (*quiet, doomed):
+        for message_id in quiet:
             wait_until(lambda: cancel_between_attempts(c, message_id), what="the cancel")
+        wait_until(lambda: c.get(doomed).message.attempts >= 1, what="a failed attempt on A's message")
+        wait_until(lambda: cancel_between_attempts(c, doomed), what="the cancel")
         [bounce] = bounces(c)  # stored with the cancel; only A's message has an agent to tell
         wait_until(lambda: status(c, bounce.id) == "delivered", what="the bounce to reach A")
     assert (bounce.to, bounce.reply_to, bounce.thread) == ("A", doomed, doomed)
     assert bounce.subject == f"cancelled: #{doomed} to B"
-    assert bounce.body.split("\n")[:3] == [
-        f"Your message #{doomed} to B was not delivered.",
-        'Message: "never mind"',
-        "Why: it was cancelled by an operator before it was delivered.",
-    ]
+    lines = bounce.body.split("\n")
+    assert lines[:2] == [f"Your message #{doomed} to B was not delivered.", 'Message: "never mind"']
+    # It had failed attempts before it was cancelled: the bounce says so.
+    assert lines[2].startswith("Why: it was cancelled by an operator before it was delivered (its last attempt had")
+    assert "is not a directory" in lines[2]
 
 
 def test_no_bounce_without_a_sending_agent_or_with_bounce_off(make_daemon, tmp_path):
