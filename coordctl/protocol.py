@@ -277,6 +277,10 @@ class Sent(_Rep, tag="sent"):
     id: int
     status: Status = "queued"
     duplicate: bool = False  # the idempotency key matched an earlier message
+    # send, reply, retry: whether its recipient is reachable now, as the daemon last found (as AgentInfo's):
+    # false while its transport reports itself down or its last delivery attempt failed; `reason` says why.
+    healthy: bool = True
+    reason: str | None = None
 
 
 class Ids(_Rep, tag="ids"):

@@ -82,6 +82,7 @@ class Delivery(_Section):
     backoff_initial_ms: int = 500
     backoff_max_ms: int = 60_000
     unhealthy_recheck_ms: int = 1000  # how often a down transport is probed again
+    bounce: bool = True  # a failed or cancelled message's sending agent gets a notice (coordd.bounces)
 
 
 class Metrics(_Section):

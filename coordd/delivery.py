@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from coordd import schema as s
+from coordd.bounces import notice
 from coordd.config import Delivery as DeliveryConfig
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import DeliveryError, Record, TransportDown
@@ -46,6 +47,7 @@ class AgentQueue:
         self.resume_at = 0.0  # loop time before which the worker must not deliver (backoff)
         self.down: str | None = None  # why the transport is down, while it is
         self.last_error: str | None = None
+        self.failing: str | None = None  # the last attempt's error, until a delivery succeeds
         self.task: asyncio.Task | None = None  # the worker
         self.busy = asyncio.Lock()  # held by the worker for each delivery call
         self.retired = False  # the agent left the config: the worker stops after its delivery in progress
@@ -153,7 +155,7 @@ class Delivery:
         old, q.transport = q.transport, transport
         if old is not None:
             transport.take_over(old)
-        q.down = None
+        q.down = q.failing = None
         q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
         q.wakeup.set()
         self._close_after_delivery(q, old)
@@ -164,7 +166,7 @@ class Delivery:
         if q is None:
             q = AgentQueue(agent_id, transport)
         else:
-            q.transport, q.retired, q.down, q.resume_at = transport, False, None, 0.0
+            q.transport, q.retired, q.down, q.failing, q.resume_at = transport, False, None, None, 0.0
             q.wakeup.set()
         self.queues[agent_id] = q
         if q.task is None or q.task.done():  # else the retired worker had not exited yet, and carries on
@@ -196,6 +198,30 @@ class Delivery:
         if q is None:  # its agent left the config before this start
             q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
         q.push(rec)
+
+    def unreachable(self, agent: str) -> str | None:
+        """Why `agent` cannot be reached now, as its worker last found (no probe here: this is on every send's
+        path): its transport reports itself down, or its last attempt failed and it waits to try again. None:
+        reachable as far as coordd knows (an agent not tried yet, too)."""
+        q = self.queues.get(agent)
+        if q is None:
+            return None
+        if q.down is not None:
+            return q.down
+        return None if q.failing is None else f"its last delivery attempt failed: {q.failing}"
+
+    def bounce(self, rec: Record, error: str | None) -> Record | None:
+        """The bounce (coordd.bounces) telling rec's sender that rec failed with `error` (None: it was
+        cancelled), or None: bounces are off, or rec's sender is not a configured agent (a bounce has none).
+        The caller stores it in the transaction that records the outcome, then hands it to `bounced`."""
+        if not self.config.bounce or rec.sender not in self.queues:
+            return None
+        return notice(rec, error, self.store.allocate_ids(1), time.time())
+
+    def bounced(self, bounce: Record) -> None:
+        """A bounce is committed: it is accepted (counted, watched) and queued like a sent message."""
+        self.observer.accepted([bounce])
+        self.enqueue(bounce)
 
     def queue_of(self, agent: str) -> AgentQueue | None:
         q = self.queues.get(agent)
@@ -307,19 +333,22 @@ class Delivery:
             delivered.append((finished, rec.attempts, rec.id))
         ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
         outcomes: list[tuple[int, str, str | None]] = [(rec.id, "delivered", None) for rec in batch[:done]]
+        bounce = None
         if done:
+            q.failing = None
             q.release(batch[:done])
             self.observer.delivered(q.id, batch[:done], finished)
         if error is not None:
             rec = batch[done]
             rec.attempts += 1
             rec.tries += 1
-            rec.error = q.last_error = error
+            rec.error = q.last_error = q.failing = error
             ops.append((s.INSERT_ATTEMPT, (rec.id, rec.attempts, started, finished, 0, error), False))
             if rec.tries >= self.config.max_attempts:
                 log.warning("message %d to %s failed after %d attempts: %s", rec.id, q.id, rec.tries, error)
                 ops.append((s.MARK_FAILED, (rec.attempts, error, rec.id), False))
                 outcomes.append((rec.id, "failed", error))
+                bounce = self.bounce(rec, error)
                 q.release([rec])
                 q.put_back(batch[done + 1 :])
                 self.observer.failed(q.id, rec, error)
@@ -331,17 +360,27 @@ class Delivery:
                 self.observer.retried(q.id, rec, error, min(backoff, self.config.backoff_max_ms) / 1000)
         # Outcomes are bookkeeping: they commit in their own transaction, shortly, so that no
         # send's acknowledgement waits behind them. Until then the messages show as delivering,
-        # and waiters hear the outcome only once it is stored.
+        # and waiters hear the outcome only once it is stored. A bounce commits with the failure
+        # it reports: both or neither, so a crash can neither lose it nor send it twice.
         for message_id, _, _ in outcomes:
             self.unrecorded.add(message_id)
         waited_on = any(message_id in self.waiters for message_id, _, _ in outcomes)  # then commit now
-        self.store.write(ops, deferred=not waited_on).add_done_callback(lambda f: self._recorded(f, outcomes, q.id))
+        if bounce is None:
+            fut = self.store.write(ops, deferred=not waited_on)
+        else:
+            fut = self.store.insert([bounce], also=ops, deferred=not waited_on)
+        fut.add_done_callback(lambda f: self._recorded(f, outcomes, q.id, bounce))
 
-    def _recorded(self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]], agent: str) -> None:
+    def _recorded(
+        self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]], agent: str, bounce: Record | None
+    ) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             # The delivery happened but its outcome is not stored: the message stays
             # queued in the database and is delivered again after a restart (at-least-once).
+            # Its bounce was not stored either: it comes with the outcome that gets stored.
             log.error("could not record a delivery outcome: %s", fut.exception())
+        elif bounce is not None and not fut.cancelled():
+            self.bounced(bounce)
         for message_id, status, error in outcomes:
             self.unrecorded.discard(message_id)
             self.settle(message_id, status, error)

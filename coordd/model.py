@@ -1,4 +1,5 @@
-"""The plain data every layer shares: a message as the daemon holds it, the errors that cross layers, a histogram.
+"""The plain data every layer shares: a message as the daemon holds it, the errors that cross layers, a histogram,
+a body's preview.
 
 Nothing here does I/O or imports another coordd module, so the store, the
 transports, delivery and the handlers can all depend on it without depending on
@@ -8,10 +9,16 @@ each other. Statuses and the error codes clients see are the wire protocol's
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Sequence
 
 import msgspec
+
+PREVIEW = 80  # characters of a body's first line in an `accepted` event, and in a bounce
+_LEADING_SPACE = re.compile(r"\s*")
+
+BOUNCE = "bounce"  # the kind of a bounce: coordd's notice that a message failed or was cancelled (coordd.bounces)
 
 
 class Record(msgspec.Struct, gc=False):
@@ -116,3 +123,11 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+
+def preview(body: str) -> str:
+    """The body's first line, from its first non-space character, at most PREVIEW characters; without
+    copying the rest of a long body."""
+    start = _LEADING_SPACE.match(body).end() if body[:1].isspace() else 0  # type: ignore[union-attr]
+    end = body.find("\n", start, start + PREVIEW)
+    return body[start : end if end >= 0 else start + PREVIEW]

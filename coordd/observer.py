@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -19,12 +18,9 @@ from coordd.config import Config, split_listen
 from coordd.events import EventBus
 from coordd.hooks import Hooks, Receipted
 from coordd.metrics import Collector, Metrics, serve_http
-from coordd.model import Record
+from coordd.model import Record, preview
 
 log = logging.getLogger("coordd.observer")
-
-PREVIEW = 80  # characters of a body's first line in an `accepted` event
-_LEADING_SPACE = re.compile(r"\s*")
 
 
 class Observer(Hooks):
@@ -135,14 +131,6 @@ def _event(
         latency=latency,
         preview=preview,
     )
-
-
-def preview(body: str) -> str:
-    """The body's first line, from its first non-space character, at most PREVIEW characters; without
-    copying the rest of a long body."""
-    start = _LEADING_SPACE.match(body).end() if body[:1].isspace() else 0  # type: ignore[union-attr]
-    end = body.find("\n", start, start + PREVIEW)
-    return body[start : end if end >= 0 else start + PREVIEW]
 
 
 # --- the HTTP endpoint --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from coordd import schema as s
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
-from coordd.model import Refused
+from coordd.model import Record, Refused
 from coordd.queries import status_of
 from coordd.store import StorageError, StorageFull, Store
 
@@ -40,7 +40,8 @@ class RetryCancel:
         rec.error = None
         self.observer.retried(rec.agent, rec, None, None)
         self.delivery.enqueue(rec)
-        return p.Sent(id=message_id, status="queued")
+        down = self.delivery.unreachable(rec.agent)
+        return p.Sent(id=message_id, status="queued", healthy=down is None, reason=down)
 
     async def cancel(self, message_id: int) -> p.Sent:
         found = self.store.load_record(message_id)
@@ -53,8 +54,9 @@ class RetryCancel:
         if queued is None and not orphan:
             now = status_of(message_id, self.delivery, self.store)
             raise Refused("bad_state", f"message {message_id} is {now}; only queued messages can be cancelled")
+        bounce = self.delivery.bounce(rec, None)  # stored with the cancel: both or neither
         try:
-            await self._write(message_id, [(s.MARK_CANCELLED, (message_id,), False)])
+            await write_or_refuse(self.store, [(s.MARK_CANCELLED, (message_id,), False)], message_id, bounce)
         except Refused:
             if q is not None and queued is not None:
                 q.put_back([queued])
@@ -63,16 +65,21 @@ class RetryCancel:
             q.release([queued])
         self.delivery.settle(message_id, "cancelled")
         self.observer.cancelled(rec)
+        if bounce is not None:
+            self.delivery.bounced(bounce)
         return p.Sent(id=message_id, status="cancelled")
 
     async def _write(self, message_id: int, ops: s.Write) -> None:
         await write_or_refuse(self.store, ops, message_id)
 
 
-async def write_or_refuse(store: Store, ops: s.Write, message_id: int | None = None) -> None:
-    """Commit a change a request asked for now, or refuse the request (storage_full, storage_error)."""
+async def write_or_refuse(
+    store: Store, ops: s.Write, message_id: int | None = None, bounce: Record | None = None
+) -> None:
+    """Commit a change a request asked for now (with the bounce it causes, if any), or refuse the request
+    (storage_full, storage_error)."""
     try:
-        await store.write(ops)
+        await (store.write(ops) if bounce is None else store.insert([bounce], also=ops))
     except StorageFull as e:
         raise Refused(
             "storage_full",

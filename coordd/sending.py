@@ -67,7 +67,8 @@ class Sending:
             if req.wait_for == "delivered":
                 return await self._await_outcome(message_id, timeout)
             return await self._await_receipt(message_id, req.wait_for, timeout)
-        return p.Sent(id=message_id, duplicate=not stored)
+        down = self.delivery.unreachable(req.to)  # what its worker knows: no probe on the send path
+        return p.Sent(id=message_id, duplicate=not stored, healthy=down is None, reason=down)
 
     async def reply(self, req: p.ReplyRequest) -> p.Sent:
         """A message to the sender of message `req.message_id`, from its recipient unless `req.sender` says."""

@@ -204,9 +204,11 @@ class Store:
         self._next_id += n
         return first
 
-    def insert(self, records: list[Record]) -> asyncio.Future:
-        """Store new messages; the future resolves once they are committed."""
-        fut = self.writer.write([(INSERT_MESSAGE, [r.row() for r in records], True)])
+    def insert(self, records: list[Record], *, also: Write | None = None, deferred: bool = False) -> asyncio.Future:
+        """Store new messages, and `also` (other writes) in the same transaction (a bounce with the failure it
+        reports); the future resolves once they are committed. `deferred`: see Writer.write."""
+        ops: Write = [(INSERT_MESSAGE, [r.row() for r in records], True)]
+        fut = self.writer.write(also + ops if also else ops, deferred=deferred)
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:
             self.overflow.set()

@@ -30,7 +30,7 @@ LAYERS = {
     ],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],
-    "delivery": ["coordd.delivery"],
+    "delivery": ["coordd.delivery", "coordd.bounces"],
     "handlers": [
         "coordd.handlers",
         "coordd.validation",

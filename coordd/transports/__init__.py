@@ -27,7 +27,7 @@ Which transport an agent gets: coordd.transports.factory.
 
 from __future__ import annotations
 
-from coordd.model import DeliveryError, Record, TransportDown
+from coordd.model import BOUNCE, DeliveryError, Record, TransportDown
 
 __all__ = [
     "LINE_SEPARATOR",
@@ -38,6 +38,7 @@ __all__ = [
     "header_fields",
     "input_lines",
     "one_line",
+    "sender_shown",
 ]
 
 # What "join" shows in place of each newline: visible, plainly not part of the text, and no key to a terminal.
@@ -54,6 +55,11 @@ def one_line(text: str) -> str:
     return LINE_SEPARATOR.join(input_lines(text))
 
 
+def sender_shown(m: Record) -> str:
+    """Who a header says a message is from: its sender; "coordd" for a bounce (it has none), else "unknown"."""
+    return m.sender or ("coordd" if m.kind == BOUNCE else "unknown")
+
+
 def header_fields(m: Record) -> dict:
     """The fields a tmux or gui header template may use (coordd.gui.config.HEADER_FIELDS has samples).
 
@@ -61,7 +67,7 @@ def header_fields(m: Record) -> dict:
     default's) reads as before for a message that answers none and has no subject."""
     about = (f" | re: #{m.reply_to}" if m.reply_to is not None else "") + (f" | {m.subject}" if m.subject else "")
     return {
-        "sender": m.sender or "unknown",
+        "sender": sender_shown(m),
         "to": m.agent,
         "kind": m.kind or "message",
         "priority": m.priority,

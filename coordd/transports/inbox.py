@@ -24,7 +24,7 @@ import time
 from json.encoder import encode_basestring
 
 from coordd.config import InboxAgent
-from coordd.transports import DeliveryError, Record, Transport
+from coordd.transports import DeliveryError, Record, Transport, sender_shown
 from coordd.turns import next_turn
 
 
@@ -39,7 +39,7 @@ def render(m: Record) -> str:
     lines = [
         "---",
         f"id: {m.id}",
-        f"from: {_quote(m.sender or 'unknown')}",
+        f"from: {_quote(sender_shown(m))}",
         f'to: "{m.agent}"',
         f'priority: "{m.priority}"',
         f"kind: {_quote(m.kind or 'message')}",
