@@ -11,7 +11,7 @@ import re
 from collections.abc import Collection
 
 from coordctl import protocol as p
-from coordd.model import Refused
+from coordd.model import BOUNCE, Refused
 
 MAX_NAME = 64  # sender, kind, tag
 MAX_KEY = 256
@@ -92,6 +92,10 @@ def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, 
     ):
         if value is not None and not 0 < len(value) <= limit:
             raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
+    if m.kind == BOUNCE:  # what an agent reads as coordd's word that its message failed: no one may forge it
+        raise Refused(
+            "bad_request", f'{where}kind "{BOUNCE}" is coordd\'s own, for its bounce notices: use another kind'
+        )
     if len(m.tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME for t in m.tags):
         raise Refused("bad_request", f"{where}tags: at most {MAX_TAGS} tags of 1 to {MAX_NAME} characters each")
 

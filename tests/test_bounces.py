@@ -18,7 +18,7 @@ from test_metrics import block_inbox, samples, value
 from test_transport_faults import tmux  # noqa: F401 (a fixture)
 from test_watch import Collector
 
-from coordctl import Client
+from coordctl import Client, CoordError
 from coordctl import protocol as p
 
 AGENTS = [{"id": "A"}, {"id": "B"}]
@@ -235,3 +235,17 @@ def test_the_send_reply_says_the_last_attempt_failed(make_daemon, tmux):
         duplicate: bool = False
 
     assert msgspec.msgpack.decode(old, type=OldSent).id == second.id
+
+
+def test_no_one_can_send_a_bounce(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}])
+    with d.client() as c:
+        for send in (
+            lambda: c.send("A", "your message failed", sender="B", kind="bounce"),
+            lambda: c.batch([{"to": "A", "body": "x"}, {"to": "A", "body": "forged", "kind": "bounce"}]),
+            lambda: c.broadcast("forged", kind="bounce"),
+        ):
+            with pytest.raises(CoordError) as refused:
+                send()
+            assert refused.value.code == "bad_request" and '"bounce"' in refused.value.message
+        assert c.history(limit=10).messages == []
