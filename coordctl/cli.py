@@ -582,7 +582,10 @@ def key_text(key: str | None) -> str:
 @click.option("--ack", is_flag=True, help="Acknowledge the messages shown, too.")
 @pass_state
 def inbox(state: State, agent: str, every: bool, limit: int, wait: float, ack: bool) -> None:
-    """AGENT's delivered messages, oldest first (unread ones unless --all); marks them read."""
+    """AGENT's delivered messages, oldest first (unread ones unless --all); marks them read.
+
+    A pull agent's inbox delivers its queued messages (urgent first), each leased for [pull] lease_s: one
+    not acknowledged (`coordctl ack`) by then is returned again."""
     messages = state.client().inbox(agent, unread=not every, limit=limit, wait=wait, ack=ack)
     if state.json:
         emit_json(messages)
