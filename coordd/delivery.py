@@ -147,6 +147,7 @@ class AgentQueue:
         for rec in recs:
             del self.leased[rec.id]
         self.put_back(recs)
+        self.returned.update(rec.id for rec in recs if rec.fetches)  # fetched before: ack may take them out
 
     def leases_start(self, recs: list[Record], until: float) -> None:
         for rec in recs:

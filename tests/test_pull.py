@@ -159,6 +159,8 @@ def test_reload_between_push_and_pull_keeps_every_message(make_daemon):
         wait_until(lambda: len(inbox_bodies(d.inbox("Down"))) == 5, what="the inbox files")
         assert sorted(inbox_bodies(d.inbox("Down"))) == [f"m{i}" for i in range(1, 6)]
         assert all(c.get(i).message.status == "delivered" for i in ids)
+        # Pushed now: not leased any more (a restart would not lease it again).
+        wait_until(lambda: c.get(ids[1]).message.lease_until is None, what="the pushed delivery to be stored")
 
 
 def test_ack_of_a_message_not_delivered_is_refused(make_daemon):
@@ -205,6 +207,19 @@ def test_read_and_acked_are_reported_once_when_acks_race_fetches(make_daemon):
         for agent, transport in (("A", "inbox"), ("P", "pull")):
             assert value(found, "coordd_messages_read_total", agent=agent, transport=transport) == 20
             assert value(found, "coordd_messages_acked_total", agent=agent, transport=transport) == 20
+
+
+def test_retention_never_prunes_what_a_pull_agent_has_not_acked(make_daemon):
+    d = make_daemon(agents=[PULL, {"id": "A"}], retention={"max_messages": 5})
+    with d.client() as c:
+        pulled = c.batch([{"to": "P", "body": f"p{i}"} for i in range(5)])
+        assert len(c.inbox("P", limit=10)) == 5  # delivered, leased, not acked
+        c.ack("P", pulled[:2])
+        pushed = [c.send("A", f"a{i}", wait=True) for i in range(5)]
+        wait_until(lambda: c.status().rows <= 8, what="retention to prune")  # 3 leased + at most 5
+        kept = {m.id for m in c.history(limit=100).messages}
+        assert set(pulled[2:]) <= kept and not set(pulled[:2]) & kept  # acked: prunable; leased: kept
+        assert pushed[-1] in kept
 
 
 def test_pull_lease_s_must_be_positive():
