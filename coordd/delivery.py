@@ -437,6 +437,8 @@ class Delivery:
                     await self._deliver(q, loop)
             # One chunk per turn of the loop: sends, and other agents, get their turn in between.
             await next_turn()
+        if q.pull and q and q.id in self.arrivals:  # its agent pulls now: a waiting fetch takes what is left
+            _wake(self.arrivals.pop(q.id))
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
         transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with
