@@ -9,8 +9,8 @@ queued first with batches, then fetched by one coordctl Client:
 
 Each sits next to a durable floor measured in the same run: a uvloop + msgspec echo server that commits
 each request to SQLite (WAL, synchronous=NORMAL, coordd's schema) before it answers: one transaction
-writing as many rows as the request stands for (1 or 100), the least a server that acknowledges
-durably does per request. One fetch+ack is two such round trips, a batch with ack=True one, a batch
+marking as many stored rows delivered as the request stands for (1 or 100), the least a server that
+fetches durably does per request. One fetch+ack is two such round trips, a batch with ack=True one, a batch
 and its ack two. The floor is driven with raw frames, coordd with the Client (as perf/bench.py's send
 row). Nothing asserts on time. Usage: python perf/bench_inbox.py [--quick] [--out FILE]
 """
@@ -34,8 +34,9 @@ import bench  # noqa: E402  (perf/bench.py: its helpers, floors and way of runni
 PULLER = "Puller"
 PULL_AGENT = f'[[agents]]\nid = "{PULLER}"\ntransport = "pull"\n'
 
-# The durable floor: decode a frame, commit its `rows` rows (coordd's INSERT, schema and pragmas) in one
-# transaction, encode the reply. argv: the socket path (the database's path is put in for sys.argv[2]).
+# The durable floor: decode a frame, mark its `rows` next queued rows delivered (coordd's schema and pragmas,
+# the rows stored beforehand) in one transaction, encode the reply: the least a durable fetch writes.
+# argv: the socket path (the database's path and the rows to store are put in for sys.argv[2], sys.argv[3]).
 ECHO_DURABLE = r"""
 import asyncio, sqlite3, sys, time, msgspec, uvloop
 from coordd.model import Record
@@ -45,13 +46,20 @@ for pragma in ("auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous =
     db.execute(f"PRAGMA {pragma}")
 for m in MIGRATIONS:
     db.executescript(m)
+db.execute("BEGIN")
+rows = (Record(i, "Puller", "bench message", "regular", time.time()).row() for i in range(1, sys.argv[3] + 1))
+db.executemany(INSERT_MESSAGE, rows)
+db.execute("COMMIT")
 dec, enc = msgspec.msgpack.Decoder(), msgspec.msgpack.Encoder()
 next_id = 1
 def commit(n):
     global next_id
-    rows = [Record(next_id + i, "Puller", "bench message", "regular", time.time(), "bench").row() for i in range(n)]
+    now = time.time()
+    rows = [(now, i) for i in range(next_id, next_id + n)]
     next_id += n
-    db.execute("BEGIN IMMEDIATE"); db.executemany(INSERT_MESSAGE, rows); db.execute("COMMIT")
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany("UPDATE messages SET status = 'delivered', delivered = ? WHERE id = ?", rows)
+    db.execute("COMMIT")
 class Echo(asyncio.Protocol):
     def connection_made(self, t): self.t, self.buf = t, bytearray()
     def data_received(self, data):
@@ -80,7 +88,9 @@ def durable_floor(cfg) -> dict[str, dict]:
     # Its database beside coordd's (bench.WORK_DIR), not under /tmp: see bench.WORK_DIR for why.
     db = Path(tempfile.mkdtemp(prefix="coordd-floor-", dir=bench.WORK_DIR))
     bench.remove_later(db)
-    with bench.echo_server(ECHO_DURABLE.replace("sys.argv[2]", repr(str(db / "floor.db")))) as srv:
+    code = ECHO_DURABLE.replace("sys.argv[2]", repr(str(db / "floor.db")))
+    code = code.replace("sys.argv[3]", str(cfg.warmup + 2 * cfg.single + 200 * cfg.batches))
+    with bench.echo_server(code) as srv:
         one, hundred = floor_frame(1), floor_frame(100)
         bench.round_trips(srv.conn, one, cfg.warmup)
         singles = bench.round_trips(srv.conn, one, 2 * cfg.single)
@@ -160,7 +170,7 @@ def run(cfg) -> list[dict]:
                 f"pull agent: {how}",
                 rates[separate],
                 "msgs/s",
-                f"durable echo, {trips} of 100 rows",
+                f"durable echo, {trips} of 100 rows",  # (marked delivered)
                 100 / (floor[key]["p50"] / 1e6),
                 rates[separate] / (100 / (floor[key]["p50"] / 1e6)),
                 note=f"{cfg.backlog:,} messages, 100 / the p50 of a batch, as the floor; all of them took "
