@@ -346,7 +346,7 @@ def format_status(info: protocol.StatusInfo) -> str:
     if not info.agents:
         lines.append("no agents configured")
         return "\n".join(lines)
-    headers = (
+    headers: tuple[str, ...] = (
         "AGENT",
         "TRANSPORT",
         "HEALTH",
@@ -359,7 +359,7 @@ def format_status(info: protocol.StatusInfo) -> str:
         "OLDEST",
         "LAST ERROR",
     )
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             a.id,
             a.transport,
@@ -370,15 +370,32 @@ def format_status(info: protocol.StatusInfo) -> str:
             str(a.failed),
             latency(a.latency_p50),
             latency(a.latency_p99),
-            "-" if a.oldest_queued_age is None else human.duration(a.oldest_queued_age),
+            oldest(a),
             "-" if a.last_error is None else human.first_line(a.last_error, 300),  # the last column: room for why
         )
         for a in info.agents
     ]
+    pulling = any(a.transport == "pull" or a.leased for a in info.agents)
+    if pulling:  # only then: the table stays as narrow as it was without pull agents
+        headers = (*headers[:5], "UNACKED", *headers[5:])
+        rows = [(*row[:5], unacked(a), *row[5:]) for row, a in zip(rows, info.agents, strict=True)]
     lines.append(human.table(headers, rows))
     lines.append("(P50, P99: time from accepted to delivered over the last 5 minutes)")
+    if pulling:
+        lines.append("(UNACKED: a pull agent's fetched messages not acknowledged yet; QUEUED + UNACKED is its backlog,")
+        lines.append(" OLDEST the age of the oldest message in it)")
     lines += attention(info)
     return "\n".join(lines)
+
+
+def oldest(a: protocol.AgentStatus) -> str:
+    """The OLDEST column: the oldest queued message's age; a pull agent's: the oldest unacknowledged one's."""
+    age = a.oldest_unacked_age if a.transport == "pull" or a.leased else a.oldest_queued_age
+    return "-" if age is None else human.duration(age)
+
+
+def unacked(a: protocol.AgentStatus) -> str:
+    return str(a.leased) if a.transport == "pull" or a.leased else "-"
 
 
 def attention(info: protocol.StatusInfo) -> list[str]:
@@ -571,7 +588,10 @@ def key_text(key: str | None) -> str:
 @click.option("--ack", is_flag=True, help="Acknowledge the messages shown, too.")
 @pass_state
 def inbox(state: State, agent: str, every: bool, limit: int, wait: float, ack: bool) -> None:
-    """AGENT's delivered messages, oldest first (unread ones unless --all); marks them read."""
+    """AGENT's delivered messages, oldest first (unread ones unless --all); marks them read.
+
+    A pull agent's inbox delivers its queued messages (urgent first), each leased for [pull] lease_s: one
+    not acknowledged (`coordctl ack`) by then is returned again."""
     messages = state.client().inbox(agent, unread=not every, limit=limit, wait=wait, ack=ack)
     if state.json:
         emit_json(messages)

@@ -326,13 +326,16 @@ class Operations:
     ) -> protocol.Inbox:
         """``agent``'s delivered messages, oldest first (``unread``: only those not read yet), at most
         ``limit``; they are marked read (``ack=True``: acknowledged too). With ``wait`` (seconds) and
-        none there, the daemon answers as soon as one is delivered, or with none once ``wait`` is up."""
+        none there, the daemon answers as soon as one is delivered, or with none once ``wait`` is up.
+        A pull agent's (``unread``) is its delivery: its queued messages, urgent first, each leased for
+        ``[pull] lease_s``; one not acknowledged by then is returned again (``fetches`` one higher)."""
         return protocol.Inbox(agent=agent, unread=unread, limit=limit, wait=wait, ack=ack)
 
     @operation(protocol.Acked, _changed)
     def ack(self, agent: str, ids: Iterable[int]) -> protocol.Ack:
         """``agent`` acknowledges its messages ``ids``; returns how many were not acknowledged before.
-        A message of another agent is refused (``not_recipient``), and then none is acknowledged."""
+        A message of another agent is refused (``not_recipient``), one not delivered (a pull agent's: not
+        fetched) too (``bad_state``), and then none is acknowledged."""
         return protocol.Ack(agent=agent, ids=list(ids))
 
     @operation(protocol.AgentList, _agents)

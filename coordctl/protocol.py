@@ -355,6 +355,9 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_error: str | None = None
     latency_p50: float | None = None  # seconds from accepted to delivered, over the last 5 minutes
     latency_p99: float | None = None
+    # A pull agent's (transport "pull"): its backlog is queued + leased; the oldest unacked is the oldest of both.
+    leased: int = 0  # fetched, not acknowledged yet: fetched again once its lease ends
+    oldest_unacked_age: float | None = None  # seconds since the oldest of its backlog was sent
 
 
 class StatusInfo(_Rep, tag="status"):

@@ -85,6 +85,10 @@ class Delivery(_Section):
     bounce: bool = True  # a failed or cancelled message's sending agent gets a notice (coordd.bounces)
 
 
+class Pull(_Section):
+    lease_s: float = 300.0  # a pull agent's fetch leases a message this long; unacked by then, it is fetched again
+
+
 class Metrics(_Section):
     listen: str = ""  # "host:port" of the Prometheus HTTP endpoint; "": none (`coordctl metrics` still works)
     allow_remote: bool = False  # allow a listen address that is not loopback
@@ -128,7 +132,11 @@ class DiscardAgent(_Agent, tag="discard"):
     chunk: int = 256  # messages taken per delivery call
 
 
-Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent
+class PullAgent(_Agent, tag="pull"):
+    """Nothing is pushed: the agent fetches its messages with the inbox request, each under a lease ([pull])."""
+
+
+Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent | PullAgent
 
 
 class Config(_Section):
@@ -137,6 +145,7 @@ class Config(_Section):
     retention: Retention = msgspec.field(default_factory=Retention)
     queue: Queue = msgspec.field(default_factory=Queue)
     delivery: Delivery = msgspec.field(default_factory=Delivery)
+    pull: Pull = msgspec.field(default_factory=Pull)
     gui: Gui = msgspec.field(default_factory=Gui)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     agents: list[Agent] = []
@@ -247,6 +256,8 @@ def _validate(cfg: Config, src: str) -> None:
             "raise queue.max_bytes or lower daemon.max_frame_bytes"
         )
     _positive(src, "metrics.watch_buffer", cfg.metrics.watch_buffer)
+    if not 0 < cfg.pull.lease_s < float("inf"):  # also refuses nan
+        raise ConfigError(f"{src}: `pull.lease_s` must be a number of seconds greater than 0, got {cfg.pull.lease_s}")
     if cfg.metrics.listen:
         _validate_listen(src, cfg.metrics)
     seen: set[str] = set()

@@ -212,9 +212,12 @@ def _summary(handlers: Handlers, delivery: Delivery) -> str:
 
 
 def _requeue(store: Store, delivery: Delivery) -> None:
-    """Messages left queued by a previous run go out again (at-least-once)."""
+    """Messages left queued by a previous run go out again (at-least-once); those a pull agent fetched and had
+    not acknowledged are leased again until their lease's end, then fetched again."""
     for rec in store.load_queued():
         delivery.enqueue(rec)  # for an agent no longer configured: kept as orphaned, in order
+    for rec, until in store.load_leased():
+        delivery.restore_lease(rec, until)
     orphaned = delivery.orphaned()
     if orphaned:
         log.warning(

@@ -6,12 +6,21 @@ workers run concurrently, except that transports naming the same `exclusive`
 resource take turns on one lock. A worker never sleeps: it waits on its queue's
 `wakeup` event, with a deadline when it is backing off after a failure or
 waiting for a down transport to come back.
+
+A pull agent's queue has no worker: its messages wait in the queue until the agent
+fetches them (coordd.pull takes them). A fetched message is leased, not released: it
+stays in `leased` (counted by the queue limits, its body in `held`) until it is
+acknowledged, or until its lease ends, when a timer puts it back in the queue, in id
+order, to be fetched again. Keeping the backlog in the queue is what lets the queue
+limits and queue.max_bytes bound a pull agent as they bound any other, and what lets a
+reload between push and pull carry every message over: the queue is the same object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import sys
 import time
@@ -51,6 +60,13 @@ class AgentQueue:
         self.task: asyncio.Task | None = None  # the worker
         self.busy = asyncio.Lock()  # held by the worker for each delivery call
         self.retired = False  # the agent left the config: the worker stops after its delivery in progress
+        # A pull agent's fetched, unacknowledged messages: id -> (lease end, wall clock; 0 while the fetch is
+        # being committed), fetch order. `lease_ends` is a heap of (lease end, id), stale entries skipped.
+        self.leased: dict[int, tuple[float, Record]] = {}
+        self.lease_ends: list[tuple[float, int]] = []
+        self.lease_timer: asyncio.TimerHandle | None = None
+        self.lease_timer_at = 0.0
+        self.returned: set[int] = set()  # ids put back in the queue by a lease that ran out (ack takes them out)
 
     def __len__(self) -> int:
         """Messages waiting to be taken (not counting those in flight)."""
@@ -59,9 +75,15 @@ class AgentQueue:
     def transport_name(self) -> str:
         return self.transport.name if self.transport is not None else "none"
 
+    @property
+    def pull(self) -> bool:
+        """Nothing is pushed: the agent fetches (no worker)."""
+        return self.transport is not None and self.transport.pull
+
     def depth(self) -> int:
-        """Messages not yet delivered: waiting plus in flight. Queue limits count these."""
-        return len(self) + len(self.in_flight)
+        """Messages not yet delivered (waiting plus in flight) and those fetched but not acknowledged. Queue
+        limits count these."""
+        return len(self) + len(self.in_flight) + len(self.leased)
 
     def push(self, rec: Record) -> None:
         (self.urgent if rec.priority == "urgent" else self.regular).append(rec)
@@ -96,6 +118,96 @@ class AgentQueue:
         heads += [r.created for r in self.in_flight]
         return min(heads) if heads else None
 
+    def oldest_unacked(self) -> float | None:
+        """When the oldest message of the backlog (queued, in flight, or leased and not acked) was created."""
+        oldest = self.oldest_created()
+        leased = min((rec.created for _, rec in self.leased.values()), default=None)
+        return oldest if leased is None else leased if oldest is None else min(oldest, leased)
+
+    # --- a pull agent's fetches and leases (coordd.pull) --------------------------------
+
+    def take_fetch(self, limit: int, max_bytes: int) -> list[Record]:
+        """The next messages a fetch delivers: urgent first, then regular, in id order within each, at most
+        `limit`, stopping once the bodies pass max_bytes (at least one). They are leased from now on (the
+        lease's end is set once the fetch is committed: `leases_start`)."""
+        recs: list[Record] = []
+        size = 0
+        for q in (self.urgent, self.regular):
+            while q and len(recs) < limit:
+                size += len(q[0].body) * 4 + 1024  # at most 4 bytes a character, and the fields around the body
+                if size > max_bytes and recs:
+                    break
+                recs.append(q.popleft())
+        for rec in recs:
+            self.leased[rec.id] = (0.0, rec)
+        if self.returned:
+            self.returned.difference_update(rec.id for rec in recs)
+        return recs
+
+    def unfetch(self, recs: list[Record]) -> None:
+        """The fetch was not committed: the messages go back to the head of the queue, unleased."""
+        for rec in recs:
+            del self.leased[rec.id]
+        self.put_back(recs)
+        self.returned.update(rec.id for rec in recs if rec.fetches)  # fetched before: ack may take them out
+
+    def leases_start(self, recs: list[Record], until: float) -> None:
+        for rec in recs:
+            self.leased[rec.id] = (until, rec)
+            heapq.heappush(self.lease_ends, (until, rec.id))
+        if len(self.lease_ends) > 2 * len(self.leased) + 64:  # acked leases leave stale entries: drop them
+            self.lease_ends = [(u, i) for i, (u, _) in self.leased.items() if u]
+            heapq.heapify(self.lease_ends)
+
+    def unlease(self, ids: list[int]) -> list[Record]:
+        """The messages are acknowledged: they leave the queue for good (leased, or put back by a lease that
+        ran out), their bodies released. Returns those it held."""
+        done = []
+        for i in ids:
+            entry = self.leased.pop(i, None)
+            if entry is not None:
+                done.append(entry[1])
+            elif i in self.returned:
+                self.returned.discard(i)
+                rec = self.remove(i)
+                if rec is not None:
+                    done.append(rec)
+        self.release(done)
+        return done
+
+    def expire(self, now: float) -> list[Record]:
+        """Leases ended by now: their messages go back to the queue, merged in id order. Returns them."""
+        ends, expired = self.lease_ends, []
+        while ends and ends[0][0] <= now:
+            until, i = heapq.heappop(ends)
+            entry = self.leased.get(i)
+            if entry is not None and entry[0] == until:  # else acked, or leased again since
+                del self.leased[i]
+                expired.append(entry[1])
+        if expired:
+            expired.sort(key=_by_id)
+            for urgent in (True, False):
+                back = [rec for rec in expired if (rec.priority == "urgent") == urgent]
+                if back:
+                    q = self.urgent if urgent else self.regular
+                    merged = deque(heapq.merge(back, q, key=_by_id))
+                    if urgent:
+                        self.urgent = merged
+                    else:
+                        self.regular = merged
+            self.returned.update(rec.id for rec in expired)
+        return expired
+
+    def next_lease_end(self) -> float | None:
+        ends = self.lease_ends
+        while ends and self.leased.get(ends[0][1], (None,))[0] != ends[0][0]:
+            heapq.heappop(ends)  # stale: acked, or leased again since
+        return ends[0][0] if ends else None
+
+
+def _by_id(rec: Record) -> int:
+    return rec.id
+
 
 class Delivery:
     def __init__(
@@ -129,7 +241,8 @@ class Delivery:
             self._start_worker(q)
 
     def _start_worker(self, q: AgentQueue) -> None:
-        q.task = self.spawn(self.worker(q), f"deliver:{q.id}")
+        if not q.pull:  # a pull agent's messages wait for its fetches
+            q.task = self.spawn(self.worker(q), f"deliver:{q.id}")
 
     # --- what a reload changes (coordd.reload); none of these awaits, so a request sees one config -----
 
@@ -157,7 +270,9 @@ class Delivery:
             transport.take_over(old)
         q.down = q.failing = None
         q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
-        q.wakeup.set()
+        q.wakeup.set()  # a worker whose agent now pulls exits
+        if q.task is None or q.task.done():  # pull to push: a worker again
+            self._start_worker(q)
         self._close_after_delivery(q, old)
 
     def add(self, agent_id: str, transport: Transport) -> None:
@@ -198,6 +313,59 @@ class Delivery:
         if q is None:  # its agent left the config before this start
             q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
         q.push(rec)
+        if self.arrivals and rec.agent in self.arrivals and q.pull:  # a pull agent's long-poll can fetch it now
+            _wake(self.arrivals.pop(rec.agent))
+
+    def restore_lease(self, rec: Record, until: float) -> None:
+        """At start: a message a pull agent fetched and had not acknowledged is leased until `until` again."""
+        q = self.queue_of(rec.agent)
+        if q is None:
+            q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
+        q.held += held_size(rec.body)
+        q.leased[rec.id] = (0.0, rec)
+        self.fetched(q, [rec], until)
+
+    def fetched(self, q: AgentQueue, recs: list[Record], until: float | None) -> None:
+        """A fetch of recs (taken by q.take_fetch) is committed: they are leased until `until`, or with None
+        acknowledged already, so released. Senders waiting for their delivery hear it."""
+        if until is None:
+            q.unlease([rec.id for rec in recs])
+        else:
+            q.leases_start(recs, until)
+            if q.lease_timer is None or until < q.lease_timer_at:
+                self._arm(q)
+        if self.waiters:
+            for rec in recs:
+                self.settle(rec.id, "delivered")
+
+    def acked(self, agent: str, ids: list[int]) -> None:
+        """The agent acknowledged these messages: any of them leased (or put back by a lease that ran out)
+        leave its queue for good."""
+        q = self.queue_of(agent)
+        if q is not None and (q.leased or q.returned):
+            q.unlease(ids)
+            if q.lease_timer is not None and not q.leased:
+                self._arm(q)
+
+    def _arm(self, q: AgentQueue) -> None:
+        """Set q's lease timer to the first lease end, if any (a timer, not a loop: nothing runs meanwhile)."""
+        if q.lease_timer is not None:
+            q.lease_timer.cancel()
+            q.lease_timer = None
+        at = q.next_lease_end()
+        if at is not None and not self.stopping:
+            q.lease_timer_at = at
+            q.lease_timer = asyncio.get_running_loop().call_later(max(0.0, at - time.time()), self._expire, q)
+
+    def _expire(self, q: AgentQueue) -> None:
+        """Leases ended: their messages can be fetched again (a waiting fetch is woken), or pushed, if the
+        agent no longer pulls."""
+        q.lease_timer = None
+        if q.expire(time.time()):
+            q.wakeup.set()
+            if q.id in self.arrivals:
+                _wake(self.arrivals.pop(q.id))
+        self._arm(q)
 
     def unreachable(self, agent: str) -> str | None:
         """Why `agent` cannot be reached now, as its worker last found (no probe here: this is on every send's
@@ -277,7 +445,7 @@ class Delivery:
 
     async def worker(self, q: AgentQueue) -> None:
         loop = asyncio.get_running_loop()
-        while not self.stopping and not q.retired:
+        while not self.stopping and not q.retired and not q.pull:
             q.wakeup.clear()
             delay = q.resume_at - loop.time()
             if not q or delay > 0:
@@ -295,6 +463,8 @@ class Delivery:
                     await self._deliver(q, loop)
             # One chunk per turn of the loop: sends, and other agents, get their turn in between.
             await next_turn()
+        if q.pull and q and q.id in self.arrivals:  # its agent pulls now: a waiting fetch takes what is left
+            _wake(self.arrivals.pop(q.id))
 
     async def _deliver(self, q: AgentQueue, loop: asyncio.AbstractEventLoop) -> None:
         transport = q.transport  # a reload may swap q.transport; this call finishes on the one it started with
@@ -392,6 +562,8 @@ class Delivery:
         self.stopping = True
         for q in self.all_queues():
             q.wakeup.set()
+            if q.lease_timer is not None:
+                q.lease_timer.cancel()
         for waiters in self.waiters.values():
             for fut in waiters:
                 if not fut.done():

@@ -44,6 +44,8 @@ class Record(msgspec.Struct, gc=False):
     thread: int = 0  # the id of its thread's first message; 0: it starts its own (its id, once it has one)
     subject: str | None = None
     group: str | None = None  # the group it was sent to ("@NAME"), whose pick chose `agent`
+    read_at: float | None = None  # a pull agent's first fetch of it (coordd.pull); push deliveries leave it alone
+    fetches: int = 0  # times a pull agent fetched it
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None

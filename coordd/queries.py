@@ -106,6 +106,7 @@ class Queries:
         for a in self.config.agents:
             q = self.delivery.queues[a.id]
             oldest = q.oldest_created()
+            unacked = q.oldest_unacked() if q.pull or q.leased else None
             agents.append(
                 p.AgentStatus(
                     id=a.id,
@@ -119,6 +120,8 @@ class Queries:
                     cancelled=counts.get((a.id, "cancelled"), 0),
                     oldest_queued_age=now - oldest if oldest is not None else None,
                     last_error=q.last_error,
+                    leased=len(q.leased),
+                    oldest_unacked_age=now - unacked if unacked is not None else None,
                 )
             )
         for st in agents:

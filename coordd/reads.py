@@ -13,7 +13,7 @@ import aiosqlite
 
 from coordctl import protocol as p
 from coordd.model import Record
-from coordd.schema import COLUMNS, info_from_row, record_from_row
+from coordd.schema import COLUMNS, LEASED, info_from_row, record_from_row
 
 
 class AckState(NamedTuple):
@@ -24,6 +24,7 @@ class AckState(NamedTuple):
     priority: p.Priority
     read_at: float | None
     acked_at: float | None
+    status: str  # as stored: only a delivered message can be acknowledged
 
 
 HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
@@ -51,6 +52,11 @@ class Reads:
         cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
         return [record_from_row(r) for r in cur]
 
+    def load_leased(self) -> list[tuple[Record, float]]:
+        """Messages a pull agent fetched and has not acknowledged, with the end of their lease, in id order."""
+        cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE {LEASED} ORDER BY id")
+        return [(record_from_row(r), r[19]) for r in cur]
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
@@ -63,7 +69,7 @@ class Reads:
         """The AckState of each of the messages that exist, by id."""
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT id, agent, sender, priority, read_at, acked_at FROM messages WHERE id IN ({marks})", ids
+            f"SELECT id, agent, sender, priority, read_at, acked_at, status FROM messages WHERE id IN ({marks})", ids
         )
         return {r[0]: AckState(*r[1:]) for r in rows}
 

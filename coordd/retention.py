@@ -2,8 +2,9 @@
 
 Like Home Assistant's recorder purge: the writer deletes small chunks and yields
 between them, never one huge DELETE that would stall sends. Queued messages are
-never pruned. The pass runs every prune_interval_s, and sooner when an insert
-pushes the row count over max_messages.
+never pruned, nor those a pull agent fetched and has not acknowledged (schema.LEASED:
+their lease may end, and then they are fetched again). The pass runs every
+prune_interval_s, and sooner when an insert pushes the row count over max_messages.
 
 Space: deleted rows' pages go on SQLite's free list and are reused by later
 inserts, so under steady load the file stops growing. When more than a quarter
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from coordd.config import Retention
-from coordd.schema import TERMINAL
+from coordd.schema import LEASED, TERMINAL
 from coordd.store import Store
 from coordd.turns import next_turn
 
@@ -84,14 +85,16 @@ def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -
         ids = [
             r[0]
             for r in db.execute(
-                f"SELECT id FROM messages WHERE status IN {TERMINAL} ORDER BY id LIMIT ?", (min(over, chunk),)
+                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND NOT ({LEASED}) ORDER BY id LIMIT ?",
+                (min(over, chunk),),
             )
         ]
     if not ids:
         ids = [
             r[0]
             for r in db.execute(
-                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND created < ? ORDER BY id LIMIT ?",
+                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND NOT ({LEASED}) AND created < ?"
+                " ORDER BY id LIMIT ?",
                 (time.time() - max_age_s, chunk),
             )
         ]

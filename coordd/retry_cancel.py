@@ -49,7 +49,8 @@ class RetryCancel:
             raise Refused("unknown_message", f"no message {message_id}: it never existed or retention pruned it")
         rec, status = found
         q = self.delivery.queue_of(rec.agent)  # an orphaned queue too: a re-added agent must not get it
-        queued = q.remove(message_id) if q is not None else None
+        # (A pull agent's message whose lease ran out is back in its queue but stored delivered: not cancelled.)
+        queued = q.remove(message_id) if q is not None and status == "queued" else None
         orphan = rec.agent not in self.agents and status == "queued" and not self.delivery.in_flight(message_id)
         if queued is None and not orphan:
             now = status_of(message_id, self.delivery, self.store)

@@ -93,7 +93,12 @@ INSERT_MESSAGE = (
     " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
-MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"
+# (lease_until = NULL: a message a pull agent had fetched and whose lease ran out, pushed after a reload made its
+# agent a pushed one, is not leased any more.)
+MARK_DELIVERED = (
+    "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL, lease_until = NULL"
+    " WHERE id = ?"
+)
 MARK_FAILED = "UPDATE messages SET status = 'failed', attempts = ?, error = ? WHERE id = ?"
 MARK_ATTEMPTED = "UPDATE messages SET attempts = ?, error = ? WHERE id = ?"
 MARK_CANCELLED = "UPDATE messages SET status = 'cancelled' WHERE id = ? AND status = 'queued'"
@@ -101,6 +106,14 @@ MARK_REQUEUED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = 
 MARK_READ = "UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL"
 # Acknowledging implies having read: a message acked unread gets read_at too.
 MARK_ACKED = "UPDATE messages SET acked_at = ?1, read_at = coalesce(read_at, ?1) WHERE id = ?2 AND acked_at IS NULL"
+# A pull agent's fetch delivers and reads the message and leases it until lease_until (NULL with ack, which
+# acknowledges it at once: acked_at is then set, else NULL). Each fetch counts as an attempt.
+MARK_FETCHED = (
+    "UPDATE messages SET status = 'delivered', delivered = ?1, attempts = ?2, error = NULL,"
+    " read_at = coalesce(read_at, ?1), fetches = ?3, lease_until = ?4, acked_at = coalesce(acked_at, ?5) WHERE id = ?6"
+)
+# Fetched by a pull agent and not acknowledged: after a restart, leased again until their lease_until.
+LEASED = "status = 'delivered' AND acked_at IS NULL AND lease_until IS NOT NULL"
 
 TERMINAL = "('delivered', 'failed', 'cancelled')"
 COLUMNS = (
@@ -158,6 +171,8 @@ def record_from_row(r: Sequence[Any]) -> Record:
         thread=r[16],
         subject=r[17],
         group=r[20],
+        read_at=r[13],
+        fetches=r[18],
     )
 
 

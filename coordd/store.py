@@ -275,6 +275,9 @@ class Store:
     def load_queued(self) -> list[Record]:
         return self.reads.load_queued()
 
+    def load_leased(self) -> list[tuple[Record, float]]:
+        return self.reads.load_leased()
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
 

@@ -39,6 +39,7 @@ LAYERS = {
         "coordd.queries",
         "coordd.retry_cancel",
         "coordd.inbox_requests",
+        "coordd.pull",
         "coordd.gui.requests",
     ],
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],

@@ -96,6 +96,7 @@ def test_ack_of_another_agents_message_is_refused(make_daemon):
     d = make_daemon(agents=[{"id": "A"}, {"id": "B"}])
     with d.client() as c:
         mine, theirs = c.send("A", "for A"), c.send("B", "for B")
+        wait_until(lambda: delivered(c, mine) and delivered(c, theirs), what="delivery")  # (else: bad_state)
         with pytest.raises(CoordError) as e:
             c.ack("A", [mine, theirs])
         assert e.value.code == "not_recipient" and f"message {theirs}" in e.value.message

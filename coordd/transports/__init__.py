@@ -84,6 +84,7 @@ class Transport:
     name = "?"
     max_batch = 1
     exclusive: str | None = None
+    pull = False  # True: nothing is pushed, the agent fetches (coordd.transports.pull); its queue has no worker
 
     async def start(self) -> None:
         """Open warm connections; called once before the first delivery."""

@@ -26,4 +26,8 @@ def make_transport(agent: c.Agent, config: c.Config) -> Transport:
         from coordd.transports.discard import DiscardTransport
 
         return DiscardTransport(agent)
+    if isinstance(agent, c.PullAgent):
+        from coordd.transports.pull import PullTransport
+
+        return PullTransport(agent)
     raise ValueError(f"no transport for {agent!r}")
