@@ -400,6 +400,12 @@ def attention(info: protocol.StatusInfo) -> list[str]:
 @click.option("--until", type=TimeSpec(), help="Older than TIME (same forms as --since).")
 @click.option("--grep", metavar="TEXT", help="Only messages whose body contains TEXT.")
 @click.option(
+    "--search",
+    metavar="TEXT",
+    help='Full-text search of subject and body: every word must match (in any order); "a phrase" in quotes, '
+    "prefix* for words starting so. Best match first.",
+)
+@click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."
 )
 @click.option("--cursor", type=int, metavar="C", help="Continue from where a previous page stopped.")
@@ -418,15 +424,18 @@ def history(
     since: float | None,
     until: float | None,
     grep: str | None,
+    search: str | None,
     limit: int,
     cursor: int | None,
     follow: bool,
 ) -> None:
-    """List messages, newest first (with --follow: oldest first, then live)."""
+    """List messages, newest first (with --search: best match first; with --follow: oldest first, then live)."""
     stream = None
     if follow:
-        if until is not None or cursor is not None or grep is not None:
-            raise click.UsageError("--follow goes on from now: it does not combine with --until, --cursor or --grep")
+        if until is not None or cursor is not None or grep is not None or search is not None:
+            raise click.UsageError(
+                "--follow goes on from now: it does not combine with --until, --cursor, --grep or --search"
+            )
         # Subscribe before the page is read, so that nothing happens unseen in between.
         stream = state.client().watch(
             agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []), idle=sys.stdout.flush
@@ -440,6 +449,7 @@ def history(
         contains=grep,
         limit=limit,
         cursor=cursor,
+        search=search,
     )
     if stream is not None:
         from coordctl import events
