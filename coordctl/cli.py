@@ -829,5 +829,95 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
     human.echo(f"{keys[0]} = {at.x}\n{keys[1]} = {at.y}")
 
 
+# --- agents: MCP server and hooks ---------------------------------------------------
+
+agent_option = click.option(
+    "--agent", envvar="COORDD_AGENT", metavar="NAME", help="The agent to act as  [default: $COORDD_AGENT]"
+)
+
+
+@cli.command()
+@agent_option
+@click.option(
+    "--print-config",
+    "client",
+    type=click.Choice(["claude-code", "codex", "cursor", "gemini"]),
+    help="Print the snippet that adds this server to CLIENT's settings, and exit.",
+)
+@pass_state
+def mcp(state: State, agent: str | None, client: str | None) -> None:
+    """Serve coordd's tools to a coding agent over MCP (stdio), acting as agent NAME.
+
+    The agent sends as NAME and reads only NAME's messages. Needs the mcp extra:
+    pip install 'coordd[mcp]'.
+    """
+    if agent is None:
+        raise click.UsageError("give the agent to act as: --agent NAME (or set $COORDD_AGENT)")
+    if client is not None:
+        from coordctl import agent_setup
+
+        human.echo(f"# {agent_setup.WHERE[client]}", err=True)
+        click.echo(agent_setup.mcp_config(client, agent, state.socket_path, agent_setup.coordctl_path()), nl=False)
+        return
+    try:
+        from coordctl import mcp_server
+    except ImportError as e:
+        raise click.ClickException(f"coordctl mcp needs the mcp extra: pip install 'coordd[mcp]' ({e})") from None
+    mcp_server.serve(agent, state.socket_path)
+
+
+class NeverBlocks(click.Command):
+    """A hook's command: a usage error exits 0 too, since Claude Code takes exit 2 as "block the prompt (or the
+    stop)", and a hook must never hold the agent up."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: object
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            human.echo(f"coordctl hook: {e.format_message().rstrip('.')}; nothing added", err=True)
+            raise click.exceptions.Exit(EXIT_OK) from None
+
+
+@cli.group()
+def hook() -> None:
+    """Hooks that hand an agent its messages between turns."""
+
+
+@hook.command("claude-code", cls=NeverBlocks)
+@agent_option
+@click.option("--continue-on-mail", is_flag=True, help="On Stop: keep the agent working while unread messages wait.")
+@click.option("--print-config", is_flag=True, help="Print the settings.json hooks block, and exit.")
+@pass_state
+def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, print_config: bool) -> None:
+    """Answer a Claude Code hook event (JSON on stdin) with agent NAME's unread messages.
+
+    SessionStart, UserPromptSubmit: the messages become additional context (and are
+    marked read). Stop, with --continue-on-mail: blocks the stop while messages wait.
+    Never holds the agent up: if coordd is down, prints one line on stderr and exits 0.
+    """
+    if print_config:
+        from coordctl import agent_setup
+
+        human.echo(f"# {agent_setup.WHERE['hooks']}", err=True)
+        click.echo(agent_setup.hooks_config(agent, state.socket_path, agent_setup.coordctl_path()), nl=False)
+        return
+    if agent is None:
+        human.echo("coordctl hook: give the agent: --agent NAME (or set $COORDD_AGENT); nothing added", err=True)
+        return
+    from coordctl import claude_hook
+
+    try:
+        client = state.client(timeout=claude_hook.HOOK_TIMEOUT)
+    except click.UsageError as e:
+        human.echo(f"coordctl hook: {e.format_message().rstrip('.')}; nothing added", err=True)
+        return
+    out, note = claude_hook.run(sys.stdin.buffer.read(), agent, continue_on_mail, client)
+    if note is not None:
+        human.echo(note, err=True)
+    sys.stdout.buffer.write(out)
+
+
 def main() -> None:
     cli(prog_name="coordctl")
