@@ -17,54 +17,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from coordctl import AsyncClient, Client, CoordError
+from coordctl import AsyncClient, Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # (perf/bench.py: its way of running a daemon, its machine description)
 
 HOOK_TARGET_MS = 50.0
 COORDCTL = str(Path(sys.executable).with_name("coordctl"))  # the installed script, as agents run it
-WORK_DIR = os.environ.get("COORDD_BENCH_DIR") or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordd-bench"
-)  # under $HOME like a real install, not /tmp (see perf/bench.py)
 EVENT = b'{"session_id": "bench", "hook_event_name": "UserPromptSubmit", "prompt": "go on"}'
-
-
-class Coordd:
-    def __init__(self, root: Path) -> None:
-        self.socket = str(root / "run" / "coordd.sock")
-        config = root / "coordd.toml"
-        config.write_text(
-            f'[daemon]\nsocket = "{self.socket}"\nworkspace = "{root / "ws"}"\nlog_level = "warning"\n'
-            f'[store]\npath = "{root / "state" / "coordd.db"}"\n'
-            + "".join(f'[[agents]]\nid = "Agent-{n}"\n' for n in range(1, 5))
-        )
-        env = {k: v for k, v in os.environ.items() if k != "COORDD_CONFIG"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordd", "run", "--config", str(config)], env=env, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with Client(self.socket, timeout=5) as c:
-                    c.ping()
-                return
-            except CoordError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("coordd did not come up") from None
-                time.sleep(0.02)  # noqa: sleep-ok: polling for the socket with a deadline, in a bench
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def timed_exit(cmd: list[str], stdin: bytes = b"") -> float:
@@ -74,11 +42,7 @@ def timed_exit(cmd: list[str], stdin: bytes = b"") -> float:
 
 
 def wait_delivered(c: Client, message_id: int) -> None:
-    deadline = time.monotonic() + 10
-    while c.get(message_id).message.status != "delivered":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"message {message_id} not delivered")
-        time.sleep(0.001)  # noqa: sleep-ok: polling with a deadline, outside the timed part
+    bench.wait_until(lambda: c.get(message_id).message.status == "delivered", 10, f"message {message_id} delivered")
 
 
 def processes(socket: str, runs: int, rows: dict[str, list[float]]) -> None:
@@ -159,16 +123,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=300, help="MCP tool calls of each kind")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_mcp.json"))
     args = ap.parse_args()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    info = {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "runs": args.runs,
-        "calls": args.calls,
-        "hook_target_ms": HOOK_TARGET_MS,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    info = {**bench.machine(), "runs": args.runs, "calls": args.calls, "hook_target_ms": HOOK_TARGET_MS}
     rows: dict[str, list[float]] = {}
     for name in (
         "MCP ping (SDK + stdio, no coordd)",
@@ -183,14 +138,9 @@ def main() -> int:
         "hook, daemon down",
     ):
         rows[name] = []
-    os.makedirs(WORK_DIR, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mcp-", dir=WORK_DIR) as tmp:
-        d = Coordd(Path(tmp))
-        try:
-            asyncio.run(tool_calls(d.socket, args.calls, rows))
-            processes(d.socket, args.runs, rows)
-        finally:
-            d.stop()
+    with bench.daemon() as d:
+        asyncio.run(tool_calls(d.socket, args.calls, rows))
+        processes(d.socket, args.runs, rows)
     results = {name: summary(s) for name, s in rows.items()}
     print(table(results, info))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
