@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import anyio
 import mcp_types as types
@@ -44,6 +44,9 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="At most this many
 
 class Args(msgspec.Struct, forbid_unknown_fields=True):
     """A tool's arguments; the subclass's docstring is the tool's description."""
+
+    # Changes nothing (clients may then run the tool without asking); fetch_inbox is not: it marks messages read.
+    read_only: ClassVar[bool] = False
 
 
 class SendMessage(Args):
@@ -111,10 +114,14 @@ class ListAgents(Args):
     """List the agents of the team: their ids, groups, whether their delivery works (healthy), and whether they
     are busy (have messages waiting to be delivered to them)."""
 
+    read_only = True
+
 
 class SearchMessages(Args):
     """Search the messages you sent or received, by their words: full-text over subject and body (words, "a
     phrase", prefix*), best match first."""
+
+    read_only = True
 
     query: Annotated[str, msgspec.Meta(min_length=1, description='What to look for: words, "a phrase" or prefix*.')]
     limit: Limit = 20
@@ -123,6 +130,8 @@ class SearchMessages(Args):
 class MessageStatus(Args):
     """The status of a message you sent or received: queued, delivered, failed..., and its receipts: when it was
     delivered, read (fetched by its recipient) and acknowledged."""
+
+    read_only = True
 
     id: Annotated[Id, msgspec.Meta(description="The message's id.")]
 
@@ -273,7 +282,8 @@ def tool_list(tools: dict[str, type[Args]]) -> list[types.Tool]:
         schema.pop("title", None)
         description = " ".join((schema.pop("description", None) or "").split())
         schema.setdefault("properties", {})
-        listed.append(types.Tool(name=name, description=description, input_schema=schema))
+        hints = types.ToolAnnotations(read_only_hint=cls.read_only, open_world_hint=False)
+        listed.append(types.Tool(name=name, description=description, input_schema=schema, annotations=hints))
     return listed
 
 

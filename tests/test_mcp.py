@@ -66,6 +66,8 @@ async def test_tools_are_listed_with_schemas(daemon: Daemon):
     assert (inbox["unread_only"]["default"], inbox["limit"]["default"], inbox["wait_s"]["default"]) == (True, 20, 0)
     assert tools["acknowledge"].input_schema["required"] == ["ids"]
     assert tools["list_agents"].input_schema["properties"] == {}
+    read_only = {name for name, t in tools.items() if t.annotations.read_only_hint}
+    assert read_only == {"list_agents", "search_messages", "message_status"}  # fetch_inbox marks messages read
 
 
 async def test_two_agents_talk_through_the_tools(daemon: Daemon):
