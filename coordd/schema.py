@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -86,11 +86,31 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN lease_until REAL;
     ALTER TABLE messages ADD COLUMN grp TEXT;
     """,
+    # 6: full-text search over subject and body (coordd.fts). External content: the index keeps the words, the
+    # text stays in `messages` alone. Such an index is kept in step by hand, and an entry is removed by
+    # repeating exactly the text it indexed: the writer indexes a write's new rows in the same transaction
+    # (INDEX_NEW), retention removes rows' entries just before the rows (UNINDEX); subject and body never
+    # change once stored. 'rebuild' indexes the rows already there.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        subject, body, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    """,
 ]
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
     " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+)
+# The full-text index of the rows an insert just stored: ids first to last (one write's, consecutive).
+INDEX_NEW = (
+    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages WHERE id BETWEEN ? AND ?"
+)
+# Before deleting messages: remove their index entries (placeholder: the list of ids).
+UNINDEX = (
+    "INSERT INTO messages_fts (messages_fts, rowid, subject, body)"
+    " SELECT 'delete', id, subject, body FROM messages WHERE id IN ({})"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
 MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"
