@@ -56,6 +56,8 @@ class Queries:
         delivering = req.status == "delivering"
         if delivering:
             req.status = "queued"
+        if req.search is not None:
+            await self.store.indexed()  # a search finds every message acknowledged before it
         # Fitted before `delivering` drops some, so that the cursor goes on from the last row the page read.
         page = self._fit(await self.store.history(req, self.config.daemon.max_frame_bytes), req)
         for m in page.messages:

@@ -31,6 +31,16 @@ HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at mos
 M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))  # COLUMNS of `messages m`
 
 
+def search_sql(where: Sequence[str], offset: int) -> str:
+    """A search page's SQL, best match first: its parameters are the MATCH expression (fts.match_expression),
+    those of the `where` conditions on `messages m`, and the LIMIT. offset: an int, 0 to MAX_ID (check_ids)."""
+    return (
+        f"SELECT {M_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+        f" WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)}"
+        f" ORDER BY {fts.RANK}, m.id DESC LIMIT ? OFFSET {offset}"
+    )
+
+
 class Reads:
     def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
         self.db = db  # the writer's connection: reads on the loop thread (cheap, indexed, needed to decide an answer)
@@ -165,13 +175,8 @@ class Reads:
         offset = q.cursor or 0
         if offset < 0:
             raise Refused("bad_request", f"cursor: {offset} is not a search page's cursor: pass back page.cursor")
-        sql = (
-            f"SELECT {M_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-            f" WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)}"
-            f" ORDER BY {fts.RANK}, m.id DESC LIMIT ? OFFSET {offset}"  # an int, 0 to MAX_ID (check_ids)
-        )
         try:
-            rows, more = await self._page(sql, [expression, *args], q.limit, max_bytes)
+            rows, more = await self._page(search_sql(where, offset), [expression, *args], q.limit, max_bytes)
         except sqlite3.OperationalError as e:  # match_expression quotes every part: a bug, or a word FTS5 refuses
             if not str(e).startswith("fts5:"):
                 raise

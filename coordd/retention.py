@@ -103,7 +103,7 @@ def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -
             [
                 [
                     (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
-                    (UNINDEX.format(marks), ids, False),  # while the rows still hold the text it indexed
+                    (UNINDEX.format(marks), ids + ids, False),  # while the rows still hold the text it indexed
                     (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
                 ]
             ]

@@ -88,9 +88,9 @@ MIGRATIONS = [
     """,
     # 6: full-text search over subject and body (coordd.fts). External content: the index keeps the words, the
     # text stays in `messages` alone. Such an index is kept in step by hand, and an entry is removed by
-    # repeating exactly the text it indexed: the writer indexes a write's new rows in the same transaction
-    # (INDEX_NEW), retention removes rows' entries just before the rows (UNINDEX); subject and body never
-    # change once stored. 'rebuild' indexes the rows already there.
+    # repeating exactly the text it indexed (subject and body never change once stored): the writer indexes
+    # new rows (INDEX_NEW, see Store.insert), retention removes rows' entries just before the rows (UNINDEX).
+    # 'rebuild' indexes the rows already there.
     """
     CREATE VIRTUAL TABLE messages_fts USING fts5(
         subject, body, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
@@ -103,14 +103,24 @@ INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
     " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
 )
-# The full-text index of the rows an insert just stored: ids first to last (one write's, consecutive).
+# Index for search the rows with ids from ?1 to ?2 that are not indexed yet (the docsize table holds a row per
+# indexed message), in one statement: FTS5 writes out each statement's words as a segment of its own.
 INDEX_NEW = (
-    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages WHERE id BETWEEN ? AND ?"
+    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages"
+    " WHERE id BETWEEN ?1 AND ?2 AND id NOT IN (SELECT id FROM messages_fts_docsize WHERE id BETWEEN ?1 AND ?2)"
 )
-# Before deleting messages: remove their index entries (placeholder: the list of ids).
+# At open: index what a crash left unindexed (its deferred index write was lost), or 'rebuild' if ever needed.
+INDEXED = "SELECT count(*) FROM messages_fts_docsize"
+INDEX_MISSING = (
+    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages"
+    " WHERE id NOT IN (SELECT id FROM messages_fts_docsize)"
+)
+REBUILD_INDEX = "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')"
+# Before deleting messages: remove their index entries (placeholder: the list of ids). Only indexed ones: removing
+# an entry that is not there would corrupt the index's counts.
 UNINDEX = (
-    "INSERT INTO messages_fts (messages_fts, rowid, subject, body)"
-    " SELECT 'delete', id, subject, body FROM messages WHERE id IN ({})"
+    "INSERT INTO messages_fts (messages_fts, rowid, subject, body) SELECT 'delete', id, subject, body FROM messages"
+    " WHERE id IN ({0}) AND id IN (SELECT id FROM messages_fts_docsize WHERE id IN ({0}))"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
 MARK_DELIVERED = "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL WHERE id = ?"

@@ -170,6 +170,36 @@ def test_the_index_survives_a_restart_and_a_kill(make_daemon):
     assert db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'zebra'").fetchone()[0] == 3002
 
 
+def test_messages_a_crash_left_unindexed_are_indexed_at_start(make_daemon):
+    """A send is indexed in the writer's deferred commit, after its acknowledgement: a crash in between leaves
+    it stored but unindexed (here: rows written behind the index's back), and the next start indexes it."""
+    d = make_daemon(agents=AGENTS)
+    with d.client() as c:
+        kept = c.send("A", "indexed okapi")
+        gone = c.send("A", "stale okapi")
+        wait_until(lambda: c.status().queued == 0, what="deliveries")
+    d.stop()
+    db = sqlite3.connect(d.db)
+    db.execute(
+        "INSERT INTO messages (id, agent, priority, body, status, created, thread) VALUES (?, 'B', 'regular', ?,"
+        " 'delivered', 1, ?)",
+        (gone + 1, "unindexed okapi", gone + 1),
+    )
+    db.commit()
+    d.start()
+    with d.client() as c:
+        assert found(c, "okapi") == [gone + 1, gone, kept]
+    d.stop()
+    db.execute("DELETE FROM messages WHERE id = ?", (gone,))  # its index entry stays: more entries than rows
+    db.commit()
+    d.start()
+    with d.client() as c:
+        assert found(c, "okapi") == [gone + 1, kept] and found(c, "stale") == []
+    d.stop()
+    db.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
+    assert "indexed 1 messages for search" in d.logtext()
+
+
 def test_a_store_of_schema_5_gets_its_messages_indexed(make_daemon):
     d = make_daemon(agents=[{"id": "A"}], start=False)
     d.write_old_store(
