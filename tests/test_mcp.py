@@ -101,11 +101,14 @@ async def test_two_agents_talk_through_the_tools(daemon: Daemon):
 async def test_search_sees_only_the_agents_own_messages(daemon: Daemon):
     with daemon.client() as c:
         mine = c.send("Agent-1", "the flamingo deploy is blocked", sender="Agent-3")
-        c.send("Agent-4", "flamingo deploy notes", sender="Agent-3")  # not Agent-1's: never shown to it
+        c.send("Agent-1", "lunch at noon?", sender="Agent-3")  # Agent-1's, but no match
+        c.send("Agent-4", "flamingo deploy notes", sender="Agent-3")  # a match, but not Agent-1's: never shown
     async with agent_session(daemon, "Agent-1") as a:
         sent = (await ok(a, "send_message", to="Agent-2", body="flamingo: on it"))["id"]
         found = (await ok(a, "search_messages", query="flamingo"))["messages"]
         assert {m["id"] for m in found} == {mine, sent}
+        best = (await ok(a, "search_messages", query="flamingo", limit=1))["messages"]
+        assert [m["id"] for m in best] in ([mine], [sent])
         assert await error_code(a, "search_messages", query="") == "bad_request"
 
 
