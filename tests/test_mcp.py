@@ -155,3 +155,26 @@ def test_print_config_for_each_client():
     for client in ("cursor", "gemini"):
         server = json.loads(config(client))["mcpServers"]["coordd"]
         assert server["args"] == ["mcp", "--agent", "Agent-1"] and server["command"] == claude[7]
+
+
+def test_a_client_of_an_older_protocol_version_is_served(daemon: Daemon):
+    """Agents' MCP clients lag the SDK: the 2024-11-05 handshake, by hand, as newline-delimited JSON-RPC."""
+    argv = [sys.executable, "-m", "coordctl", "--socket", daemon.socket, "mcp", "--agent", "Agent-1"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as server:
+
+        def rpc(rid: int | None, method: str, params: dict) -> dict | None:
+            request = {"jsonrpc": "2.0", "method": method, "params": params} | ({"id": rid} if rid else {})
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            return json.loads(server.stdout.readline()) if rid else None
+
+        hello = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "old", "version": "1"}}
+        assert rpc(1, "initialize", hello)["result"]["protocolVersion"] == "2024-11-05"
+        rpc(None, "notifications/initialized", {})
+        tools = rpc(2, "tools/list", {})["result"]["tools"]
+        assert {t["name"] for t in tools} == TOOLS and all("inputSchema" in t for t in tools)
+        call = {"name": "send_message", "arguments": {"to": "Agent-2", "body": "from an older client"}}
+        result = rpc(3, "tools/call", call)["result"]
+        assert result.get("isError") is not True and result["structuredContent"]["id"] > 0
+        server.stdin.close()
+        assert server.wait(30) == 0
