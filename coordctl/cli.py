@@ -423,6 +423,12 @@ def attention(info: protocol.StatusInfo) -> list[str]:
 @click.option("--until", type=TimeSpec(), help="Older than TIME (same forms as --since).")
 @click.option("--grep", metavar="TEXT", help="Only messages whose body contains TEXT.")
 @click.option(
+    "--search",
+    metavar="TEXT",
+    help='Full-text search of subject and body: every word must match (in any order); "a phrase" in quotes, '
+    "prefix* for words starting so. Best match first.",
+)
+@click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."
 )
 @click.option("--cursor", type=int, metavar="C", help="Continue from where a previous page stopped.")
@@ -441,15 +447,18 @@ def history(
     since: float | None,
     until: float | None,
     grep: str | None,
+    search: str | None,
     limit: int,
     cursor: int | None,
     follow: bool,
 ) -> None:
-    """List messages, newest first (with --follow: oldest first, then live)."""
+    """List messages, newest first (with --search: best match first; with --follow: oldest first, then live)."""
     stream = None
     if follow:
-        if until is not None or cursor is not None or grep is not None:
-            raise click.UsageError("--follow goes on from now: it does not combine with --until, --cursor or --grep")
+        if until is not None or cursor is not None or grep is not None or search is not None:
+            raise click.UsageError(
+                "--follow goes on from now: it does not combine with --until, --cursor, --grep or --search"
+            )
         # Subscribe before the page is read, so that nothing happens unseen in between.
         stream = state.client().watch(
             agents=[agent] if agent else [], events=FOLLOW_EVENTS.get(status, []), idle=sys.stdout.flush
@@ -463,6 +472,7 @@ def history(
         contains=grep,
         limit=limit,
         cursor=cursor,
+        search=search,
     )
     if stream is not None:
         from coordctl import events
@@ -843,6 +853,96 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
         return
     human.echo(f"# {agent}: {what} ({at.screen_width}x{at.screen_height} screen)")
     human.echo(f"{keys[0]} = {at.x}\n{keys[1]} = {at.y}")
+
+
+# --- agents: MCP server and hooks ---------------------------------------------------
+
+agent_option = click.option(
+    "--agent", envvar="COORDD_AGENT", metavar="NAME", help="The agent to act as  [default: $COORDD_AGENT]"
+)
+
+
+@cli.command()
+@agent_option
+@click.option(
+    "--print-config",
+    "client",
+    type=click.Choice(["claude-code", "codex", "cursor", "gemini"]),
+    help="Print the snippet that adds this server to CLIENT's settings, and exit.",
+)
+@pass_state
+def mcp(state: State, agent: str | None, client: str | None) -> None:
+    """Serve coordd's tools to a coding agent over MCP (stdio), acting as agent NAME.
+
+    The agent sends as NAME and reads only NAME's messages. Needs the mcp extra:
+    pip install 'coordd[mcp]'.
+    """
+    if agent is None:
+        raise click.UsageError("give the agent to act as: --agent NAME (or set $COORDD_AGENT)")
+    if client is not None:
+        from coordctl import agent_setup
+
+        human.echo(f"# {agent_setup.WHERE[client]}", err=True)
+        click.echo(agent_setup.mcp_config(client, agent, state.socket_path, agent_setup.coordctl_path()), nl=False)
+        return
+    try:
+        from coordctl import mcp_server
+    except ImportError as e:
+        raise click.ClickException(f"coordctl mcp needs the mcp extra: pip install 'coordd[mcp]' ({e})") from None
+    mcp_server.serve(agent, state.socket_path)
+
+
+class NeverBlocks(click.Command):
+    """A hook's command: a usage error exits 0 too, since Claude Code takes exit 2 as "block the prompt (or the
+    stop)", and a hook must never hold the agent up."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: object
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            human.echo(f"coordctl hook: {e.format_message().rstrip('.')}; nothing added", err=True)
+            raise click.exceptions.Exit(EXIT_OK) from None
+
+
+@cli.group()
+def hook() -> None:
+    """Hooks that hand an agent its messages between turns."""
+
+
+@hook.command("claude-code", cls=NeverBlocks)
+@agent_option
+@click.option("--continue-on-mail", is_flag=True, help="On Stop: keep the agent working while unread messages wait.")
+@click.option("--print-config", is_flag=True, help="Print the settings.json hooks block, and exit.")
+@pass_state
+def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, print_config: bool) -> None:
+    """Answer a Claude Code hook event (JSON on stdin) with agent NAME's unread messages.
+
+    SessionStart, UserPromptSubmit: the messages become additional context (and are
+    marked read). Stop, with --continue-on-mail: blocks the stop while messages wait.
+    Never holds the agent up: if coordd is down, prints one line on stderr and exits 0.
+    """
+    if print_config:
+        from coordctl import agent_setup
+
+        human.echo(f"# {agent_setup.WHERE['hooks']}", err=True)
+        click.echo(agent_setup.hooks_config(agent, state.socket_path, agent_setup.coordctl_path()), nl=False)
+        return
+    if agent is None:
+        human.echo("coordctl hook: give the agent: --agent NAME (or set $COORDD_AGENT); nothing added", err=True)
+        return
+    from coordctl import claude_hook
+
+    try:
+        client = state.client(timeout=claude_hook.HOOK_TIMEOUT)
+    except click.UsageError as e:
+        human.echo(f"coordctl hook: {e.format_message().rstrip('.')}; nothing added", err=True)
+        return
+    out, note = claude_hook.run(sys.stdin.buffer.read(), agent, continue_on_mail, client)
+    if note is not None:
+        human.echo(note, err=True)
+    sys.stdout.buffer.write(out)
 
 
 def main() -> None:

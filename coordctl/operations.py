@@ -292,8 +292,12 @@ class Operations:
         contains: str | None = None,
         limit: int = 50,
         cursor: int | None = None,
+        search: str | None = None,
     ) -> protocol.History:
-        """One page of messages, newest first; pass ``page.cursor`` back for older ones."""
+        """One page of messages, newest first; pass ``page.cursor`` back for older ones. With ``search``
+        (words, ``"a phrase"``, ``prefix*``; every word must match, in the subject or the body), only the
+        matches, best match first (bm25), with the other filters applied too; ``page.cursor`` then goes on
+        down the ranking."""
         return protocol.History(
             agent=agent,
             sender=sender,
@@ -303,6 +307,7 @@ class Operations:
             contains=contains,
             limit=limit,
             cursor=cursor,
+            search=search,
         )
 
     @operation(protocol.Message)

@@ -146,6 +146,9 @@ class History(_Req, tag="history"):
     contains: str | None = None  # substring of the body
     limit: int = 50
     cursor: int | None = None  # from the previous page's reply
+    # Full-text search over subject and body (words, "a phrase", prefix*); the page is ranked best match
+    # first (bm25), not newest first, and its cursor counts matches already shown (docs/protocol.md).
+    search: str | None = None
 
 
 class Get(_Req, tag="get"):

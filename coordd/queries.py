@@ -56,17 +56,20 @@ class Queries:
         delivering = req.status == "delivering"
         if delivering:
             req.status = "queued"
-        page = await self.store.history(req, self.config.daemon.max_frame_bytes)
+        if req.search is not None:
+            await self.store.indexed()  # a search finds every message acknowledged before it
+        # Fitted before `delivering` drops some, so that the cursor goes on from the last row the page read.
+        page = self._fit(await self.store.history(req, self.config.daemon.max_frame_bytes), req)
         for m in page.messages:
             if m.status == "queued" and self.delivery.in_flight(m.id):
                 m.status = "delivering"
         if delivering:
             page.messages = [m for m in page.messages if m.status == "delivering"]
-        return self._fit(page)
+        return page
 
-    def _fit(self, page: p.Page) -> p.Page:
+    def _fit(self, page: p.Page, req: p.History) -> p.Page:
         """As many messages as fit in one frame of daemon.max_frame_bytes (at least one); the cursor goes on
-        from there."""
+        from there (a search's cursor counts the matches shown)."""
         budget = self.config.daemon.max_frame_bytes - 1024  # the page's own fields
         msgs = page.messages
         if sum(len(m.body) * 4 + 1024 for m in msgs) <= budget:  # surely fits: skip the encoding
@@ -75,7 +78,7 @@ class Queries:
         for n, m in enumerate(msgs):
             size += len(p.encoder.encode(m))
             if size > budget and n:
-                page.messages, page.cursor = msgs[:n], msgs[n - 1].id
+                page.messages, page.cursor = msgs[:n], msgs[n - 1].id if req.search is None else (req.cursor or 0) + n
                 break
         return page
 

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from coordctl import protocol as p
-from coordd.model import Record
+from coordd import fts
+from coordd.model import Record, Refused
 from coordd.schema import COLUMNS, LEASED, info_from_row, record_from_row
 
 
@@ -28,6 +29,17 @@ class AckState(NamedTuple):
 
 
 HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
+M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))  # COLUMNS of `messages m`
+
+
+def search_sql(where: Sequence[str], offset: int) -> str:
+    """A search page's SQL, best match first: its parameters are the MATCH expression (fts.match_expression),
+    those of the `where` conditions on `messages m`, and the LIMIT. offset: an int, 0 to MAX_ID (check_ids)."""
+    return (
+        f"SELECT {M_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+        f" WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)}"
+        f" ORDER BY {fts.RANK}, m.id DESC LIMIT ? OFFSET {offset}"
+    )
 
 
 class Reads:
@@ -125,7 +137,8 @@ class Reads:
         return p.Message(message=info_from_row(row), attempts=attempts)
 
     async def history(self, q: p.History, max_bytes: int = 1 << 62) -> p.Page:
-        """A page of q.limit messages at most, newest first; it stops early once the bodies pass max_bytes.
+        """A page of q.limit messages at most, newest first (with q.search: best match first); it stops early
+        once the bodies pass max_bytes.
 
         Rows are fetched HISTORY_BATCH at a time, so a page of large bodies never holds
         more than about max_bytes plus one batch in memory.
@@ -134,37 +147,64 @@ class Reads:
         args: list[object] = []
         for column, value in (("agent", q.agent), ("sender", q.sender), ("status", q.status)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"m.{column} = ?")
                 args.append(value)
         if q.since is not None:
-            where.append("created >= ?")
+            where.append("m.created >= ?")
             args.append(q.since)
         if q.until is not None:
-            where.append("created < ?")
+            where.append("m.created < ?")
             args.append(q.until)
         if q.contains:
-            where.append("instr(body, ?) > 0")
+            where.append("instr(m.body, ?) > 0")
             args.append(q.contains)
+        if q.search is not None:
+            return await self._search(q, where, args, max_bytes)
         if q.cursor is not None:
-            where.append("id < ?")
+            where.append("m.id < ?")
             args.append(q.cursor)
-        sql = f"SELECT {COLUMNS} FROM messages"
+        sql = f"SELECT {M_COLUMNS} FROM messages m"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(q.limit + 1)  # one extra row tells whether another page exists
+        rows, more = await self._page(sql + " ORDER BY m.id DESC LIMIT ?", args, q.limit, max_bytes)
+        messages = [info_from_row(r) for r in rows]
+        return p.Page(messages=messages, cursor=messages[-1].id if more and messages else None)
+
+    async def _search(self, q: p.History, where: list[str], args: list[object], max_bytes: int) -> p.Page:
+        """History's page of the matches of q.search, best first (fts.RANK, then newest first); the cursor is
+        the number of matches the pages so far showed (an offset into the ranking)."""
+        expression = fts.match_expression(q.search or "")
+        if expression is None:
+            raise Refused(
+                "bad_request", f"search: {q.search!r} holds no word to look for: give words (letters or digits)"
+            )
+        offset = q.cursor or 0
+        if offset < 0:
+            raise Refused("bad_request", f"cursor: {offset} is not a search page's cursor: pass back page.cursor")
+        try:
+            rows, more = await self._page(search_sql(where, offset), [expression, *args], q.limit, max_bytes)
+        except sqlite3.OperationalError as e:  # match_expression quotes every part: a bug, or a word FTS5 refuses
+            if not str(e).startswith("fts5:"):
+                raise
+            raise Refused(
+                "bad_request", f"search: {q.search!r}: {e}; search for plain words or a quoted phrase"
+            ) from None
+        messages = [info_from_row(r) for r in rows]
+        return p.Page(messages=messages, cursor=offset + len(messages) if more and messages else None)
+
+    async def _page(self, sql: str, args: list[object], limit: int, max_bytes: int) -> tuple[list[Sequence[Any]], bool]:
+        """Up to `limit` rows of sql (which ends in LIMIT ?), fewer once their bodies pass max_bytes; and
+        whether more are left."""
         rows: list[Sequence[Any]] = []
         size = 0
-        async with self.reader.execute(sql, args) as cur:
-            while len(rows) <= q.limit and size <= max_bytes:
-                batch = await cur.fetchmany(min(HISTORY_BATCH, q.limit + 1 - len(rows)))
+        async with self.reader.execute(sql, [*args, limit + 1]) as cur:  # one extra row tells if more are left
+            while len(rows) <= limit and size <= max_bytes:
+                batch = await cur.fetchmany(min(HISTORY_BATCH, limit + 1 - len(rows)))
                 if not batch:
                     break
                 rows += batch
                 size += sum(len(r[7]) for r in batch)
-        more = len(rows) > q.limit or size > max_bytes
-        messages = [info_from_row(r) for r in rows[: q.limit]]
-        return p.Page(messages=messages, cursor=messages[-1].id if more and messages else None)
+        return rows[:limit], len(rows) > limit or size > max_bytes
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Stored messages by (agent, status)."""

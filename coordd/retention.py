@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from coordd.config import Retention
-from coordd.schema import LEASED, TERMINAL
+from coordd.schema import LEASED, TERMINAL, UNINDEX
 from coordd.store import Store
 from coordd.turns import next_turn
 
@@ -106,6 +106,7 @@ def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -
             [
                 [
                     (f"DELETE FROM attempts WHERE message_id IN ({marks})", ids, False),
+                    (UNINDEX.format(marks), ids + ids, False),  # while the rows still hold the text it indexed
                     (f"DELETE FROM messages WHERE id IN ({marks})", ids, False),
                 ]
             ]

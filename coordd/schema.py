@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -86,11 +86,41 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN lease_until REAL;
     ALTER TABLE messages ADD COLUMN grp TEXT;
     """,
+    # 6: full-text search over subject and body (coordd.fts). External content: the index keeps the words, the
+    # text stays in `messages` alone. Such an index is kept in step by hand, and an entry is removed by
+    # repeating exactly the text it indexed (subject and body never change once stored): the writer indexes
+    # new rows (INDEX_NEW, see Store.insert), retention removes rows' entries just before the rows (UNINDEX).
+    # 'rebuild' indexes the rows already there.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        subject, body, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    """,
 ]
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
     " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+)
+# Index for search the rows with ids from ?1 to ?2 that are not indexed yet (the docsize table holds a row per
+# indexed message), in one statement: FTS5 writes out each statement's words as a segment of its own.
+INDEX_NEW = (
+    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages"
+    " WHERE id BETWEEN ?1 AND ?2 AND id NOT IN (SELECT id FROM messages_fts_docsize WHERE id BETWEEN ?1 AND ?2)"
+)
+# At open: index what a crash left unindexed (its deferred index write was lost), or 'rebuild' if ever needed.
+INDEXED = "SELECT count(*) FROM messages_fts_docsize"
+INDEX_MISSING = (
+    "INSERT INTO messages_fts (rowid, subject, body) SELECT id, subject, body FROM messages"
+    " WHERE id NOT IN (SELECT id FROM messages_fts_docsize)"
+)
+REBUILD_INDEX = "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')"
+# Before deleting messages: remove their index entries (placeholder: the list of ids). Only indexed ones: removing
+# an entry that is not there would corrupt the index's counts.
+UNINDEX = (
+    "INSERT INTO messages_fts (messages_fts, rowid, subject, body) SELECT 'delete', id, subject, body FROM messages"
+    " WHERE id IN ({0}) AND id IN (SELECT id FROM messages_fts_docsize WHERE id IN ({0}))"
 )
 INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
 # (lease_until = NULL: a message a pull agent had fetched and whose lease ran out, pushed after a reload made its

@@ -29,12 +29,25 @@ from coordd import lockfile
 from coordd.checkpointer import Checkpointer
 from coordd.model import Histogram, Record, StorageError, StorageFull
 from coordd.reads import AckState, Reads
-from coordd.schema import INSERT_MESSAGE, Write, check_integrity, migrate, schema_version
+from coordd.schema import (
+    INDEX_MISSING,
+    INDEX_NEW,
+    INDEXED,
+    INSERT_MESSAGE,
+    REBUILD_INDEX,
+    Write,
+    check_integrity,
+    migrate,
+    schema_version,
+)
 from coordd.writer import Writer
 
 __all__ = ["StorageError", "StorageFull", "Store"]
 
 log = logging.getLogger("coordd.store")
+
+# A search waits at most this long for the messages acknowledged before it to be indexed (Store.indexed).
+INDEX_WAIT_S = 2.0
 
 
 def _make_private(path: str, create: bool = False) -> int | None:
@@ -107,6 +120,9 @@ class Store:
         self.overflow = asyncio.Event()  # the pruner should look now
         self.pruned = 0
         self._next_id = 1
+        # Search: the ids [first, last] that the writer's next deferred commit indexes, and its future (see insert).
+        self._index_span: list[int] = []
+        self._indexing: asyncio.Future | None = None
         self._lock_fd: int | None = None  # `<db>.lock`, held from open to close
 
     def configure(self, max_rows: int) -> None:
@@ -148,6 +164,7 @@ class Store:
             migrate(db, self.path)
             self._next_id = (db.execute("SELECT max(id) FROM messages").fetchone()[0] or 0) + 1
             self.rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+            self._index_missing(db)
         except sqlite3.DatabaseError as e:
             if db is not None:
                 db.close()
@@ -170,6 +187,13 @@ class Store:
         self.checkpointer = Checkpointer(self.path, self.writer)
         await self.checkpointer.start()
         self._closers.append(self.checkpointer.close)
+
+    def _index_missing(self, db: sqlite3.Connection) -> None:
+        """Index for search the messages a crash left unindexed: their deferred index write never committed."""
+        indexed = db.execute(INDEXED).fetchone()[0]
+        if indexed != self.rows:  # never more (retention unindexes in the deleting transaction), but then: rebuild
+            db.execute(INDEX_MISSING if indexed < self.rows else REBUILD_INDEX)
+            log.info("indexed %d messages for search that the last run had not", abs(self.rows - indexed))
 
     def _lock(self) -> None:
         """One daemon per database, whatever socket it serves: an flock on `<db>.lock`, held until close.
@@ -212,14 +236,39 @@ class Store:
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:
             self.overflow.set()
-        n = len(records)
+        n, first, last = len(records), records[0].id, records[-1].id
 
-        def uncount_if_failed(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is not None:
+        def committed(f: asyncio.Future) -> None:  # runs before the sender hears of it: a search then waits for it
+            if f.cancelled() or f.exception() is not None:
                 self.rows -= n
+            else:
+                self._index_later(first, last)
 
-        fut.add_done_callback(uncount_if_failed)
+        fut.add_done_callback(committed)
         return fut
+
+    def _index_later(self, first: int, last: int) -> None:
+        """Index the committed ids first to last for search in the writer's next deferred commit, not in the
+        acknowledged one: FTS5 writes out a segment per transaction, which costs a sequential send about a
+        third more (docs/architecture.md). Every insert until that commit widens its one statement."""
+        span = self._index_span
+        if self._indexing is not None and not self._indexing.done():  # not committed yet (done: synchronously)
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+            return
+        self._index_span = span = [first, last]
+        self._indexing = self.writer.write([(INDEX_NEW, span, False)], deferred=True)
+        self._indexing.add_done_callback(lambda f: self._indexed(f, span))
+
+    def _indexed(self, fut: asyncio.Future, span: list[int]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:  # not transient (the writer retries those)
+            log.warning("indexing messages %d to %d for search failed (%s); trying again", *span, fut.exception())
+            self._index_later(*span)
+
+    async def indexed(self, timeout: float = INDEX_WAIT_S) -> None:
+        """Wait until the messages stored so far are indexed for search (a few ms: the writer's next deferred
+        commit), or `timeout` seconds at most (the writer is held: a large batch, a full disk)."""
+        if self._indexing is not None and not self._indexing.done():
+            await asyncio.wait([self._indexing], timeout=timeout)
 
     def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Be the only writer for the block (for insert_chunked): other writes wait, pruning too."""
@@ -228,9 +277,10 @@ class Store:
     async def insert_chunked(self, records: list[Record], chunk: int) -> None:
         """Within exclusive(): store new messages in one transaction, `chunk` rows per turn of the event loop.
         All or nothing: StorageError (or StorageFull) and none is stored."""
-        chunks = (
-            [(INSERT_MESSAGE, [r.row() for r in records[i : i + chunk]], True)] for i in range(0, len(records), chunk)
-        )  # each built in its turn: 70,000 rows take a while
+        chunks = (  # each built in its turn; indexed in the same transaction, a chunk a statement
+            [(INSERT_MESSAGE, [r.row() for r in c], True), (INDEX_NEW, (c[0].id, c[-1].id), False)]
+            for c in (records[i : i + chunk] for i in range(0, len(records), chunk))
+        )
         await self.writer.commit_in_turns(chunks)
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:

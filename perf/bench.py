@@ -771,6 +771,13 @@ def table(rows: list[dict], m: dict) -> str:
     return "\n".join(out)
 
 
+def save(out: str, info: dict, rows: list[dict]) -> None:
+    """The run as JSON: the machine and every row."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
+    print(f"\nJSON: {out}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run, as a smoke check")
@@ -799,9 +806,7 @@ def main() -> int:
                 row(name, None, "", target="-") | {"error": f"error: {type(e).__name__}: {e}".replace("|", "/")}
             )
     print(table(rows, info), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
-    print(f"\nJSON: {args.out}", file=sys.stderr)
+    save(args.out, info, rows)
     return 1 if any("error" in r for r in rows) else 0
 
 

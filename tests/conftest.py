@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -178,6 +179,17 @@ class Daemon:
 
     def client(self) -> Client:
         return Client(self.socket)
+
+    def write_old_store(self, version: int, insert: str, rows: list[tuple]) -> None:
+        """Before start: a database as a coordd of schema `version` left it, holding rows (insert: their SQL)."""
+        from coordd import schema
+
+        self.tmp.joinpath("state").mkdir(exist_ok=True)
+        db = sqlite3.connect(self.db)
+        db.executescript("".join(schema.MIGRATIONS[:version]) + f"PRAGMA user_version = {version};")
+        db.executemany(insert, rows)
+        db.commit()
+        db.close()
 
     def logtext(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

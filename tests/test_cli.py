@@ -114,8 +114,10 @@ def test_exit_codes(daemon: Daemon, tmp_path):
 
 def test_cli_imports_stay_thin():
     code = (
-        "import sys, coordctl.cli; heavy = {'asyncio', 'uvloop', 'aiosqlite', 'pyautogui', 'prometheus_client', "
-        "'coordd', 'json'} & set(sys.modules); print(sorted(heavy))"
+        # The hook runs on every prompt of an agent: it stays as thin as the CLI. The mcp extra is `coordctl mcp`'s.
+        "import sys, coordctl.cli, coordctl.claude_hook, coordctl.agent_setup; heavy = {'asyncio', 'uvloop', "
+        "'aiosqlite', 'pyautogui', 'prometheus_client', 'coordd', 'json', 'mcp', 'mcp_types', 'anyio', 'pydantic'} "
+        "& set(sys.modules); print(sorted(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -27,6 +27,7 @@ LAYERS = {
         "coordd.checkpointer",
         "coordd.reads",
         "coordd.retention",
+        "coordd.fts",
     ],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],

@@ -92,10 +92,8 @@ def test_replies_and_threads_refuse_what_cannot_be(make_daemon):
 
 def test_a_store_of_schema_3_gains_threads_and_keeps_every_message(make_daemon):
     d = make_daemon(agents=[{"id": "Agent-1"}], start=False)
-    d.tmp.joinpath("state").mkdir(exist_ok=True)
-    db = sqlite3.connect(d.db)
-    db.executescript("".join(schema.MIGRATIONS[:3]) + "PRAGMA user_version = 3;")
-    db.executemany(
+    d.write_old_store(
+        3,
         "INSERT INTO messages (id, agent, sender, priority, body, status, created, delivered, read_at)"
         " VALUES (?, 'Agent-1', 'Agent-1', 'regular', ?, ?, 1, ?, ?)",
         [
@@ -104,8 +102,6 @@ def test_a_store_of_schema_3_gains_threads_and_keeps_every_message(make_daemon):
             (3, "old queued", "queued", None, None),
         ],
     )
-    db.commit()
-    db.close()
     d.start()
     with d.client() as c:
         page = c.history(limit=10).messages
@@ -120,7 +116,7 @@ def test_a_store_of_schema_3_gains_threads_and_keeps_every_message(make_daemon):
         assert [m.id for m in c.thread(answer)] == [1, answer]
     d.stop()
     db = sqlite3.connect(d.db)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4
     plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE thread = 1 ORDER BY id"))
     assert "messages_thread" in plan
