@@ -91,6 +91,8 @@ class InboxRequests:
             await write_or_refuse(self.store, [(s.MARK_ACKED, [(now, i) for i in unacked], True)])
             self.delivery.receipted(unacked, "read")
             self.delivery.receipted(unacked, "acked")
+            # (a failed or cancelled message was taken away from the agent's unacked when it ended)
+            self.delivery.drop_unacked(req.agent, sum(found[i].status in ("queued", "delivered") for i in unacked))
             # Acknowledging an unread message reads it too (schema.MARK_ACKED): its `read` comes first.
             unread = [_receipted(i, found[i]) for i in unacked if found[i].read_at is None]
             if unread:
@@ -115,6 +117,7 @@ class InboxRequests:
             self.observer.read(agent, unread, now)
         if ack:
             self.delivery.receipted(ids, "acked")
+            self.delivery.drop_unacked(agent, len(unacked))  # all delivered: the inbox returns no other
             if unacked:
                 self.observer.acked(agent, unacked, now)
 

@@ -24,6 +24,7 @@ class AckState(NamedTuple):
     priority: p.Priority
     read_at: float | None
     acked_at: float | None
+    status: p.Status = "delivered"
 
 
 HISTORY_BATCH = 64  # rows fetched per step of a history page (bodies are at most max_frame_bytes each)
@@ -51,6 +52,13 @@ class Reads:
         cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
         return [record_from_row(r) for r in cur]
 
+    def delivered_unacked(self) -> dict[str, int]:
+        """How many delivered messages each agent has not acknowledged (once, at start: coordd.delivery counts on)."""
+        rows = self.db.execute(
+            "SELECT agent, count(*) FROM messages WHERE status = 'delivered' AND acked_at IS NULL GROUP BY agent"
+        )
+        return dict(rows.fetchall())
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
@@ -63,7 +71,7 @@ class Reads:
         """The AckState of each of the messages that exist, by id."""
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT id, agent, sender, priority, read_at, acked_at FROM messages WHERE id IN ({marks})", ids
+            f"SELECT id, agent, sender, priority, read_at, acked_at, status FROM messages WHERE id IN ({marks})", ids
         )
         return {r[0]: AckState(*r[1:]) for r in rows}
 

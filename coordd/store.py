@@ -273,6 +273,9 @@ class Store:
     def load_queued(self) -> list[Record]:
         return self.reads.load_queued()
 
+    def delivered_unacked(self) -> dict[str, int]:
+        return self.reads.delivered_unacked()
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
 
