@@ -103,7 +103,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             inbox = InboxRequests(config, store, delivery, hooks)
             handlers = Handlers(config, delivery, sending, queries, retry_cancel, inbox, reload, hooks, collector.text)
             server = Server(handlers, config.daemon, hooks, bus)
-            pruner = Pruner(store, config.retention, spawn)
+            pruner = Pruner(store, config.retention, spawn, delivery.drop_unacked)
 
             def summary() -> str:
                 return _summary(handlers, delivery)

@@ -141,6 +141,21 @@ def test_least_loaded_counts_survive_a_restart_and_acks_lower_them(make_daemon):
         assert recipients(c, [c.send("@w", f"n{i}") for i in range(4)]) == ["A", "A", "A", "B"]
 
 
+def test_messages_retention_prunes_unacknowledged_no_longer_count(make_daemon):
+    d = make_daemon(
+        agents=[member("A", "w"), member("B", "w")],
+        groups={"w": {"pick": "least-loaded"}},
+        retention={"max_age_days": 1e-5, "prune_interval_s": 0.1},  # finished messages go after 0.864 s
+    )
+    with d.client() as c:
+        for i in range(20):
+            c.send("A", f"never acked {i}", wait=True)
+        wait_until(lambda: not c.history(agent="A").messages, what="retention to prune A's messages")
+        c.send("B", "B has one")
+        # Were A's 20 still counted, B would be the less loaded; pruned, A has none.
+        assert recipients(c, [c.send("@w", "to A")]) == ["A"]
+
+
 def test_failed_and_cancelled_messages_no_longer_count(make_daemon, tmux_server):
     server = tmux_server()
     shells = [
