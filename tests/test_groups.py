@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 
 import pytest
-from conftest import cancel_between_attempts, wait_until
+from conftest import cancel_between_attempts, wait_until, write_config
 from test_cli import ok
 from test_watch import Collector
 from tmux_fixtures import TmuxServer, records
@@ -118,6 +118,21 @@ def test_round_robin_cycles_the_members_in_config_order(make_daemon):
         assert c.send("@g", "keyed", key="job-1") == first
         after = c.send("@g", "after the retry")
         assert recipients(c, [first, after]) == ["A", "B"]
+
+
+def test_a_reload_changes_the_members_and_the_pick(make_daemon):
+    d = make_daemon(agents=[member("A", "g"), member("B", "g"), member("C")])
+    with d.client() as c:
+        assert recipients(c, [c.send("@g", f"m{i}") for i in range(3)]) == ["A", "B", "A"]  # nobody acks
+        sections = {
+            "daemon": {"socket": d.socket, "workspace": str(d.workspace)},
+            "store": {"path": d.db},
+            "groups": {"g": {"pick": "least-loaded"}},
+        }
+        write_config(d.config, {**sections}, [member("A", "g"), member("B", "g"), member("C", "g")])
+        c.reload()
+        # A 2, B 1, C 0: C; then B and C have 1 each, and B comes first after C; then C.
+        assert recipients(c, [c.send("@g", f"n{i}") for i in range(3)]) == ["C", "B", "C"]
 
 
 def test_a_batch_to_a_least_loaded_group_spreads_over_its_members(make_daemon):
