@@ -476,7 +476,7 @@ def print_page(state: State, page: protocol.Page) -> None:
                 str(m.id),
                 human.timestamp(m.created),
                 opt(m.sender),
-                m.to,
+                f"{m.group} -> {m.to}" if m.group is not None else m.to,
                 m.priority,
                 m.status,
                 human.first_line(m.body, BODY_WIDTH),

@@ -233,6 +233,8 @@ def test_the_group_shows_in_get_show_and_watch(make_daemon):
             assert [m.group for m in c.history(agent="A").messages] == ["@g", None]
         shown = ok(d, "show", str(sent))
         assert "group:" in shown and "@g  (its pick chose A)" in shown
+        rows = ok(d, "history", "--agent", "A").splitlines()
+        assert "@g -> A" in next(r for r in rows if r.startswith(str(sent))) and "@g" not in rows[-1]  # (direct)
         wait_until(lambda: any(e.id == sent and e.event == "delivered" for e in watch.events()), what="events")
     finally:
         watch.stop()
