@@ -208,7 +208,7 @@ def send(
     wait_for: protocol.Receipt | None,
     timeout: float | None,
 ) -> None:
-    """Queue MESSAGE (- reads stdin) for AGENT; prints its id."""
+    """Queue MESSAGE (- reads stdin) for AGENT, or for one member of a group with @GROUP; prints its id."""
     wait = wait or wait_for is not None
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
@@ -509,7 +509,7 @@ def print_page(state: State, page: protocol.Page) -> None:
                 str(m.id),
                 human.timestamp(m.created),
                 opt(m.sender),
-                m.to,
+                f"{m.group} -> {m.to}" if m.group is not None else m.to,
                 m.priority,
                 m.status,
                 human.first_line(m.body, BODY_WIDTH),
@@ -540,6 +540,7 @@ def format_message(reply: protocol.Message) -> str:
     fields: Sequence[tuple[str, str]] = [
         ("id", str(m.id)),
         ("to", m.to),
+        *((("group", f"{m.group}  (its pick chose {m.to})"),) if m.group is not None else ()),
         ("from", opt(m.sender)),
         ("status", m.status),
         ("priority", m.priority),

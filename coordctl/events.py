@@ -46,7 +46,7 @@ def latency(seconds: float | None) -> str:
 
 def event_line(ev: protocol.Event) -> str:
     at = time.strftime("%H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time % 1 * 1000):03d}"
-    line = f"{at}  {ev.event:<10}  #{ev.id} -> {ev.agent}"
+    line = f"{at}  {ev.event:<10}  #{ev.id} {ev.group + ' ' if ev.group else ''}-> {ev.agent}"
     if ev.event == "accepted":
         line += f"  from {ev.sender or '-'}" + ("  URGENT" if ev.priority == "urgent" else "")
         line += f": {ev.preview}" if ev.preview else ""

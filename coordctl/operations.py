@@ -217,6 +217,8 @@ class Operations:
         has read it (``inbox``) or acknowledged it (``ack``); past ``timeout``
         (the whole wait) a delivered message raises ``timeout``. ``reply_to``
         (a message id) puts it in that message's thread; ``subject`` is one line.
+        ``to="@GROUP"`` gives it to one member of the group, the one the group's
+        ``pick`` chooses (``get`` shows which: ``to``, with ``group`` "@GROUP").
         """
         return protocol.Send(
             to=to,

@@ -41,7 +41,7 @@ def events_known_to(protocol: int) -> list[str]:
 # Stable error codes: clients branch on these, so never rename one.
 ERROR_CODES = (
     "bad_request",  # the request is malformed or a field has a bad value
-    "unknown_agent",  # no agent (or group) by that name is configured
+    "unknown_agent",  # no agent by that name is configured
     "unknown_message",  # no message with that id exists (or it was pruned)
     "bad_state",  # the message is not in a state that allows the operation
     "queue_full",  # a per-agent or total queue limit would be exceeded
@@ -59,6 +59,7 @@ ERROR_CODES = (
     "timeout",  # send with wait_for read or acked: delivered, but not read (or acked) in time
     "not_recipient",  # ack: the message is another agent's; nothing was acknowledged
     "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
+    "unknown_group",  # send to "@NAME", broadcast's group: no agent joins a group by that name; nothing was sent
 )
 
 # A broadcast's copy for agent A is stored with the key KEY + U+001F + A. The keys of send and batch may not
@@ -424,6 +425,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):  # gc=F
     retry_in: float | None = None  # retried after a failed attempt: seconds until the next one
     latency: float | None = None  # delivered: seconds from accepted to delivered
     preview: str | None = None  # accepted: the body's first line, at most 80 characters
+    group: str | None = None  # sent to a group ("@NAME"): `agent` is the member its pick chose (not on read/acked)
 
 
 class Events(_Rep, tag="events"):

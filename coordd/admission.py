@@ -36,6 +36,10 @@ class Admission:
         row = self.store.find_key(key)
         return row[0] if row else None
 
+    def unstored(self, agent: str) -> int:
+        """The agent's messages accepted whose commit is not done yet."""
+        return self._unstored.get(agent, 0)
+
     def check_limits(self, n: int, per_agent: dict[str, int], size: int, q: Queue) -> None:
         """Refuse what would take a queue past its limits: n new messages, by agent, whose bodies hold size bytes
         (counted by the caller as it checks each message: a large batch is checked a chunk per turn)."""

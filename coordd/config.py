@@ -95,6 +95,18 @@ class Metrics(_Section):
     watch_buffer: int = 1000  # events held per watcher that falls behind; past it they are counted as missed
 
 
+# How a message sent to "@NAME" picks the member of group NAME that gets it (coordd.groups).
+PICKS = {
+    "round-robin": "each member in turn",
+    "least-loaded": "the member with the fewest unacknowledged messages",
+    "idle": "a member its transport reports idle, else the least loaded",
+}
+
+
+class Group(_Section):
+    pick: str = "round-robin"  # one of PICKS (checked by _validate, whose error lists them)
+
+
 class _Agent(msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, kw_only=True):
     id: str
     groups: list[str] = []
@@ -148,6 +160,7 @@ class Config(_Section):
     pull: Pull = msgspec.field(default_factory=Pull)
     gui: Gui = msgspec.field(default_factory=Gui)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
+    groups: dict[str, Group] = {}  # [groups.NAME]: settings of a group its members join (agents' `groups`)
     agents: list[Agent] = []
 
 
@@ -272,7 +285,8 @@ def _validate(cfg: Config, src: str) -> None:
         seen.add(a.id)
         for g in a.groups:
             if not AGENT_ID.match(g):
-                raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}")
+                hint = f': write {g[1:]!r}, sends name it "@{g[1:]}"' if g.startswith("@") else ""
+                raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}{hint}")
         if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
         if isinstance(a, InboxAgent):
@@ -285,6 +299,16 @@ def _validate(cfg: Config, src: str) -> None:
                 check_multiline(src, f"agents[{i}].multiline", a.multiline)
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
+    joined = {g for a in cfg.agents for g in a.groups}
+    for name, group in cfg.groups.items():
+        if group.pick not in PICKS:
+            choices = "; ".join(f'"{pick}" ({what})' for pick, what in PICKS.items())
+            raise ConfigError(f"{src}: `groups.{name}.pick` = {group.pick!r}: use {choices}")
+        if name not in joined:
+            raise ConfigError(
+                f"{src}: `groups.{name}`: no agent joins group {name!r}: add it to an agent's `groups`, "
+                "or remove the table (a misspelt group name?)"
+            )
 
 
 # What the gui transport imports (the `gui` extra); inbox and tmux agents need neither.

@@ -21,6 +21,7 @@ from coordd.admission import Admission
 from coordd.config import Config
 from coordd.delivery import Delivery
 from coordd.events import EventBus
+from coordd.groups import Groups
 from coordd.handlers import Handlers
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.inbox_requests import InboxRequests
@@ -95,13 +96,14 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 assert reloader is not None  # built before the socket serves
                 return await reloader.reload()
 
-            sending = Sending(config, store, delivery, Admission(store, delivery), hooks)
+            admission = Admission(store, delivery)
+            sending = Sending(config, store, delivery, admission, Groups(config, delivery, admission), hooks)
             queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
             retry_cancel = RetryCancel(config, store, delivery, hooks)
             inbox = InboxRequests(config, store, delivery, hooks)
             handlers = Handlers(config, delivery, sending, queries, retry_cancel, inbox, reload, hooks, collector.text)
             server = Server(handlers, config.daemon, hooks, bus)
-            pruner = Pruner(store, config.retention, spawn)
+            pruner = Pruner(store, config.retention, spawn, delivery.drop_unacked)
 
             def summary() -> str:
                 return _summary(handlers, delivery)
@@ -218,6 +220,7 @@ def _requeue(store: Store, delivery: Delivery) -> None:
         delivery.enqueue(rec)  # for an agent no longer configured: kept as orphaned, in order
     for rec, until in store.load_leased():
         delivery.restore_lease(rec, until)
+    delivery.seed_unacked(store.delivered_unacked())
     orphaned = delivery.orphaned()
     if orphaned:
         log.warning(

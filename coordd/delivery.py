@@ -233,6 +233,9 @@ class Delivery:
         self.receipt_waiters: dict[tuple[int, str], list[asyncio.Future]] = {}
         self.arrivals: dict[str, list[asyncio.Future]] = {}
         self.unrecorded: set[int] = set()  # delivered or failed, outcome not yet committed
+        # Each agent's messages not acknowledged yet, queued or delivered: a group's least-loaded pick reads it.
+        # Seeded at start (seed_unacked), then kept in step: enqueue adds, an ack, a failure or a cancel takes away.
+        self.unacked: dict[str, int] = {}
         self.stopping = False
 
     def start(self) -> None:
@@ -313,6 +316,7 @@ class Delivery:
         if q is None:  # its agent left the config before this start
             q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
         q.push(rec)
+        self.unacked[rec.agent] = self.unacked.get(rec.agent, 0) + 1
         if self.arrivals and rec.agent in self.arrivals and q.pull:  # a pull agent's long-poll can fetch it now
             _wake(self.arrivals.pop(rec.agent))
 
@@ -391,6 +395,16 @@ class Delivery:
         self.observer.accepted([bounce])
         self.enqueue(bounce)
 
+    def seed_unacked(self, delivered: dict[str, int]) -> None:
+        """At start, once the queued messages are enqueued (which counted them): the delivered ones not acked."""
+        for agent, n in delivered.items():
+            self.unacked[agent] = self.unacked.get(agent, 0) + n
+
+    def drop_unacked(self, agent: str, n: int) -> None:
+        """n of agent's messages no longer wait for its ack: acknowledged, failed or cancelled."""
+        # Never below 0: a message acknowledged while still queued that fails later is taken away twice.
+        self.unacked[agent] = max(0, self.unacked.get(agent, 0) - n)
+
     def queue_of(self, agent: str) -> AgentQueue | None:
         q = self.queues.get(agent)
         return q if q is not None else self.orphans.get(agent)
@@ -454,8 +468,11 @@ class Delivery:
                 continue
             transport = q.transport
             assert transport is not None  # a worker's queue has one until retire(), which ends the worker
-            q.down = transport.health()
-            if q.down:
+            # A queue that is down stays down until a delivery gets through (_deliver clears it), not merely until
+            # health() finds nothing wrong: a transport that learns it is down only by trying (a tmux pane that
+            # runs a shell) would otherwise show up, and be picked for a group's message, at every recheck.
+            if reason := transport.health():
+                q.down = reason
                 q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
                 continue
             async with q.busy:
@@ -478,8 +495,10 @@ class Delivery:
             async with lock or contextlib.nullcontext():
                 await transport.deliver(batch)
             done, error = len(batch), None
+            q.down = None
         except DeliveryError as e:
             done, error = e.delivered, e.reason
+            q.down = None  # it is up: this message failed, to be retried
         except TransportDown as e:
             q.in_flight = []
             q.put_back(batch[e.delivered :])
@@ -520,6 +539,7 @@ class Delivery:
                 outcomes.append((rec.id, "failed", error))
                 bounce = self.bounce(rec, error)
                 q.release([rec])
+                self.drop_unacked(q.id, 1)
                 q.put_back(batch[done + 1 :])
                 self.observer.failed(q.id, rec, error)
             else:

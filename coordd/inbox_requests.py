@@ -119,6 +119,7 @@ class InboxRequests:
             self.delivery.acked(agent, unacked)  # a pull agent's: never fetched again
             self.delivery.receipted(unacked, "read")
             self.delivery.receipted(unacked, "acked")
+            self.delivery.drop_unacked(agent, len(unacked))  # (all delivered: the others were refused above)
             # Acknowledging an unread message reads it too (schema.MARK_ACKED): its `read` comes first.
             unread = [_receipted(i, found[i]) for i in unacked if found[i].read_at is None]
             if unread:
@@ -163,6 +164,7 @@ class InboxRequests:
         if ack:
             self.delivery.acked(agent, ids)  # a pull agent's (inbox --all --ack): never fetched again
             self.delivery.receipted(ids, "acked")
+            self.delivery.drop_unacked(agent, len(unacked))  # all delivered: the inbox returns no other
             if unacked:
                 self.observer.acked(agent, unacked, now)
 

@@ -130,6 +130,7 @@ def _event(
         retry_in=retry_in,
         latency=latency,
         preview=preview,
+        group=rec.group,
     )
 
 

@@ -62,6 +62,7 @@ class Fetches:
             self.observer.read(q.id, first, now)
         if ack:
             self.delivery.receipted(ids, "acked")
+            self.delivery.drop_unacked(q.id, len(recs))
             self.observer.acked(q.id, [_receipted(rec) for rec in recs], now)
         return [_info(rec, now, until, acked) for rec in recs]
 

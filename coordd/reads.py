@@ -69,6 +69,13 @@ class Reads:
         cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE {LEASED} ORDER BY id")
         return [(record_from_row(r), r[19]) for r in cur]
 
+    def delivered_unacked(self) -> dict[str, int]:
+        """How many delivered messages each agent has not acknowledged (once, at start: coordd.delivery counts on)."""
+        rows = self.db.execute(
+            "SELECT agent, count(*) FROM messages WHERE status = 'delivered' AND acked_at IS NULL GROUP BY agent"
+        )
+        return dict(rows.fetchall())
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from coordd.config import Retention
@@ -32,14 +33,21 @@ log = logging.getLogger("coordd.retention")
 class Pruner:
     """The retention passes, as one task in the daemon's task group; a reload that changes [retention] restarts it."""
 
-    def __init__(self, store: Store, config: Retention, spawn: Callable[..., asyncio.Task]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Retention,
+        spawn: Callable[..., asyncio.Task],
+        unacked_pruned: Callable[[str, int], None] = lambda agent, n: None,
+    ) -> None:
         self.store = store
         self.config = config
         self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
+        self.unacked_pruned = unacked_pruned  # (agent, n): n of its delivered, unacknowledged messages are gone
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self.task = self.spawn(run(self.store, self.config), "retention")
+        self.task = self.spawn(run(self.store, self.config, self.unacked_pruned), "retention")
 
     def configure(self, config: Retention) -> None:
         if config != self.config:
@@ -52,7 +60,7 @@ class Pruner:
             self.task.cancel()
 
 
-async def run(store: Store, config: Retention) -> None:
+async def run(store: Store, config: Retention, unacked_pruned: Callable[[str, int], None]) -> None:
     max_age_s = config.max_age_days * 86400
     while True:
         with contextlib.suppress(TimeoutError):
@@ -61,7 +69,7 @@ async def run(store: Store, config: Retention) -> None:
         pruned = 0
         while True:
             await store.writer.writable()  # also yields to the loop between chunks
-            n = prune_chunk(store, config.max_messages, max_age_s, config.prune_chunk)
+            n = prune_chunk(store, config.max_messages, max_age_s, config.prune_chunk, unacked_pruned)
             if not n:
                 break
             pruned += n
@@ -72,34 +80,32 @@ async def run(store: Store, config: Retention) -> None:
             reclaim_if_sparse(store.db)
 
 
-def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -> int:
+# What a pass selects of a finished message: its id, and its recipient if it was delivered and never acknowledged.
+_PRUNED = (
+    "SELECT id, CASE WHEN status = 'delivered' AND acked_at IS NULL THEN agent END"
+    f" FROM messages WHERE status IN {TERMINAL} AND NOT ({LEASED})"
+)
+
+
+def prune_chunk(
+    store: Store, max_messages: int, max_age_s: float, chunk: int, unacked_pruned: Callable[[str, int], None]
+) -> int:
     """Delete up to `chunk` of the oldest finished messages that are over a bound; return how many.
+    `unacked_pruned(agent, n)` hears of those delivered that their agent never acknowledged.
 
     Call after `await store.writer.writable()`. Select and delete run in one step, so a message
     cannot be retried (failed -> queued) in between.
     """
     db = store.db
     over = store.rows - max_messages
-    ids: list[int] = []
+    rows: list[tuple[int, str | None]] = []
     if over > 0:
-        ids = [
-            r[0]
-            for r in db.execute(
-                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND NOT ({LEASED}) ORDER BY id LIMIT ?",
-                (min(over, chunk),),
-            )
-        ]
-    if not ids:
-        ids = [
-            r[0]
-            for r in db.execute(
-                f"SELECT id FROM messages WHERE status IN {TERMINAL} AND NOT ({LEASED}) AND created < ?"
-                " ORDER BY id LIMIT ?",
-                (time.time() - max_age_s, chunk),
-            )
-        ]
-    if not ids:
+        rows = db.execute(f"{_PRUNED} ORDER BY id LIMIT ?", (min(over, chunk),)).fetchall()
+    if not rows:
+        rows = db.execute(f"{_PRUNED} AND created < ? ORDER BY id LIMIT ?", (time.time() - max_age_s, chunk)).fetchall()
+    if not rows:
         return 0
+    ids = [r[0] for r in rows]
     marks = ",".join("?" * len(ids))
     try:
         store.writer.commit_now(
@@ -115,6 +121,8 @@ def prune_chunk(store: Store, max_messages: int, max_age_s: float, chunk: int) -
         log.warning("pruning failed: %s", e)
         return 0
     store.deleted(len(ids))
+    for agent, n in Counter(r[1] for r in rows if r[1] is not None).items():
+        unacked_pruned(agent, n)
     return len(ids)
 
 

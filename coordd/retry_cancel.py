@@ -64,6 +64,7 @@ class RetryCancel:
             raise
         if q is not None and queued is not None:
             q.release([queued])
+        self.delivery.drop_unacked(rec.agent, 1)
         self.delivery.settle(message_id, "cancelled")
         self.observer.cancelled(rec)
         if bounce is not None:

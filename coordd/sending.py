@@ -17,12 +17,13 @@ from coordctl import protocol as p
 from coordd.admission import Admission
 from coordd.config import Config
 from coordd.delivery import Delivery, held_size
+from coordd.groups import Groups
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Record, Refused
 from coordd.queries import status_of
 from coordd.store import StorageError, StorageFull, Store
 from coordd.turns import in_turns, next_turn
-from coordd.validation import check_message, check_not_empty, check_wait_timeout
+from coordd.validation import check_message, check_not_empty, check_wait_timeout, no_group
 
 # Messages of a large batch handled per turn of the event loop (checked, stored, queued), so that the other
 # clients are served in between: a turn costs 10-15 ms here. Up to this many, a batch is handled in one
@@ -32,21 +33,26 @@ CHUNK = 1000
 
 class Sending:
     def __init__(
-        self, config: Config, store: Store, delivery: Delivery, admission: Admission, observer: Hooks = NO_HOOKS
+        self,
+        config: Config,
+        store: Store,
+        delivery: Delivery,
+        admission: Admission,
+        groups: Groups,
+        observer: Hooks = NO_HOOKS,
     ) -> None:
         self.store = store
         self.delivery = delivery
         self.admission = admission
+        self.picker = groups  # which member of a group gets a message sent to "@NAME"
         self.observer = observer
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         self.config = config
         self.agents = {a.id: a for a in config.agents}
-        self.groups: dict[str, list[str]] = {}
-        for a in config.agents:
-            for g in a.groups:
-                self.groups.setdefault(g, []).append(a.id)
+        self.picker.configure(config)
+        self.groups = self.picker.members  # group -> its members, in config order
 
     async def send(self, req: p.Send) -> p.Sent:
         msg = p.NewMessage(
@@ -101,8 +107,7 @@ class Sending:
         elif req.group in self.groups:
             targets = self.groups[req.group]
         else:
-            groups = ", ".join(sorted(self.groups)) or "none are configured"
-            raise Refused("unknown_agent", f"group: no group named {req.group!r}; groups: {groups}")
+            raise Refused("unknown_group", f"group: {no_group(req.group, self.groups)}")
         tags = tuple(req.tags)
         msgs = [
             p.NewMessage(
@@ -143,7 +148,7 @@ class Sending:
             if i and not i % CHUNK:  # a large batch: the other clients are served between chunks
                 await next_turn()
             prefix = f"{where}[{i}]." if where else ""
-            check_message(m, self.agents, control_chars, prefix)
+            check_message(m, self.agents, control_chars, prefix, self.groups)
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
             if key is not None:
                 known = by_key.get(key) or self.admission.known_key(key, waits)
@@ -153,9 +158,12 @@ class Sending:
                     entries.append(known)
                     continue
             thread = self._thread_of(m.reply_to, prefix) if m.reply_to is not None else 0
+            # A message to a group: picked after the key is looked up, so a send retried with its key picks no
+            # second member.
+            group, agent = (m.to, self.picker.pick(m.to[1:], per_agent)) if m.to not in self.agents else (None, m.to)
             rec = Record(
                 id=0,
-                agent=m.to,
+                agent=agent,
                 body=m.body,
                 priority=m.priority,
                 created=now,
@@ -166,10 +174,11 @@ class Sending:
                 reply_to=m.reply_to,
                 thread=thread,
                 subject=m.subject,
+                group=group,
             )
             fresh.append(rec)
             entries.append(rec)
-            per_agent[m.to] = per_agent.get(m.to, 0) + 1
+            per_agent[agent] = per_agent.get(agent, 0) + 1
             size += held_size(m.body)
             if key is not None:
                 by_key[key] = rec

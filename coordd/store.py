@@ -328,6 +328,9 @@ class Store:
     def load_leased(self) -> list[tuple[Record, float]]:
         return self.reads.load_leased()
 
+    def delivered_unacked(self) -> dict[str, int]:
+        return self.reads.delivered_unacked()
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
 

@@ -63,11 +63,18 @@ def check_ids(req: p.Request) -> None:
             raise Refused("bad_request", f"{field} {value} is out of range: ids are 64-bit integers")
 
 
-def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, where: str) -> None:
-    """One message of a send, batch or broadcast (where: its place in the request, e.g. "messages[3].")."""
+def check_message(
+    m: p.NewMessage, agents: Collection[str], control_chars: str, where: str, groups: Collection[str] = ()
+) -> None:
+    """One message of a send, batch or broadcast (where: its place in the request, e.g. "messages[3].").
+    `to` is an agent, or "@NAME" for one member of group NAME (an agent id never starts with "@")."""
     if m.to not in agents:
-        names = ", ".join(agents)
-        raise Refused("unknown_agent", f"{where}to: no agent named {m.to!r}; configured agents: {names}")
+        if m.to.startswith("@"):
+            if m.to[1:] not in groups:
+                raise Refused("unknown_group", f"{where}to: {no_group(m.to[1:], groups)}")
+        else:
+            names = ", ".join(agents)
+            raise Refused("unknown_agent", f"{where}to: no agent named {m.to!r}; configured agents: {names}")
     if not m.body.strip():
         raise Refused("bad_request", f"{where}body is empty: give the message some text")
     if control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
@@ -98,6 +105,12 @@ def check_message(m: p.NewMessage, agents: Collection[str], control_chars: str, 
         )
     if len(m.tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME for t in m.tags):
         raise Refused("bad_request", f"{where}tags: at most {MAX_TAGS} tags of 1 to {MAX_NAME} characters each")
+
+
+def no_group(name: str, groups: Collection[str]) -> str:
+    """What a refusal says of a group that is not configured."""
+    names = ", ".join(sorted(groups)) or "none are configured (an agent joins one with `groups = [...]`)"
+    return f"no group named {name!r}; groups: {names}"
 
 
 def check_not_empty(msgs: list[p.NewMessage], where: str) -> None:

@@ -37,6 +37,7 @@ LAYERS = {
         "coordd.validation",
         "coordd.admission",
         "coordd.sending",
+        "coordd.groups",
         "coordd.queries",
         "coordd.retry_cancel",
         "coordd.inbox_requests",

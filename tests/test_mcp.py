@@ -126,7 +126,7 @@ async def test_errors_are_tool_errors_with_the_code(daemon: Daemon):
         assert await error_code(a, "message_status", id=others) == "not_recipient"  # another agent's message
         assert await error_code(a, "message_status", id=999999) == "unknown_message"
         assert await error_code(a, "reply", message_id=999999, body="x") == "unknown_message"
-        assert await error_code(a, "broadcast", body="x", group="nobody-here") == "unknown_agent"
+        assert await error_code(a, "broadcast", body="x", group="nobody-here") == "unknown_group"
         assert await error_code(a, "no_such_tool") == "bad_request"
 
 

@@ -100,5 +100,11 @@ class Transport:
         """None when healthy, else the reason it is not."""
         return None
 
+    def idle(self, queued: int, unacked: int) -> bool | None:
+        """Is the agent free for more work, as far as this transport can tell without any I/O? None: it cannot
+        tell (the default). A group whose pick is "idle" prefers a member that answers True. `queued`: its
+        messages waiting or in flight; `unacked`: those and the delivered ones it has not acknowledged."""
+        return None
+
     async def deliver(self, messages: list[Record]) -> None:
         raise NotImplementedError

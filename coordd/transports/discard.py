@@ -18,5 +18,8 @@ class DiscardTransport(Transport):
         self.max_batch = agent.chunk
         self.delivered = 0
 
+    def idle(self, queued: int, unacked: int) -> bool | None:
+        return queued == 0
+
     async def deliver(self, messages: list[Record]) -> None:
         self.delivered += len(messages)

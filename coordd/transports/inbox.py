@@ -94,6 +94,10 @@ class InboxTransport(Transport):
     def health(self) -> str | None:
         return None  # a missing or unwritable directory is a per-message failure, retried with backoff
 
+    def idle(self, queued: int, unacked: int) -> bool | None:
+        # An inbox agent takes its work by reading and acknowledging it: idle once it has acknowledged all.
+        return unacked == 0
+
     async def deliver(self, messages: list[Record]) -> None:
         if self.fsync:
             done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages)

@@ -143,6 +143,8 @@ class TmuxTransport(Transport):
         self.unsubmitted: dict[int, tuple[str, tuple[str, str]]] = {}
         self.tmpdir: str | None = None
         self.tmux_missing = shutil.which("tmux") is None
+        # Whether the pane ran its agent (not a shell, input on) when a delivery last looked; None: none has yet.
+        self.agent_in_front: bool | None = None
 
     async def start(self) -> None:
         self.conn = acquire(self.server)
@@ -168,6 +170,14 @@ class TmuxTransport(Transport):
         if self.tmux_missing:
             self.tmux_missing = shutil.which("tmux") is None
         return "tmux is not installed (no `tmux` on PATH)" if self.tmux_missing else None
+
+    def idle(self, queued: int, unacked: int) -> bool | None:
+        """Nothing waiting or in flight, and at the last delivery the pane ran the agent, ready for input (a
+        pane is asked only when a delivery is due: no tmux command here). An agent in a pane acknowledges
+        rarely, so its unacknowledged messages do not count. None until a delivery has looked at the pane."""
+        if self.agent_in_front is None:
+            return None
+        return queued == 0 and self.agent_in_front
 
     async def deliver(self, messages: list[Record]) -> None:
         if self.conn is None:
@@ -228,6 +238,7 @@ class TmuxTransport(Transport):
     async def _resolve(self, conn: Connection) -> tuple[str, bool]:
         """The pane id the target names now, checked able to take input; and whether its program asked for
         bracketed paste (False where tmux cannot tell: before 3.7)."""
+        self.agent_in_front = False  # until the checks below pass
         _, state = await conn.run_many(
             ("capture-pane", "-p", "-t", self.target, "-S", "0", "-E", "0"),  # fails when the pane is gone
             ("display-message", "-p", "-t", self.target, PANE_STATE),  # would fall back to another pane
@@ -248,6 +259,7 @@ class TmuxTransport(Transport):
                 "wait until the agent runs there (a message typed into a shell would run as a "
                 "command; set deliver_to_shell = true if the agent runs under a shell script)"
             )
+        self.agent_in_front = True
         return pane, bracketed == "1"
 
     async def _paste(self, conn: Connection, pane: str, text: str, message_id: int) -> None:
