@@ -5,8 +5,10 @@ committed rows while the writer writes).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 import aiosqlite
@@ -46,8 +48,18 @@ class Reads:
     def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
         self.db = db  # the writer's connection: reads on the loop thread (cheap, indexed, needed to decide an answer)
         self.reader = reader  # aiosqlite, read-only: the scans
+        self.scanning = asyncio.Lock()  # one statement at a time on the reader (_scan)
         # Ids below it may hold broadcast copies keyed "KEY:AGENT" (schema.MIGRATIONS[1]).
         self.legacy_keys_below = db.execute("SELECT below FROM legacy_keys").fetchone()[0]
+
+    @contextlib.asynccontextmanager
+    async def _scan(self, sql: str, args: Sequence[object] = ()) -> AsyncIterator[aiosqlite.Cursor]:
+        """A statement on the reader, the only one until its cursor closes. A statement's read transaction
+        lasts while its cursor is open (a page is fetched in steps, with turns of the loop between), and every
+        other statement on that connection would read the same snapshot: one started after a commit would not
+        see it (a message just sent missing from history, one just marked read fetched again)."""
+        async with self.scanning, self.reader.execute(sql, args) as cur:
+            yield cur
 
     def find_key(self, key: str) -> tuple[int, str] | None:
         return self.db.execute("SELECT id, status FROM messages WHERE key = ?", (key,)).fetchone()
@@ -108,7 +120,7 @@ class Reads:
 
     async def thread(self, message_id: int, limit: int, max_bytes: int) -> list[p.MessageInfo] | None:
         """The messages of a message's thread in id order, as inbox pages them; None: there is no such message."""
-        async with self.reader.execute("SELECT thread FROM messages WHERE id = ?", (message_id,)) as cur:
+        async with self._scan("SELECT thread FROM messages WHERE id = ?", (message_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -117,7 +129,7 @@ class Reads:
     async def _oldest_first(self, sql: str, key: object, limit: int, max_bytes: int) -> list[p.MessageInfo]:
         rows: list[Sequence[Any]] = []
         size = 0
-        async with self.reader.execute(sql + " ORDER BY id LIMIT ?", (key, limit)) as cur:
+        async with self._scan(sql + " ORDER BY id LIMIT ?", (key, limit)) as cur:
             while len(rows) < limit:
                 batch = await cur.fetchmany(min(HISTORY_BATCH, limit - len(rows)))
                 for r in batch:
@@ -130,11 +142,11 @@ class Reads:
         return [info_from_row(r) for r in rows]
 
     async def get(self, message_id: int) -> p.Message | None:
-        async with self.reader.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)) as cur:
+        async with self._scan(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        async with self.reader.execute(
+        async with self._scan(
             "SELECT number, started, finished, ok, error FROM attempts WHERE message_id = ? ORDER BY number",
             (message_id,),
         ) as cur:
@@ -204,7 +216,7 @@ class Reads:
         whether more are left."""
         rows: list[Sequence[Any]] = []
         size = 0
-        async with self.reader.execute(sql, [*args, limit + 1]) as cur:  # one extra row tells if more are left
+        async with self._scan(sql, [*args, limit + 1]) as cur:  # one extra row tells if more are left
             while len(rows) <= limit and size <= max_bytes:
                 batch = await cur.fetchmany(min(HISTORY_BATCH, limit + 1 - len(rows)))
                 if not batch:
@@ -215,5 +227,5 @@ class Reads:
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Stored messages by (agent, status)."""
-        async with self.reader.execute("SELECT agent, status, count(*) FROM messages GROUP BY agent, status") as cur:
+        async with self._scan("SELECT agent, status, count(*) FROM messages GROUP BY agent, status") as cur:
             return {(a, s): n async for a, s, n in cur}

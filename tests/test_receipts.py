@@ -187,3 +187,34 @@ def test_cli_inbox_ack_and_wait_for(make_daemon):
     out = cli(d, "send", "A", "wait for me", "--wait-for", "acked", "--timeout", "0.3")
     assert out.returncode != 0 and "timeout" in out.stderr and "not acked" in out.stderr
     assert ok(d, "inbox", "B", "--wait", "5", "--ack").startswith(f"--- #{other}")
+
+
+def test_a_read_is_seen_by_the_next_request_while_long_scans_run(make_daemon):
+    """Every read sees every commit before it: a history page being scanned (its cursor open between batches)
+    must not hold the scans that come after it to an older snapshot, where a message just marked read is
+    unread still (fetched twice) or one just sent is missing."""
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}])
+    with d.client() as c:
+        for _ in range(3):
+            c.batch([{"to": "B", "body": f"filler {i} " + "z" * 300} for i in range(1000)])
+    stop = False
+
+    def scan() -> int:
+        pages = 0
+        with d.client() as scanner:
+            while not stop:
+                scanner.history(agent="B", limit=1000)
+                pages += 1
+        return pages
+
+    with ThreadPoolExecutor(2) as pool, d.client() as c:
+        scanners = [pool.submit(scan) for _ in range(2)]
+        try:
+            for i in range(60):
+                sent = c.send("A", f"m{i}", wait=True, timeout=10)
+                assert c.history(agent="A", limit=1).messages[0].id == sent  # what was just committed
+                assert [m.id for m in c.inbox("A")] == [sent]
+                assert c.inbox("A") == []  # it is read now: no second fetch returns it
+        finally:
+            stop = True
+        assert all(s.result() > 0 for s in scanners)
