@@ -47,7 +47,11 @@ def main() -> None:
     out = open(args.file, "a", encoding="utf-8")
     cooked = termios.tcgetattr(0)
     submitted = 0
-    tty.setraw(0)
+    # TCSANOW, not setraw's default TCSAFLUSH: input typed while this program was starting (coordd may paste
+    # once the pane's foreground program is no longer a shell) is kept and read, not thrown away. It went
+    # through the cooked line discipline, which turned each Enter into "\n" (ICRNL): read it as typed.
+    tty.setraw(0, termios.TCSANOW)
+    early = os.read(0, 65536).replace(b"\n", b"\r") if select.select([0], [], [], 0)[0] else b""
     if not args.no_bracketed_paste:
         os.write(1, b"\x1b[?2004h")  # ask the terminal (tmux) for bracketed paste
     busy_until = time.monotonic() + args.busy_ms / 1000
@@ -66,7 +70,7 @@ def main() -> None:
             ticks += 1
             os.write(1, b"working %d\r\n" % ticks)
             continue
-        data = os.read(0, 65536)
+        data, early = early or os.read(0, 65536), b""
         if not data:
             return
         pending += data
