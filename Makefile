@@ -73,6 +73,7 @@ bench: install
 	$(BIN)/python perf/bench_tmux.py
 	$(BIN)/python perf/bench_gui.py
 	$(BIN)/python perf/bench_observability.py
+	$(BIN)/python perf/bench_search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
