@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python perf/bench_gui.py
 	$(BIN)/python perf/bench_observability.py
 	$(BIN)/python perf/bench_inbox.py
+	$(BIN)/python perf/bench_search.py
 	$(BIN)/pip install -q '.[mcp]'  # bench_mcp drives `coordctl mcp` with the SDK's client
 	$(BIN)/python perf/bench_mcp.py
 

@@ -426,7 +426,7 @@ def attention(info: protocol.StatusInfo) -> list[str]:
     "--search",
     metavar="TEXT",
     help='Full-text search of subject and body: every word must match (in any order); "a phrase" in quotes, '
-    "prefix* for words starting so. Best match first.",
+    "prefix* for words starting so. Best match first, among the newest 1,000 matches.",
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N", help="Messages per page."

@@ -35,12 +35,15 @@ M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))  # COLUMNS o
 
 
 def search_sql(where: Sequence[str], offset: int) -> str:
-    """A search page's SQL, best match first: its parameters are the MATCH expression (fts.match_expression),
-    those of the `where` conditions on `messages m`, and the LIMIT. offset: an int, 0 to MAX_ID (check_ids)."""
+    """A search page's SQL: the newest fts.RANKED matches that pass the `where` conditions (on `messages m`),
+    best first. Its parameters: the MATCH expression (fts.match_expression), those of `where`, the LIMIT.
+    offset: an int, 0 to MAX_ID (check_ids)."""
     return (
-        f"SELECT {M_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+        f"SELECT {M_COLUMNS} FROM (SELECT m.id AS id, {fts.RANK} AS score"
+        " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
         f" WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)}"
-        f" ORDER BY {fts.RANK}, m.id DESC LIMIT ? OFFSET {offset}"
+        f" ORDER BY messages_fts.rowid DESC LIMIT {fts.RANKED}) f"
+        f" JOIN messages m ON m.id = f.id ORDER BY f.score, m.id DESC LIMIT ? OFFSET {offset}"
     )
 
 

@@ -48,6 +48,7 @@ log = logging.getLogger("coordd.store")
 
 # A search waits at most this long for the messages acknowledged before it to be indexed (Store.indexed).
 INDEX_WAIT_S = 2.0
+NO_ID = 1 << 63  # above every message id
 
 
 def _make_private(path: str, create: bool = False) -> int | None:
@@ -123,6 +124,7 @@ class Store:
         # Search: the ids [first, last] that the writer's next deferred commit indexes, and its future (see insert).
         self._index_span: list[int] = []
         self._indexing: asyncio.Future | None = None
+        self._index_failed_from = NO_ID  # the first id of an index write that failed (the next one covers it)
         self._lock_fd: int | None = None  # `<db>.lock`, held from open to close
 
     def configure(self, max_rows: int) -> None:
@@ -249,20 +251,20 @@ class Store:
 
     def _index_later(self, first: int, last: int) -> None:
         """Index the committed ids first to last for search in the writer's next deferred commit, not in the
-        acknowledged one: FTS5 writes out a segment per transaction, which costs a sequential send about a
-        third more (docs/architecture.md). Every insert until that commit widens its one statement."""
+        acknowledged one: FTS5 writes out a segment per transaction, which cost a sequential send's accept
+        path about 115 us more (docs/architecture.md). Every insert until that commit widens its one statement."""
         span = self._index_span
         if self._indexing is not None and not self._indexing.done():  # not committed yet (done: synchronously)
             span[0], span[1] = min(span[0], first), max(span[1], last)
             return
-        self._index_span = span = [first, last]
+        self._index_span = span = [min(first, self._index_failed_from), last]
+        self._index_failed_from = NO_ID
         self._indexing = self.writer.write([(INDEX_NEW, span, False)], deferred=True)
         self._indexing.add_done_callback(lambda f: self._indexed(f, span))
 
     def _indexed(self, fut: asyncio.Future, span: list[int]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:  # not transient (the writer retries those)
-            log.warning("indexing messages %d to %d for search failed (%s); trying again", *span, fut.exception())
-            self._index_later(*span)
+        if fut.cancelled() or fut.exception() is not None:  # the writer logged it (and retries a full disk itself)
+            self._index_failed_from = min(self._index_failed_from, span[0])  # the next index write tries again
 
     async def indexed(self, timeout: float = INDEX_WAIT_S) -> None:
         """Wait until the messages stored so far are indexed for search (a few ms: the writer's next deferred

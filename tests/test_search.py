@@ -84,6 +84,19 @@ def test_search_pages_follow_the_ranking(make_daemon):
         assert e.value.code == "bad_request" and "cursor" in e.value.message
 
 
+def test_a_search_ranks_its_newest_matches(make_daemon):
+    d = make_daemon(agents=AGENTS)
+    with d.client() as c:
+        best_but_old = c.send("A", "common common common")
+        c.batch([{"to": "B", "body": f"common word number {i} among others"} for i in range(fts.RANKED)])
+        best_and_new = c.send("C", "common common")
+        page = c.history(search="common", limit=1000)
+        assert len(page.messages) == fts.RANKED and page.cursor is None
+        assert page.messages[0].id == best_and_new and best_but_old not in [m.id for m in page.messages]
+        assert found(c, "common", agent="A") == [best_but_old]  # the newest that pass the filters
+        assert found(c, "common", until=c.get(best_but_old + 1).message.created) == [best_but_old]
+
+
 @pytest.mark.parametrize(
     "text",
     ['"', "NOT", "AND OR", "a OR", "(", "x:y", "NEAR(a b", "^start", "col: word", '"unclosed', "a*b*", "-x", "*"],
