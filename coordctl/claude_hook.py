@@ -85,7 +85,7 @@ def describe(messages: list[protocol.MessageInfo], agent: str) -> str:
     return "\n".join(lines)
 
 
-def run(data: bytes, agent: str, continue_on_mail: bool, client: Client) -> tuple[bytes, str | None]:
+def run(data: bytes, agent: str, continue_on_mail: bool, client: Client, ack: bool = False) -> tuple[bytes, str | None]:
     """The hook from stdin's bytes: what to print on stdout, and the one line for stderr (or None)."""
     try:
         event = parse_event(data)
@@ -94,7 +94,7 @@ def run(data: bytes, agent: str, continue_on_mail: bool, client: Client) -> tupl
     if not wants_mail(event, continue_on_mail):
         return b"", None
     try:
-        messages = client.inbox(agent, limit=MAX_MESSAGES)
+        messages = client.inbox(agent, limit=MAX_MESSAGES, ack=ack)
     except CoordError as e:
         return b"", f"coordctl hook: no coordd messages added: [{e.code}] {e.describe()}"
     out = answer(event, messages, agent)

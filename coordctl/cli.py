@@ -915,9 +915,15 @@ def hook() -> None:
 @hook.command("claude-code", cls=NeverBlocks)
 @agent_option
 @click.option("--continue-on-mail", is_flag=True, help="On Stop: keep the agent working while unread messages wait.")
+@click.option(
+    "--ack",
+    is_flag=True,
+    help="Acknowledge the messages it hands over (for a pull agent without the MCP tools, whose unacknowledged "
+    "messages come back when their lease ends).",
+)
 @click.option("--print-config", is_flag=True, help="Print the settings.json hooks block, and exit.")
 @pass_state
-def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, print_config: bool) -> None:
+def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, ack: bool, print_config: bool) -> None:
     """Answer a Claude Code hook event (JSON on stdin) with agent NAME's unread messages.
 
     SessionStart, UserPromptSubmit: the messages become additional context (and are
@@ -940,7 +946,7 @@ def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, pr
     except click.UsageError as e:
         human.echo(f"coordctl hook: {e.format_message().rstrip('.')}; nothing added", err=True)
         return
-    out, note = claude_hook.run(sys.stdin.buffer.read(), agent, continue_on_mail, client)
+    out, note = claude_hook.run(sys.stdin.buffer.read(), agent, continue_on_mail, client, ack)
     if note is not None:
         human.echo(note, err=True)
     sys.stdout.buffer.write(out)

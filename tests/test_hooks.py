@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Daemon
+from conftest import Daemon, wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 
@@ -113,3 +113,23 @@ def test_print_config_is_valid_settings(tmp_path):
         assert command["type"] == "command" and command["timeout"] > 0
         assert command["command"].split()[1:5] == ["hook", "claude-code", "--agent", "Agent-1"]
         assert ("--continue-on-mail" in command["command"]) == (event == "Stop")
+
+
+def test_a_pull_agents_messages_come_back_unless_acknowledged(make_daemon):
+    """A pull agent's message handed to the model is leased: unacknowledged it is handed over again once the
+    lease ends (at least once); with --ack the hook acknowledges what it hands over (at most once)."""
+    d = make_daemon(agents=[{"id": "P", "transport": "pull"}, {"id": "Q", "transport": "pull"}], pull={"lease_s": 1})
+    with d.client() as c:
+        leased = c.send("P", "review #7", sender="Q")
+        acked = c.send("Q", "review #8", sender="P")
+        assert f"#{leased}" in context_of(hook(d.socket, "user_prompt_submit", "--agent", "P"), "UserPromptSubmit")
+        assert f"#{acked}" in context_of(hook(d.socket, "session_start", "--agent", "Q", "--ack"), "SessionStart")
+        assert c.get(acked).message.acked_at is not None and c.get(leased).message.acked_at is None
+
+        def handed_over_again(agent: str) -> bool:
+            out = hook(d.socket, "user_prompt_submit", "--agent", agent, "--ack")
+            return bool(out.stdout) and "review" in context_of(out, "UserPromptSubmit")
+
+        wait_until(lambda: handed_over_again("P"), 10, "the leased message once its lease ended")
+        assert c.get(leased).message.fetches == 2 and c.get(leased).message.acked_at is not None
+    assert hook(d.socket, "user_prompt_submit", "--agent", "Q").stdout == b""  # acked: never again
