@@ -30,6 +30,9 @@ EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", 
 # so a watch is never sent a type newer than the protocol it speaks (Watch.protocol).
 EVENT_SINCE = {"read": 3, "acked": 3, "held": 3}
 
+# The kind of a message sent without one, as every view shows it: inbox files and headers, `show`, `history`, JSON.
+DEFAULT_KIND = "message"
+
 
 def events_known_to(protocol: int) -> list[str]:
     """The event types a client of `protocol` can decode; [] when it knows them all."""

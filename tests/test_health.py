@@ -12,12 +12,14 @@ clears after a delivery that gets through (history keeps the attempts' errors).
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
-from conftest import inbox_bodies, tmpfs, wait_until
+from conftest import inbox_bodies, read_inbox_file, tmpfs, wait_until
 from test_watch import Collector, block_inbox
 
 from coordctl import protocol
@@ -176,3 +178,21 @@ def test_one_delivering_event_per_attempt_behind_a_backoff(make_daemon):
     for i in ids:
         announced = [e.attempt for e in events if e.id == i and e.event == "delivering"]
         assert announced == list(range(1, attempts[i] + 1)) == [1, 2, 3], (i, announced)
+
+
+def test_a_message_without_a_kind_reads_message_everywhere(make_daemon):
+    """Inbox files said `kind: message` where `show` said `kind: -`: every view now says `message`."""
+    from test_cli import cli
+
+    d = make_daemon(agents=[{"id": "A"}])
+    with d.client() as c:
+        plain = c.send("A", "no kind given", wait=True, timeout=10)
+        review = c.send("A", "a review", kind="review", wait=True, timeout=10)
+        assert [c.get(i).message.kind for i in (plain, review)] == ["message", "review"]
+        assert [m.kind for m in c.history(agent="A").messages] == ["review", "message"]
+    fields, _ = read_inbox_file(d.inbox("A") / f"{plain:012d}.md")
+    assert fields["kind"] == "message"
+    shown = cli(d, "show", str(plain)).stdout
+    assert re.search(r"^kind: +message$", shown, re.M), shown
+    as_json = json.loads(cli(d, "--json", "show", str(plain)).stdout)
+    assert as_json["message"]["kind"] == "message"

@@ -31,6 +31,7 @@ import re
 import time
 from json.encoder import encode_basestring
 
+from coordctl.protocol import DEFAULT_KIND
 from coordd.config import InboxAgent
 from coordd.transports import DeliveryError, Record, Transport, TransportDown, sender_shown
 from coordd.turns import next_turn
@@ -50,7 +51,7 @@ def render(m: Record) -> str:
         f"from: {_quote(sender_shown(m))}",
         f'to: "{m.agent}"',
         f'priority: "{m.priority}"',
-        f"kind: {_quote(m.kind or 'message')}",
+        f"kind: {_quote(m.kind or DEFAULT_KIND)}",
         f'time: "{created}"',
     ]
     if m.tags:
