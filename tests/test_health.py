@@ -23,6 +23,7 @@ from conftest import inbox_bodies, read_inbox_file, tmpfs, wait_until
 from test_watch import Collector, block_inbox
 
 from coordctl import protocol
+from coordctl.events import event_line
 
 # max_attempts 2 with a short backoff: a fault that spent attempts would end `failed` within a second.
 FAST = {"max_attempts": 2, "backoff_initial_ms": 20, "backoff_max_ms": 40}
@@ -125,7 +126,27 @@ def test_inbox_on_a_full_filesystem_holds_then_delivers(make_daemon):
         assert [e.event for e in mine].count("delivering") == 1, mine  # one attempt, announced once
         held = [e for e in mine if e.event == "held"]
         assert len(held) == 1 and "No space left on device" in (held[0].reason or ""), mine  # not one per recheck
+        assert "waits, no attempt counted: " in event_line(held[0])  # as `coordctl watch` prints it
         assert mine[-1].event == "delivered"
+
+
+def test_an_inbox_directory_it_may_not_write_holds_then_delivers(make_daemon):
+    """Permission denied, real for root too: an immutable directory (chattr +i) refuses new files with EPERM."""
+    d = make_daemon(agents=[{"id": "A"}], delivery={**FAST, **RECHECK})
+    d.inbox("A").mkdir(parents=True)
+    if subprocess.run(["chattr", "+i", str(d.inbox("A"))], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here (needs root and a file system with the immutable flag)")
+    try:
+        with d.client() as c:
+            ids = [c.send("A", f"message {i}") for i in range(3)]
+            st = wait_until(lambda: down(c, "A"), 10, "A down")
+            assert "Operation not permitted" in (st.reason or "")
+            assert all(c.get(i).message.attempts == 0 for i in ids)
+            subprocess.run(["chattr", "-i", str(d.inbox("A"))], check=True)
+            wait_until(lambda: all(c.get(i).message.status == "delivered" for i in ids), 10, "A's messages")
+    finally:
+        subprocess.run(["chattr", "-i", str(d.inbox("A"))], check=False)
+    assert inbox_bodies(d.inbox("A")) == [f"message {i}" for i in range(3)]
 
 
 def test_a_reload_tries_a_down_agent_at_once(make_daemon):
