@@ -149,6 +149,39 @@ def test_an_inbox_directory_it_may_not_write_holds_then_delivers(make_daemon):
     assert inbox_bodies(d.inbox("A")) == [f"message {i}" for i in range(3)]
 
 
+def test_out_of_file_descriptors_holds_then_delivers(make_daemon):
+    """EMFILE, real: the daemon's fd limit lowered (prlimit) to the fds it has open. The connections are open
+    already, so they keep being served (`status` is not: its query needs a temp file; the watch tells)."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux)")
+    d = make_daemon(agents=[{"id": "A"}], delivery={**FAST, **RECHECK})
+    pid = str(d.proc.pid)
+    watcher = Collector(d.socket, agents=["A"], events=["held"])
+    try:
+        with d.client() as c:
+            c.send("A", "before", wait=True, timeout=10)
+            limit = subprocess.run(
+                ["prlimit", "--pid", pid, "--nofile", "--raw", "--noheadings", "--output", "SOFT,HARD"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            low = len(os.listdir(f"/proc/{pid}/fd"))
+            subprocess.run(["prlimit", "--pid", pid, f"--nofile={low}:{limit[1]}"], check=True)
+            try:
+                mid = c.send("A", "once there are fds")
+                held = wait_until(watcher.events, 10, "a held event")
+                assert [e.id for e in held] == [mid] and "Too many open files" in (held[0].reason or "")
+                assert c.get(mid).message.attempts == 0
+            finally:
+                subprocess.run(["prlimit", "--pid", pid, f"--nofile={limit[0]}:{limit[1]}"], check=True)
+            wait_until(lambda: c.get(mid).message.status == "delivered", 10, "the delivery once fds are free")
+            assert agent_status(c, "A").healthy and c.get(mid).message.attempts == 1
+    finally:
+        watcher.stop()
+    assert inbox_bodies(d.inbox("A")) == ["before", "once there are fds"]
+
+
 def test_a_reload_tries_a_down_agent_at_once(make_daemon):
     slow = {**FAST, "unhealthy_recheck_ms": 600_000, "unhealthy_recheck_max_ms": 600_000}  # no recheck but the reload's
     d = make_daemon(agents=[{"id": "A"}], delivery=slow)
