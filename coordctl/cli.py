@@ -403,8 +403,9 @@ def attention(info: protocol.StatusInfo) -> list[str]:
     out = []
     for a in info.agents:
         if not a.healthy:
+            since = "" if a.down_since is None else f" since {time.strftime('%H:%M:%S', time.localtime(a.down_since))}"
             out.append(
-                f"{a.id} is down ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
+                f"{a.id} is down{since} ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
                 "coordd retries by itself once the transport works again"
             )
         if a.failed:
@@ -768,8 +769,9 @@ def reload(state: State) -> None:
 def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json: bool) -> None:
     """Print what happens to messages as it happens, until ^C.
 
-    Events: accepted, delivering, delivered, retried (an attempt failed, or `retry`),
-    failed (for good), cancelled, read (its recipient fetched it: `inbox`), acked.
+    Events: accepted, delivering (once per attempt), delivered, retried (an attempt
+    failed, or `retry`), failed (for good), cancelled, read (its recipient fetched
+    it: `inbox`), acked, held (it waits: its agent is down, with the reason).
     A watcher that reads too slowly is told how many events it missed; delivery
     never waits for it.
     """

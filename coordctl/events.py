@@ -24,6 +24,7 @@ RANK = {
     "accepted": 0,
     "queued": 0,
     "delivering": 1,
+    "held": 1,  # waits for its agent: after a delivering that found the agent down, or with no attempt yet
     "retried": 2,
     "delivered": 3,
     "failed": 3,
@@ -54,6 +55,8 @@ def event_line(ev: protocol.Event) -> str:
         line += f"  attempt {ev.attempt}"
     elif ev.event == "delivered":
         line += f"  after {latency(ev.latency)}" + (f" (attempt {ev.attempt})" if ev.attempt > 1 else "")
+    elif ev.event == "held":
+        line += f"  waits, no attempt counted: {human.first_line(ev.reason or '-', 100)}"
     elif ev.event == "retried":
         if ev.error is None:
             line += "  queued again by a retry request"

@@ -25,10 +25,13 @@ Priority = Literal["regular", "urgent"]
 Status = Literal["queued", "delivering", "delivered", "failed", "cancelled"]
 TERMINAL_STATUSES = ("delivered", "failed", "cancelled")
 Receipt = Literal["delivered", "read", "acked"]  # the points of a message's life a sender can wait for
-EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled", "read", "acked"]
+EventType = Literal["accepted", "delivering", "delivered", "failed", "retried", "cancelled", "read", "acked", "held"]
 # The protocol version that brought each event type after the first ones. A client decodes `event` as a literal,
 # so a watch is never sent a type newer than the protocol it speaks (Watch.protocol).
-EVENT_SINCE = {"read": 3, "acked": 3}
+EVENT_SINCE = {"read": 3, "acked": 3, "held": 3}
+
+# The kind of a message sent without one, as every view shows it: inbox files and headers, `show`, `history`, JSON.
+DEFAULT_KIND = "message"
 
 
 def events_known_to(protocol: int) -> list[str]:
@@ -350,6 +353,7 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     transport: str
     healthy: bool = True
     reason: str | None = None
+    down_since: float | None = None  # while down (healthy false): when it went down, epoch seconds
     queued: int = 0
     in_flight: int = 0
     delivered: int = 0
@@ -426,6 +430,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):  # gc=F
     latency: float | None = None  # delivered: seconds from accepted to delivered
     preview: str | None = None  # accepted: the body's first line, at most 80 characters
     group: str | None = None  # sent to a group ("@NAME"): `agent` is the member its pick chose (not on read/acked)
+    reason: str | None = None  # held: why the message waits (its agent is down: the reason)
 
 
 class Events(_Rep, tag="events"):

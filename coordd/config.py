@@ -81,7 +81,8 @@ class Delivery(_Section):
     max_attempts: int = 5
     backoff_initial_ms: int = 500
     backoff_max_ms: int = 60_000
-    unhealthy_recheck_ms: int = 1000  # how often a down transport is probed again
+    unhealthy_recheck_ms: int = 1000  # a down transport is tried again after this, doubling at each try...
+    unhealthy_recheck_max_ms: int = 30_000  # ...up to this
     bounce: bool = True  # a failed or cancelled message's sending agent gets a notice (coordd.bounces)
 
 
@@ -254,6 +255,7 @@ def _validate(cfg: Config, src: str) -> None:
         ("delivery.backoff_initial_ms", cfg.delivery.backoff_initial_ms),
         ("delivery.backoff_max_ms", cfg.delivery.backoff_max_ms),
         ("delivery.unhealthy_recheck_ms", cfg.delivery.unhealthy_recheck_ms),
+        ("delivery.unhealthy_recheck_max_ms", cfg.delivery.unhealthy_recheck_max_ms),
     ]:
         _positive(src, key, value)
     if cfg.daemon.shutdown_grace_ms < 0:

@@ -7,6 +7,14 @@ resource take turns on one lock. A worker never sleeps: it waits on its queue's
 `wakeup` event, with a deadline when it is backing off after a failure or
 waiting for a down transport to come back.
 
+A transport is down when it fails for a reason that says nothing about the
+message (TransportDown: a tmux server or pane missing, no display, a full disk):
+its messages stay queued, no attempt is counted, and the worker tries again
+after unhealthy_recheck_ms, doubling at each try up to unhealthy_recheck_max_ms,
+and at once after a reload. A `held` event tells a watch which messages wait
+and why, once per spell (not at each recheck), and for each message sent to
+the agent while it stays down.
+
 A pull agent's queue has no worker: its messages wait in the queue until the agent
 fetches them (coordd.pull takes them). A fetched message is leased, not released: it
 stays in `leased` (counted by the queue limits, its body in `held`) until it is
@@ -26,6 +34,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 
 from coordd import schema as s
 from coordd.bounces import notice
@@ -55,7 +64,10 @@ class AgentQueue:
         self.wakeup = asyncio.Event()
         self.resume_at = 0.0  # loop time before which the worker must not deliver (backoff)
         self.down: str | None = None  # why the transport is down, while it is
-        self.last_error: str | None = None
+        self.down_since: float | None = None  # when it went down (wall clock), while it is
+        self.recheck_ms = 0  # while down: how long until the next try (doubles at each try, to a cap)
+        self.holding: str | None = None  # why its messages wait, once a `held` event said so; None: they do not
+        self.last_error: str | None = None  # the last attempt's error, until a delivery succeeds (history keeps all)
         self.failing: str | None = None  # the last attempt's error, until a delivery succeeds
         self.task: asyncio.Task | None = None  # the worker
         self.busy = asyncio.Lock()  # held by the worker for each delivery call
@@ -94,6 +106,10 @@ class AgentQueue:
         """recs are finished (delivered, failed or cancelled): the queue no longer holds their bodies.
         (take, put_back and remove leave `held` alone: a message in flight, or being cancelled, is still held.)"""
         self.held -= sum(held_size(rec.body) for rec in recs)
+
+    def head(self, n: int) -> list[Record]:
+        """The messages the next take(n) would return, left in the queue."""
+        return list(islice(self.urgent or self.regular, n))
 
     def take(self, n: int) -> list[Record]:
         """The next n messages of the highest non-empty priority, in order."""
@@ -253,6 +269,10 @@ class Delivery:
         """The [delivery] settings, and the configured agents in config order (their queues exist by now)."""
         self.config = config
         self.queues = {agent_id: self.queues[agent_id] for agent_id in agents}
+        for q in self.queues.values():
+            if q.down is not None:  # the reload may be the fix: try again now, the backoff starting over
+                q.resume_at, q.recheck_ms = 0.0, 0
+                q.wakeup.set()
 
     def retire(self, agent_id: str) -> None:
         """The agent left the config: its worker stops after its delivery in progress, whose transport is then
@@ -271,7 +291,8 @@ class Delivery:
         old, q.transport = q.transport, transport
         if old is not None:
             transport.take_over(old)
-        q.down = q.failing = None
+        _up(q)
+        q.failing = None
         q.resume_at = 0.0  # a new transport gets a try at once, not after the old one's backoff
         q.wakeup.set()  # a worker whose agent now pulls exits
         if q.task is None or q.task.done():  # pull to push: a worker again
@@ -284,7 +305,8 @@ class Delivery:
         if q is None:
             q = AgentQueue(agent_id, transport)
         else:
-            q.transport, q.retired, q.down, q.failing, q.resume_at = transport, False, None, None, 0.0
+            q.transport, q.retired, q.failing, q.resume_at = transport, False, None, 0.0
+            _up(q)
             q.wakeup.set()
         self.queues[agent_id] = q
         if q.task is None or q.task.done():  # else the retired worker had not exited yet, and carries on
@@ -316,6 +338,8 @@ class Delivery:
         if q is None:  # its agent left the config before this start
             q = self.orphans[rec.agent] = AgentQueue(rec.agent, None)
         q.push(rec)
+        if q.holding is not None:  # it waits with the others: say so now, as `held`
+            self.observer.held(q.id, [rec], q.holding)
         self.unacked[rec.agent] = self.unacked.get(rec.agent, 0) + 1
         if self.arrivals and rec.agent in self.arrivals and q.pull:  # a pull agent's long-poll can fetch it now
             _wake(self.arrivals.pop(rec.agent))
@@ -471,9 +495,9 @@ class Delivery:
             # A queue that is down stays down until a delivery gets through (_deliver clears it), not merely until
             # health() finds nothing wrong: a transport that learns it is down only by trying (a tmux pane that
             # runs a shell) would otherwise show up, and be picked for a group's message, at every recheck.
+            # (A paused agent would hold here too, before the probe: self._hold(q, why, q.head(...)), then wait.)
             if reason := transport.health():
-                q.down = reason
-                q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
+                self._down(q, reason, q.head(transport.max_batch), loop)
                 continue
             async with q.busy:
                 if q and not (q.retired or self.stopping):  # either may have changed while waiting for the lock
@@ -495,15 +519,14 @@ class Delivery:
             async with lock or contextlib.nullcontext():
                 await transport.deliver(batch)
             done, error = len(batch), None
-            q.down = None
+            _up(q)
         except DeliveryError as e:
             done, error = e.delivered, e.reason
-            q.down = None  # it is up: this message failed, to be retried
+            _up(q)  # it is up: this message failed, to be retried
         except TransportDown as e:
             q.in_flight = []
             q.put_back(batch[e.delivered :])
-            q.down = e.reason
-            q.resume_at = loop.time() + self.config.unhealthy_recheck_ms / 1000
+            self._down(q, e.reason, q.head(transport.max_batch), loop)  # those untried, and any sent meanwhile
             if e.delivered:
                 self._record(q, batch[: e.delivered], e.delivered, None, started, loop)
             return
@@ -512,6 +535,25 @@ class Delivery:
             done, error = 0, f"internal error: {e!r}"
         q.in_flight = []
         self._record(q, batch, done, error, started, loop)
+
+    def _down(self, q: AgentQueue, reason: str, waiting: list[Record], loop: asyncio.AbstractEventLoop) -> None:
+        """q's transport cannot deliver now, for `reason`: its messages wait, and it is tried again after
+        unhealthy_recheck_ms, doubling at each try up to unhealthy_recheck_max_ms (a reload tries at once)."""
+        if q.down is None:
+            q.down_since = time.time()
+        first, cap = self.config.unhealthy_recheck_ms, self.config.unhealthy_recheck_max_ms
+        q.recheck_ms = min(q.recheck_ms * 2, cap) if q.recheck_ms else first
+        q.down = reason
+        q.resume_at = loop.time() + q.recheck_ms / 1000
+        self._hold(q, reason, waiting)
+
+    def _hold(self, q: AgentQueue, reason: str, waiting: list[Record]) -> None:
+        """q's messages wait, for `reason` (its transport is down; a paused agent's would say so). The one place
+        `held` events come from: for `waiting` (those it was about to deliver) when the wait starts, not at each
+        recheck; enqueue adds one for each message sent meanwhile. A delivery that goes through ends it (_up)."""
+        if q.holding is None:
+            self.observer.held(q.id, waiting, reason)
+        q.holding = reason
 
     def _record(self, q, batch: list[Record], done: int, error: str | None, started: float, loop) -> None:
         finished = time.time()
@@ -524,7 +566,7 @@ class Delivery:
         outcomes: list[tuple[int, str, str | None]] = [(rec.id, "delivered", None) for rec in batch[:done]]
         bounce = None
         if done:
-            q.failing = None
+            q.failing = q.last_error = None
             q.release(batch[:done])
             self.observer.delivered(q.id, batch[:done], finished)
         if error is not None:
@@ -590,6 +632,12 @@ class Delivery:
                     fut.set_result(("queued", "the daemon is shutting down"))
         for futs in (*self.receipt_waiters.values(), *self.arrivals.values()):
             _wake(futs)  # they look again, find nothing new, and answer
+
+
+def _up(q: AgentQueue) -> None:
+    """q's transport works (a delivery got through or failed as an attempt), or is new: nothing holds it."""
+    q.down = q.down_since = q.holding = None
+    q.recheck_ms = 0
 
 
 def _waiter(waiters: dict, key: object) -> asyncio.Future:

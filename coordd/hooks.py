@@ -23,7 +23,11 @@ class Hooks:
         """Committed, and about to join their queues."""
 
     def delivering(self, agent: str, recs: list[Record]) -> None:
-        """An attempt starts for each of recs."""
+        """An attempt starts for each of recs (the transport may stop before the later ones: those not tried are
+        handed over again, so an attempt is announced only once, its number recorded in rec.announced)."""
+
+    def held(self, agent: str, recs: list[Record], reason: str) -> None:
+        """recs wait in agent's queue for `reason` (its transport is down), once when the wait starts."""
 
     def delivered(self, agent: str, recs: list[Record], finished: float) -> None:
         """recs were delivered; their `attempts` count the attempt that did it."""

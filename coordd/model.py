@@ -46,6 +46,7 @@ class Record(msgspec.Struct, gc=False):
     group: str | None = None  # the group it was sent to ("@NAME"), whose pick chose `agent`
     read_at: float | None = None  # a pull agent's first fetch of it (coordd.pull); push deliveries leave it alone
     fetches: int = 0  # times a pull agent fetched it
+    announced: int = 0  # the attempt a `delivering` event announced last: each attempt is announced once
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None
@@ -91,7 +92,8 @@ class DeliveryError(Exception):
 
 
 class TransportDown(Exception):
-    """The first `delivered` messages went out; the transport cannot deliver now (no attempt is counted)."""
+    """The first `delivered` messages went out; the transport cannot deliver now, for a reason that says nothing
+    about the next message (a tmux server or pane missing, no display, a full disk...): no attempt is counted."""
 
     def __init__(self, reason: str, delivered: int = 0) -> None:
         super().__init__(reason)

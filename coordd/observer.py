@@ -53,7 +53,16 @@ class Observer(Hooks):
         if self.bus.active:
             now = time.time()
             for rec in recs:
-                self.bus.publish(_event("delivering", rec, now, attempt=rec.attempts + 1))
+                attempt = rec.attempts + 1
+                if rec.announced != attempt:  # not announced yet: untried ones come back in the next batch
+                    rec.announced = attempt
+                    self.bus.publish(_event("delivering", rec, now, attempt=attempt))
+
+    def held(self, agent: str, recs: list[Record], reason: str) -> None:
+        if self.bus.active:
+            now = time.time()
+            for rec in recs:
+                self.bus.publish(_event("held", rec, now, attempt=rec.attempts, reason=reason))
 
     def delivered(self, agent: str, recs: list[Record], finished: float) -> None:
         stats = self.metrics.agent(agent)
@@ -116,6 +125,7 @@ def _event(
     retry_in: float | None = None,
     latency: float | None = None,
     preview: str | None = None,
+    reason: str | None = None,
 ) -> p.Event:
     # Named parameters, not **fields: merging a dict of keywords tripled the cost of building an event.
     return p.Event(
@@ -131,6 +141,7 @@ def _event(
         latency=latency,
         preview=preview,
         group=rec.group,
+        reason=reason,
     )
 
 

@@ -81,7 +81,7 @@ def _info(rec: Record, now: float, until: float | None, acked: float | None) -> 
         priority=rec.priority,  # type: ignore[arg-type]
         created=rec.created,
         sender=rec.sender,
-        kind=rec.kind,
+        kind=rec.kind or p.DEFAULT_KIND,
         tags=list(rec.tags or ()),
         key=rec.key,
         attempts=rec.attempts,

@@ -116,6 +116,7 @@ class Queries:
                     transport=q.transport_name(),
                     healthy=q.down is None,
                     reason=q.down,
+                    down_since=q.down_since,
                     queued=len(q),
                     in_flight=len(q.in_flight),
                     delivered=counts.get((a.id, "delivered"), 0),

@@ -164,7 +164,7 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         to=r[1],
         sender=r[2],
         priority=r[3],
-        kind=r[4],
+        kind=r[4] or p.DEFAULT_KIND,  # stored as NULL when the sender gave none
         tags=_tags_decoder.decode(r[5]) if r[5] else [],
         key=r[6],
         body=r[7],

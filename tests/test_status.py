@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 from conftest import wait_until
 
@@ -104,7 +106,9 @@ def test_a_down_transport_exits_4_and_says_why(make_daemon, monkeypatch):
     assert shown.returncode == 4
     row = next(line for line in shown.stdout.splitlines() if line.startswith("T "))
     assert "down: tmux is not installed" in row and row.split()[:2] == ["T", "tmux"]
-    assert "T is down (tmux is not installed" in shown.stdout and "1 queued messages wait" in shown.stdout
+    assert re.search(r"T is down since \d\d:\d\d:\d\d \(tmux is not installed", shown.stdout)
+    assert "1 queued messages wait" in shown.stdout
     agent = json.loads(status(d, "--json").stdout)["agents"][1]
     assert agent["healthy"] is False and "tmux" in agent["reason"] and agent["queued"] == 1
+    assert 0 < time.time() - agent["down_since"] < 60
     assert agent["oldest_queued_age"] > 0

@@ -119,7 +119,7 @@ class GuiTransport(Transport):
                     reason = OWNER.trouble(e) if done else None  # with none out yet, the job reports it as down
                     if reason is None:
                         raise
-                    raise DeliveryError(reason, delivered=done) from None  # the first `done` did go out
+                    raise TransportDown(reason, delivered=done) from None  # the first `done` did go out
                 done += count
 
     def _onboard(self, text: str) -> int:

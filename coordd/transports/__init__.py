@@ -27,6 +27,7 @@ Which transport an agent gets: coordd.transports.factory.
 
 from __future__ import annotations
 
+from coordctl.protocol import DEFAULT_KIND
 from coordd.model import BOUNCE, DeliveryError, Record, TransportDown
 
 __all__ = [
@@ -69,7 +70,7 @@ def header_fields(m: Record) -> dict:
     return {
         "sender": sender_shown(m),
         "to": m.agent,
-        "kind": m.kind or "message",
+        "kind": m.kind or DEFAULT_KIND,
         "priority": m.priority,
         "PRIORITY": m.priority.upper(),
         "id": m.id,

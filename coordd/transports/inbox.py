@@ -13,18 +13,27 @@ acknowledged between chunks. Not in a worker thread: measured, a thread doing
 many small file syscalls fights the loop for the GIL and slowed accepting sends
 several-fold (perf/README.md). With `fsync = true` each file waits for the disk,
 so that case does go to a thread.
+
+A write that fails for a reason that says nothing about the message (DOWN_ERRNOS:
+the disk or quota full, no file descriptors left, permission denied, a read-only
+file system) raises TransportDown: the agent is `down` with the reason, its
+messages wait without spending attempts, and go out once the cause is gone.
+Anything else (a file in the way of the directory, an I/O error) fails the
+attempt, retried with backoff, then `failed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import time
 from json.encoder import encode_basestring
 
+from coordctl.protocol import DEFAULT_KIND
 from coordd.config import InboxAgent
-from coordd.transports import DeliveryError, Record, Transport, sender_shown
+from coordd.transports import DeliveryError, Record, Transport, TransportDown, sender_shown
 from coordd.turns import next_turn
 
 
@@ -42,7 +51,7 @@ def render(m: Record) -> str:
         f"from: {_quote(sender_shown(m))}",
         f'to: "{m.agent}"',
         f'priority: "{m.priority}"',
-        f"kind: {_quote(m.kind or 'message')}",
+        f"kind: {_quote(m.kind or DEFAULT_KIND)}",
         f'time: "{created}"',
     ]
     if m.tags:
@@ -68,6 +77,11 @@ def _quote(value: str) -> str:
     return quoted
 
 
+# Errors of the environment, not of the message: the agent is down until they are gone.
+DOWN_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.EROFS}
+)
+
 _turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
 
@@ -92,7 +106,7 @@ class InboxTransport(Transport):
         self._close_dir()
 
     def health(self) -> str | None:
-        return None  # a missing or unwritable directory is a per-message failure, retried with backoff
+        return None  # a full disk or an unwritable directory is found by writing (deliver raises TransportDown)
 
     def idle(self, queued: int, unacked: int) -> bool | None:
         # An inbox agent takes its work by reading and acknowledging it: idle once it has acknowledged all.
@@ -106,10 +120,13 @@ class InboxTransport(Transport):
                 done, error = self._write_all(messages)
                 await next_turn()  # keep the turn for one pass of the loop
         if error is not None:
-            raise DeliveryError(error, delivered=done)
+            reason, code = error
+            if code in DOWN_ERRNOS:
+                raise TransportDown(reason, delivered=done)
+            raise DeliveryError(reason, delivered=done)
 
-    def _write_all(self, messages: list[Record]) -> tuple[int, str | None]:
-        """How many were written, in order, and why the next one was not.
+    def _write_all(self, messages: list[Record]) -> tuple[int, tuple[str, int | None] | None]:
+        """How many were written, in order, and why the next one was not (and its errno).
 
         Raw os calls, relative to a directory fd: four syscalls a file (open, write,
         close, rename), where open() in text mode adds three more.
@@ -117,9 +134,9 @@ class InboxTransport(Transport):
         try:
             dir_fd = self._open_dir()
         except FileExistsError:
-            return 0, f"inbox {self.dir} exists but is not a directory"
+            return 0, (f"inbox {self.dir} exists but is not a directory", None)
         except OSError as e:
-            return 0, f"cannot open inbox {self.dir}: {e.strerror}"
+            return 0, (f"cannot open inbox {self.dir}: {e.strerror}", e.errno)
         for n, m in enumerate(messages):
             name, tmp = f"{m.id:012d}.md", f".{m.id:012d}.md.tmp"
             try:
@@ -137,7 +154,7 @@ class InboxTransport(Transport):
                 os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except OSError as e:
                 self._close_dir()  # opened afresh on the next try, in case the directory is the trouble
-                return n, f"cannot write {os.path.join(self.dir, name)}: {e.strerror}"
+                return n, (f"cannot write {os.path.join(self.dir, name)}: {e.strerror}", e.errno)
         return len(messages), None
 
     def _create(self, tmp: str, dir_fd: int) -> int:

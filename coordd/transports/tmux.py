@@ -52,8 +52,14 @@ than newline and tab are keystrokes, not text (ESC would end a bracketed paste
 early or cancel the agent's input), so they are shown in caret notation (`^[`,
 `^C`, `^?`); C1 controls as `<U+0085>`; CR and CRLF become newlines.
 
-A pane or server that is gone fails the attempt with the reason (retried with
-backoff, then `failed`); the next command reconnects to the server by itself.
+A failure that says nothing about the message (the server not running or not
+reachable, the pane missing or its program exited, the pane in copy mode or its
+input off, a shell in front) raises TransportDown: the agent shows `down` with
+the reason, its messages stay queued, no attempt is counted, and they go out
+once the pane can take them (the worker tries again with backoff; the next
+command reconnects to the server by itself). Only what this message met fails an
+attempt (NotTaken: text left unsubmitted, a pane never idle; or a command tmux
+refused for another reason than a missing target).
 
 Warm connection against fork-per-call, measured by perf/bench_tmux.py (2-core VM,
 tmux 3.3a, p50 of 300; the same transport code, only the command channel differs):
@@ -89,8 +95,16 @@ PANE_STATE = "#{pane_id} #{pane_in_mode} #{pane_input_off} #{pane_dead} #{bracke
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "ash", "tcsh", "csh", "nu", "xonsh", "pwsh"})
 
 
-class AgentNotRunning(TmuxError):
+class PaneUnavailable(TmuxError):
+    """The pane cannot take any message now (gone, exited, in copy mode, input off, a shell in front)."""
+
+
+class AgentNotRunning(PaneUnavailable):
     """The pane's foreground program is a shell: the agent is not running there (see deliver_to_shell)."""
+
+
+class NotTaken(TmuxError):
+    """The pane did not take this message (its text left unsubmitted, the pane never idle): a failed attempt."""
 
 
 _VISIBLE = {c: "^" + chr(c + 64) for c in range(0x20) if c not in (0x09, 0x0A)}
@@ -166,7 +180,7 @@ class TmuxTransport(Transport):
             self.unsubmitted = old.unsubmitted  # shared: old's delivery in progress may still add to it
 
     def health(self) -> str | None:
-        # A gone pane or server is a failed attempt (retried, then `failed`), so only a missing tmux is "down".
+        # A gone pane or server is found by trying (deliver raises TransportDown): only a missing tmux shows here.
         if self.tmux_missing:
             self.tmux_missing = shutil.which("tmux") is None
         return "tmux is not installed (no `tmux` on PATH)" if self.tmux_missing else None
@@ -185,16 +199,17 @@ class TmuxTransport(Transport):
         for n, m in enumerate(messages):
             try:
                 await self._deliver_one(self.conn, m)
-            except AgentNotRunning as e:  # not a failed attempt: the messages wait for the agent
-                raise TransportDown(e.reason, delivered=n) from None
+            except NotTaken as e:
+                raise DeliveryError(e.reason, delivered=n) from None
             except TmuxError as e:
-                raise DeliveryError(self._reason(e), delivered=n) from None
+                if e.command_failed and not e.reason.startswith("can't find"):  # refused what this message needed
+                    raise DeliveryError(f"tmux pane {self.agent.target}: {e.reason}", delivered=n) from None
+                # Not a failed attempt: the server, the pane or the agent in it is not there; the messages wait.
+                raise TransportDown(self._reason(e), delivered=n) from None
 
     def _reason(self, e: TmuxError) -> str:
-        if e.command_failed and e.reason.startswith("can't find"):
+        if e.command_failed:  # can't find session/window/pane
             return f"tmux pane {self.agent.target} not found: {e.reason}"
-        if e.command_failed:
-            return f"tmux pane {self.agent.target}: {e.reason}"
         return e.reason
 
     async def _deliver_one(self, conn: Connection, m: Record) -> None:
@@ -229,7 +244,7 @@ class TmuxTransport(Transport):
             if len(self.unsubmitted) >= 256:  # forget the oldest: its message was retried or given up long ago
                 del self.unsubmitted[next(iter(self.unsubmitted))]
             self.unsubmitted[m.id] = (pane, shown)
-            raise TmuxError(
+            raise NotTaken(
                 f"text left unsubmitted in tmux pane {self.agent.target}: Enter did not clear "
                 f"the input line within {self.agent.submit_timeout_ms} ms"
             )
@@ -246,13 +261,13 @@ class TmuxTransport(Transport):
         fields = state[0].split(" ", 5) if state else []
         pane, in_mode, input_off, dead, bracketed, command = (fields + [""] * 6)[:6]
         if not pane.startswith("%"):
-            raise TmuxError(f"tmux pane {self.agent.target} not found")
+            raise PaneUnavailable(f"tmux pane {self.agent.target} not found")
         if dead == "1":
-            raise TmuxError(f"tmux pane {self.agent.target}: its program has exited")
+            raise PaneUnavailable(f"tmux pane {self.agent.target}: its program has exited")
         if in_mode == "1":
-            raise TmuxError(f"tmux pane {self.agent.target} is in copy mode; leave it (q) to receive messages")
+            raise PaneUnavailable(f"tmux pane {self.agent.target} is in copy mode; leave it (q) to receive messages")
         if input_off == "1":
-            raise TmuxError(f"tmux pane {self.agent.target} has input disabled (select-pane -e enables it)")
+            raise PaneUnavailable(f"tmux pane {self.agent.target} has input disabled (select-pane -e enables it)")
         if os.path.basename(command.lstrip("-")) in SHELLS and not self.agent.deliver_to_shell:
             raise AgentNotRunning(
                 f"tmux pane {self.agent.target} runs {command}, a shell, not the agent: messages "
@@ -305,7 +320,7 @@ class TmuxTransport(Transport):
         (pos,) = await conn.run("display-message", "-p", "-t", pane, "#{cursor_y} #{cursor_x}") or [""]
         y = pos.partition(" ")[0]
         if not y.isdigit():
-            raise TmuxError(f"tmux pane {self.agent.target} not found")
+            raise PaneUnavailable(f"tmux pane {self.agent.target} not found")
         lines = await conn.run("capture-pane", "-p", "-J", "-t", pane, "-S", str(int(y) - 8), "-E", y)
         return pos, " ".join(lines[-1].split()) if lines else ""
 
@@ -340,7 +355,7 @@ class TmuxTransport(Transport):
                 return
             if (now - start) * 1000 >= a.idle_max_wait_ms:
                 if a.idle_timeout == "fail":
-                    raise TmuxError(f"tmux pane {a.target} was not idle within {a.idle_max_wait_ms} ms")
+                    raise NotTaken(f"tmux pane {a.target} was not idle within {a.idle_max_wait_ms} ms")
                 log.info("agent %s: pane %s not idle after %d ms; delivering", a.id, a.target, a.idle_max_wait_ms)
                 return
             await asyncio.sleep(interval)  # noqa: sleep-ok: poll interval of a deadline-bounded wait
