@@ -69,7 +69,7 @@ def event_line(ev: protocol.Event) -> str:
 
 
 def as_json(item: protocol.Event | protocol.Missed) -> str:
-    if type(item) is protocol.Missed:
+    if isinstance(item, protocol.Missed):
         return msgspec.json.encode({"event": "missed", "count": item.count}).decode()
     fields = msgspec.structs.asdict(item)
     fields["time_iso"] = human.iso(item.time)  # beside `time` (unix seconds), as coordctl's other JSON
