@@ -13,9 +13,10 @@ asyncio, no json module (msgspec.json), no datetime outside ISO parsing.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, get_args
 
 import click
 import msgspec
@@ -23,10 +24,11 @@ import msgspec
 from coordctl import __version__, human, protocol
 from coordctl.client import Client
 from coordctl.errors import CoordError, DaemonUnavailable
+from coordctl.events import latency
 from coordctl.operations import expect
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import BinaryIO
 
 EXIT_OK = 0
@@ -51,18 +53,13 @@ class BadInput(click.ClickException):
         return human.visible(self.message)  # it may quote the file's text
 
 
-class CoordGroup(click.Group):
-    """Turns client errors into an exit code and one line on stderr."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except DaemonUnavailable as e:
-            human.echo(f"error [unavailable]: {e.message}", err=True)
-            ctx.exit(EXIT_UNREACHABLE)
-        except CoordError as e:
-            human.echo(f"error [{e.code}]: {e.describe()}", err=True)
-            ctx.exit(EXIT_REFUSED)
+def report(as_json: bool, code: str, message: str, exit_code: int) -> int:
+    """Say on stderr why coordctl failed, as text or (--json) a JSON object; returns the exit code."""
+    if as_json:
+        click.echo(human.json_escaped(msgspec.json.encode({"code": code, "message": message})), err=True)
+    else:
+        human.echo(f"error [{code}]: {message}", err=True)
+    return exit_code
 
 
 class State:
@@ -104,11 +101,23 @@ class TimeSpec(FloatParamType):
 # --- output --------------------------------------------------------------------
 
 
+# Fields that hold a time (unix seconds): JSON output adds FIELD_iso beside each, ISO 8601 with the offset.
+TIME_FIELDS = frozenset(("created", "delivered", "read_at", "acked_at", "lease_until", "started", "finished", "time"))
+
+
 def plain(obj: object) -> object:
     """Builtins for JSON output: every field, defaults too (the wire omits
-    them), but not the wire-only ``rid`` and ``type``."""
+    them), but not the wire-only ``rid`` and ``type``; beside each time (unix
+    seconds, kept as it is) FIELD_iso, the same time in ISO 8601 with its offset
+    (null when the time is)."""
     if isinstance(obj, msgspec.Struct):
-        return {f: plain(getattr(obj, f)) for f in obj.__struct_fields__ if f != "rid"}
+        out = {}
+        for f in obj.__struct_fields__:
+            if f != "rid":
+                value = out[f] = plain(getattr(obj, f))
+                if f in TIME_FIELDS:
+                    out[f + "_iso"] = None if value is None else human.iso(value)  # type: ignore[arg-type]
+        return out
     if isinstance(obj, list):
         return [plain(x) for x in obj]
     if isinstance(obj, dict):
@@ -138,6 +147,26 @@ def opt(value: str | None) -> str:
     return "-" if value is None else value
 
 
+# --- shell completion ---------------------------------------------------------------
+
+COMPLETE_TIMEOUT = 0.5  # seconds: a shell waits for this at the Tab key
+
+
+def complete_agent(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Agent ids (and @GROUP for `send`) from the running daemon, for the shell's Tab. Nothing, quietly
+    and at once, when the daemon does not answer: a completion must never print an error or hang."""
+    socket_path = ctx.find_root().params.get("socket_path")
+    try:
+        with Client(socket_path, timeout=COMPLETE_TIMEOUT) as client:
+            found = client.agents()
+    except Exception:  # any failure: no candidates, as for a word nothing matches
+        return []
+    names = [a.id for a in found]
+    if ctx.command.name == "send" and incomplete.startswith("@"):
+        names = sorted({f"@{g}" for a in found for g in a.groups})
+    return [n for n in names if n.startswith(incomplete)]
+
+
 # --- commands --------------------------------------------------------------------
 
 priority_option = click.option(
@@ -153,7 +182,7 @@ tag_option = click.option("--tag", "tags", multiple=True, help="A tag; repeat fo
 subject_option = click.option("--subject", help="A one-line subject, shown in the recipient's header.")
 
 
-@click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--socket",
     "socket_path",
@@ -171,7 +200,7 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=complete_agent)
 @click.argument("message")
 @priority_option
 @sender_option
@@ -273,6 +302,7 @@ def batch(state: State, file: BinaryIO) -> None:
 @tag_option
 @click.option("--key", help="Idempotency key: broadcasting again with the same key stores nothing new.")
 @subject_option
+@click.option("--include-sender", is_flag=True, help="Queue a copy for the sender too, when it is one of the agents.")
 @pass_state
 def broadcast(
     state: State,
@@ -284,8 +314,9 @@ def broadcast(
     tags: tuple[str, ...],
     key: str | None,
     subject: str | None,
+    include_sender: bool,
 ) -> None:
-    """Queue MESSAGE (- reads stdin) for every agent; prints the ids."""
+    """Queue MESSAGE (- reads stdin) for every agent (or every one in --group) but its --sender; prints the ids."""
     ids = state.client().broadcast(
         read_body(message),
         group=group,
@@ -295,6 +326,7 @@ def broadcast(
         tags=tags,
         key=key,
         subject=subject,
+        include_sender=include_sender,
     )
     print_ids(state, ids)
 
@@ -308,15 +340,19 @@ def print_ids(state: State, ids: list[int]) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (as `coordctl --json status`).")
 @pass_state
-def status(state: State, as_json: bool) -> None:
-    """Show the daemon and every agent's queue; exit 4 if an agent is down or has failed messages."""
+def status(state: State) -> None:
+    """Show the daemon and every agent's queue; exit 4 if an agent is down or has failed messages.
+
+    The table fits the terminal (or $COLUMNS): first LAST ERROR, then HEALTH are cut short, then
+    columns are left out, the least useful first: P50, P99, TRANSPORT, DELIVERED, IN FLIGHT, OLDEST,
+    UNACKED, LAST ERROR. AGENT, HEALTH, QUEUED and FAILED always stay. Into a pipe, without $COLUMNS,
+    nothing is cut. Colour on a terminal only, and not with $NO_COLOR set."""
     info = state.client().status()
-    if state.json or as_json:
+    if state.json:
         emit_json(info)
     else:
-        human.echo(format_status(info))
+        click.echo(format_status(info, terminal_width(), use_colour()))  # its parts are `visible` already
     click.get_current_context().exit(status_exit_code(info))
 
 
@@ -325,67 +361,157 @@ def status_exit_code(info: protocol.StatusInfo) -> int:
     return EXIT_UNHEALTHY if any(not a.healthy or a.failed for a in info.agents) else EXIT_OK
 
 
-def format_status(info: protocol.StatusInfo) -> str:
-    from coordctl.events import latency
+def terminal_width() -> int | None:
+    """$COLUMNS, else the terminal's width; None (no limit) when stdout is not a terminal. (Not
+    shutil.get_terminal_size: importing shutil costs more start-up than this.)"""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError):
+        return None
 
-    lines = [
-        f"coordd {info.version}  pid {info.pid}  up {human.duration(info.uptime)}  socket {info.socket}",
-        f"store {info.db_path}  {human.size(info.db_bytes)}, {info.rows} rows"
-        f"  retention {info.max_messages} messages / {info.max_age_days:g} days"
-        f"  queued {info.queued} ({human.size(info.queued_bytes)} of {human.size(info.max_queued_bytes)})",
-    ]
+
+def use_colour() -> bool:
+    """Colour only on a terminal that has it, and never with $NO_COLOR set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def always(info: protocol.StatusInfo) -> bool:
+    return True
+
+
+def pulling(info: protocol.StatusInfo) -> bool:
+    """Only then the UNACKED column: the table stays as narrow as it was without pull agents."""
+    return any(a.transport == "pull" or a.leased for a in info.agents)
+
+
+def red_unless_zero(cell: str) -> str | None:
+    return None if cell == "0" else "red"
+
+
+def health_colour(cell: str) -> str | None:
+    return "green" if cell == "ok" else "red"
+
+
+class Column(NamedTuple):
+    """A column of the status table: one line of STATUS_COLUMNS adds one."""
+
+    header: str
+    cell: Callable[[protocol.AgentStatus], str]
+    drop: int = 0  # too wide for the terminal: columns are left out lowest `drop` first; 0: never
+    squeeze: int = 0  # too wide: before any is left out, cut (rightmost first) down to this many characters
+    shown: Callable[[protocol.StatusInfo], bool] = always  # whether this status has the column at all
+    paint: Callable[[str], str | None] | None = None  # a cell's colour on a terminal
+
+
+STATUS_COLUMNS = (
+    Column("AGENT", lambda a: a.id),
+    Column("TRANSPORT", lambda a: a.transport, drop=3),
+    Column("HEALTH", lambda a: human.first_line(health(a.healthy, a.reason), 40), squeeze=12, paint=health_colour),
+    Column("QUEUED", lambda a: str(a.queued)),
+    Column("IN FLIGHT", lambda a: str(a.in_flight), drop=5),
+    Column("UNACKED", lambda a: unacked(a), drop=7, shown=pulling),
+    Column("DELIVERED", lambda a: str(a.delivered), drop=4),
+    Column("FAILED", lambda a: str(a.failed), paint=red_unless_zero),
+    Column("P50", lambda a: latency(a.latency_p50), drop=1),
+    Column("P99", lambda a: latency(a.latency_p99), drop=2),
+    Column("OLDEST", lambda a: oldest(a), drop=6),
+    # The last column: room for why. Its cell is cut to one line of 300 characters even without a terminal.
+    Column("LAST ERROR", lambda a: opt(a.last_error and human.first_line(a.last_error, 300)), drop=8, squeeze=20),
+)
+SEP = 2  # spaces between columns (human.table)
+
+
+def fit_columns(
+    columns: Sequence[Column], rows: list[list[str]], width: int | None
+) -> tuple[list[Column], list[list[str]]]:
+    """The columns (and their cells) of a table that fits in `width` characters: squeezed, then dropped,
+    as each Column says. AGENT and the columns never dropped may still overflow a very narrow terminal."""
+    columns = list(columns)
+    widths = [max(len(c.header), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+
+    def excess() -> int:
+        return sum(widths) + SEP * (len(widths) - 1) - width if width is not None else 0
+
+    for i in reversed(range(len(columns))):
+        over, room = excess(), widths[i] - max(columns[i].squeeze, len(columns[i].header))
+        if over <= 0:
+            break
+        if columns[i].squeeze and room > 0:
+            widths[i] -= min(over, room)
+            for row in rows:
+                row[i] = human.first_line(row[i], widths[i])
+    for rank in sorted(c.drop for c in columns if c.drop):
+        if excess() <= 0:
+            break
+        i = next(j for j, c in enumerate(columns) if c.drop == rank)
+        del columns[i], widths[i]
+        for row in rows:
+            del row[i]
+    return columns, rows
+
+
+def format_status(info: protocol.StatusInfo, width: int | None = None, colour: bool = False) -> str:
+    """`status` for people, fit to `width` characters (None: no limit); every part `visible`, and
+    coloured (escape codes) only with `colour`."""
+    lines = flow(
+        [f"coordd {info.version}", f"pid {info.pid}", f"up {human.duration(info.uptime)}", f"socket {info.socket}"],
+        width,
+    )
+    lines += flow(
+        [
+            f"store {info.db_path}",
+            f"{human.size(info.db_bytes)}, {human.plural(info.rows, 'row')}",
+            f"retention {human.plural(info.max_messages, 'message')} / {human.plural_g(info.max_age_days, 'day')}",
+            f"queued {info.queued} ({human.size(info.queued_bytes)} of {human.size(info.max_queued_bytes)})",
+        ],
+        width,
+    )
     if info.metrics_url or info.metrics_error or info.watchers:
         served = info.metrics_url or (f"not served: {info.metrics_error}" if info.metrics_error else "socket only")
-        lines.append(f"metrics {served}  watchers {info.watchers}")
+        lines += flow([f"metrics {served}", f"watchers {info.watchers}"], width)
     if info.config_error:
         lines.append(f"config: the last reload failed, the previous config still serves: {info.config_error}")
     if info.orphaned:
         names = ", ".join(info.orphaned_agents)
-        lines.append(f"orphaned: {info.orphaned} queued for agents no longer configured ({names})")
+        lines.append(
+            f"orphaned: {human.plural(info.orphaned, 'message')} queued for agents no longer configured ({names})"
+        )
     lines.append("")
     if not info.agents:
         lines.append("no agents configured")
-        return "\n".join(lines)
-    headers: tuple[str, ...] = (
-        "AGENT",
-        "TRANSPORT",
-        "HEALTH",
-        "QUEUED",
-        "IN FLIGHT",
-        "DELIVERED",
-        "FAILED",
-        "P50",
-        "P99",
-        "OLDEST",
-        "LAST ERROR",
+        return human.visible("\n".join(lines))
+    columns = [c for c in STATUS_COLUMNS if c.shown(info)]
+    rows = [[human.visible(c.cell(a)) for c in columns] for a in info.agents]
+    columns, rows = fit_columns(columns, rows, width)
+    paints = [c.paint for c in columns]
+    shown = {c.header for c in columns}
+    notes = []
+    if shown & {"P50", "P99"}:
+        latencies = ", ".join(h for h in ("P50", "P99") if h in shown)
+        notes.append(f"({latencies}: time from accepted to delivered over the last 5 minutes)")
+    if "UNACKED" in shown:
+        notes.append("(UNACKED: a pull agent's fetched messages not acknowledged yet; QUEUED + UNACKED is its backlog,")
+        notes.append(" OLDEST the age of the oldest message in it)")
+    table = human.table(
+        [c.header for c in columns],
+        rows,
+        (lambda i, cell: paints[i](cell) if paints[i] else None) if colour else None,  # type: ignore[misc]
     )
-    rows: list[tuple[str, ...]] = [
-        (
-            a.id,
-            a.transport,
-            human.first_line(health(a.healthy, a.reason), 40),
-            str(a.queued),
-            str(a.in_flight),
-            str(a.delivered),
-            str(a.failed),
-            latency(a.latency_p50),
-            latency(a.latency_p99),
-            oldest(a),
-            "-" if a.last_error is None else human.first_line(a.last_error, 300),  # the last column: room for why
-        )
-        for a in info.agents
-    ]
-    pulling = any(a.transport == "pull" or a.leased for a in info.agents)
-    if pulling:  # only then: the table stays as narrow as it was without pull agents
-        headers = (*headers[:5], "UNACKED", *headers[5:])
-        rows = [(*row[:5], unacked(a), *row[5:]) for row, a in zip(rows, info.agents, strict=True)]
-    lines.append(human.table(headers, rows))
-    lines.append("(P50, P99: time from accepted to delivered over the last 5 minutes)")
-    if pulling:
-        lines.append("(UNACKED: a pull agent's fetched messages not acknowledged yet; QUEUED + UNACKED is its backlog,")
-        lines.append(" OLDEST the age of the oldest message in it)")
-    lines += attention(info)
-    return "\n".join(lines)
+    return "\n".join([human.visible("\n".join(lines)), table, *notes, *map(human.visible, attention(info, width))])
+
+
+def flow(parts: list[str], width: int | None) -> list[str]:
+    """Parts two spaces apart, on as few lines as `width` allows (None: one line)."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if width is not None and len(lines[-1]) + SEP + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] += " " * SEP + part
+    return lines
 
 
 def oldest(a: protocol.AgentStatus) -> str:
@@ -398,26 +524,34 @@ def unacked(a: protocol.AgentStatus) -> str:
     return str(a.leased) if a.transport == "pull" or a.leased else "-"
 
 
-def attention(info: protocol.StatusInfo) -> list[str]:
-    """What makes `status` exit 4, each with what to do about it."""
+def attention(info: protocol.StatusInfo, width: int | None = None) -> list[str]:
+    """What makes `status` exit 4, each with what to do about it, wrapped to `width`."""
     out = []
     for a in info.agents:
         if not a.healthy:
             since = "" if a.down_since is None else f" since {time.strftime('%H:%M:%S', time.localtime(a.down_since))}"
             out.append(
-                f"{a.id} is down{since} ({a.reason or 'no reason given'}): its {a.queued} queued messages wait; "
+                f"{a.id} is down{since} ({a.reason or 'no reason given'}): "
+                f"its {human.plural(a.queued, 'queued message')} {'waits' if a.queued == 1 else 'wait'}; "
                 "coordd retries by itself once the transport works again"
             )
         if a.failed:
             out.append(
-                f"{a.id} has {a.failed} failed messages: `coordctl history --agent {a.id} --status failed`, "
-                "then `coordctl retry ID` once the cause is fixed"
+                f"{a.id} has {human.plural(a.failed, 'failed message')}: "
+                f"`coordctl history --agent {a.id} --status failed`, then `coordctl retry ID` once the cause is fixed"
             )
-    return ["", "attention:", *(f"  {line}" for line in out)] if out else []
+    if not out:
+        return []
+    if width is None:
+        return ["", "attention:", *(f"  {line}" for line in out)]
+    import textwrap  # only for a terminal
+
+    wrap = textwrap.TextWrapper(width, "  ", "    ", break_long_words=False, break_on_hyphens=False)
+    return ["", "attention:", *(part for line in out for part in wrap.wrap(line))]
 
 
 @cli.command()
-@click.option("--agent", help="Only messages to this agent.")
+@click.option("--agent", help="Only messages to this agent.", shell_complete=complete_agent)
 @click.option("--sender", help="Only messages from this sender.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only messages in this state.")
 @click.option("--since", type=TimeSpec(), help="Not older than TIME: unix seconds, 2026-11-23T10:00, or 10m/2h/1d ago.")
@@ -585,7 +719,7 @@ def key_text(key: str | None) -> str:
 
 
 @cli.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=complete_agent)
 @click.option("--all", "every", is_flag=True, help="Read messages too, not only unread ones.")
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N", help="Messages at most."
@@ -629,7 +763,7 @@ def print_messages(messages: list[protocol.MessageInfo]) -> None:
 
 
 @cli.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=complete_agent)
 @click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
 @pass_state
 def ack(state: State, agent: str, message_ids: tuple[int, ...]) -> None:
@@ -756,7 +890,14 @@ def reload(state: State) -> None:
 
 
 @cli.command()
-@click.option("--agent", "agents", multiple=True, metavar="A", help="Only events of agent A; repeat for more.")
+@click.option(
+    "--agent",
+    "agents",
+    multiple=True,
+    metavar="A",
+    help="Only events of agent A; repeat for more.",
+    shell_complete=complete_agent,
+)
 @click.option(
     "--event",
     "kinds",
@@ -764,9 +905,8 @@ def reload(state: State) -> None:
     type=click.Choice(get_args(protocol.EventType)),
     help="Only events of this type; repeat for more.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (as `coordctl --json watch`).")
 @pass_state
-def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json: bool) -> None:
+def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...]) -> None:
     """Print what happens to messages as it happens, until ^C.
 
     Events: accepted, delivering (once per attempt), delivered, retried (an attempt
@@ -778,7 +918,7 @@ def watch(state: State, agents: tuple[str, ...], kinds: tuple[str, ...], as_json
     from coordctl import events
 
     stream = state.client().watch(agents=agents, events=kinds, idle=sys.stdout.flush)  # type: ignore[arg-type]
-    events.print_stream(stream, as_json or state.json)
+    events.print_stream(stream, state.json)  # --json: one JSON object per line
 
 
 @cli.command()
@@ -808,7 +948,7 @@ def import_coords(file: str) -> None:
 
 
 @cli.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=complete_agent)
 @click.argument("message", required=False)
 @pass_state
 def onboard(state: State, agent: str, message: str | None) -> None:
@@ -827,7 +967,7 @@ def coords() -> None:
 
 
 @coords.command("capture")
-@click.argument("agent")
+@click.argument("agent", shell_complete=complete_agent)
 @click.option("--onboarding", is_flag=True, help="Print onboarding_x/onboarding_y instead of x/y.")
 @click.option(
     "--delay",
@@ -861,7 +1001,11 @@ def capture(state: State, agent: str, onboarding: bool, delay: int) -> None:
 # --- agents: MCP server and hooks ---------------------------------------------------
 
 agent_option = click.option(
-    "--agent", envvar="COORDD_AGENT", metavar="NAME", help="The agent to act as  [default: $COORDD_AGENT]"
+    "--agent",
+    envvar="COORDD_AGENT",
+    metavar="NAME",
+    help="The agent to act as  [default: $COORDD_AGENT]",
+    shell_complete=complete_agent,
 )
 
 
@@ -954,5 +1098,47 @@ def claude_code_hook(state: State, agent: str | None, continue_on_mail: bool, ac
     sys.stdout.buffer.write(out)
 
 
-def main() -> None:
-    cli(prog_name="coordctl")
+def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """A subcommand's --json: the same as the one before it."""
+    state = ctx.find_object(State)
+    if value and state is not None:  # (None while a shell completes a word: no command runs then)
+        state.json = True
+
+
+def add_json_option(group: click.Group) -> None:
+    """--json after the subcommand too (`coordctl status --json`), on every one of them."""
+    for command in group.commands.values():
+        command.params.append(
+            click.Option(["--json"], is_flag=True, expose_value=False, callback=json_flag, help="Print JSON.")
+        )
+        if isinstance(command, click.Group):
+            add_json_option(command)
+
+
+add_json_option(cli)
+
+
+def main(args: Sequence[str] | None = None) -> NoReturn:
+    """coordctl: client errors become an exit code and one line on stderr, ``error [code]: message``, or
+    with --json (before or after the subcommand) the JSON object ``{"code": ..., "message": ...}``. A usage
+    error's code is ``usage``, an aborted prompt's ``aborted``."""
+    args = sys.argv[1:] if args is None else list(args)
+    as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+    try:
+        code = cli.main(args, "coordctl", standalone_mode=False)
+    except DaemonUnavailable as e:
+        code = report(as_json, "unavailable", e.message, EXIT_UNREACHABLE)
+    except CoordError as e:
+        code = report(as_json, e.code, e.describe(), EXIT_REFUSED)
+    except click.ClickException as e:
+        if not as_json:
+            e.show()
+            sys.exit(e.exit_code)
+        usage = isinstance(e, click.UsageError) or e.exit_code == EXIT_USAGE
+        code = report(as_json, "usage" if usage else "error", e.format_message(), e.exit_code)
+    except click.Abort:
+        if not as_json:
+            click.echo("Aborted!", err=True)
+            sys.exit(EXIT_REFUSED)
+        code = report(as_json, "aborted", "aborted", EXIT_REFUSED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,7 +1,8 @@
 """Events for people and scripts: `coordctl watch` and `history --follow` print them as they come.
 
 One line per event, or with --json one JSON object per line (JSON Lines): the
-event's fields, every one (defaults too), `event` saying which. A watcher that
+event's fields, every one (defaults too), `event` saying which, and `time_iso`,
+its `time` in ISO 8601 with the offset. A watcher that
 fell behind gets `{"event": "missed", "count": N}` where events were dropped.
 """
 
@@ -46,7 +47,8 @@ def latency(seconds: float | None) -> str:
 
 
 def event_line(ev: protocol.Event) -> str:
-    at = time.strftime("%H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time % 1 * 1000):03d}"
+    lt = time.localtime(ev.time)  # local time with its offset: 17:23:30.250+01:00
+    at = time.strftime("%H:%M:%S", lt) + f".{int(ev.time % 1 * 1000):03d}{human.offset(lt)}"
     line = f"{at}  {ev.event:<10}  #{ev.id} {ev.group + ' ' if ev.group else ''}-> {ev.agent}"
     if ev.event == "accepted":
         line += f"  from {ev.sender or '-'}" + ("  URGENT" if ev.priority == "urgent" else "")
@@ -70,9 +72,11 @@ def event_line(ev: protocol.Event) -> str:
 
 
 def as_json(item: protocol.Event | protocol.Missed) -> str:
-    if type(item) is protocol.Missed:
+    if isinstance(item, protocol.Missed):
         return msgspec.json.encode({"event": "missed", "count": item.count}).decode()
-    return human.json_escaped(msgspec.json.encode(msgspec.structs.asdict(item))).decode()
+    fields = msgspec.structs.asdict(item)
+    fields["time_iso"] = human.iso(item.time)  # beside `time` (unix seconds), as coordctl's other JSON
+    return human.json_escaped(msgspec.json.encode(fields)).decode()
 
 
 def print_stream(

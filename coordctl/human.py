@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -80,14 +80,23 @@ def json_escaped(encoded: bytes) -> bytes:
     return _JSON_RAW.sub(lambda m: b"\\u%04x" % ord(m[0].decode()), encoded)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], paint: Callable[[int, str], str | None] | None = None
+) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded. Cells are made `visible`
-    first, so that the columns line up."""
+    first, so that the columns line up. paint(column, cell) may name a colour for a cell (click.style's
+    ``fg``); the escape codes are added after the padding is measured, so colour does not move columns."""
     rows = [[visible(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (headers, *rows)
-    )
+
+    def cell(i: int, text: str, colour: str | None) -> str:
+        padded = text.ljust(widths[i])
+        return padded if colour is None else click.style(text, fg=colour) + padded[len(text) :]
+
+    def line(row: Sequence[str], painted: bool) -> str:
+        return "  ".join(cell(i, c, paint(i, c) if painted and paint else None) for i, c in enumerate(row)).rstrip()
+
+    return "\n".join([line(headers, False), *(line(row, True) for row in rows)])
 
 
 def duration(seconds: float) -> str:
@@ -115,8 +124,33 @@ def size(n: int) -> str:
 
 
 def timestamp(t: float | None) -> str:
-    """Local time to the second, or ``-``."""
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    """Local time to the second with its UTC offset (``2026-12-03 17:23:30 +0100``), or ``-``."""
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def offset(lt: time.struct_time) -> str:
+    """A local time's UTC offset as ISO 8601 writes it: ``+01:00``."""
+    minutes = (lt.tm_gmtoff or 0) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def iso(t: float) -> str:
+    """Unix seconds as ISO 8601 local time with the offset, to the microsecond: ``2026-12-03T17:23:30.250000+01:00``
+    (what ``datetime.fromisoformat`` reads back; no datetime import here, to start fast)."""
+    whole = int(t // 1)
+    lt = time.localtime(whole)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', lt)}.{int((t - whole) * 1e6):06d}{offset(lt)}"
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 failed message``, ``2 failed messages`` (nouns: the plural when it is not noun + s)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def plural_g(x: float, noun: str) -> str:
+    """`plural` of a float, written short: ``1 day``, ``0.5 days``, ``30 days``."""
+    return f"{x:g} {noun if x == 1 else noun + 's'}"
 
 
 def first_line(text: str, width: int) -> str:

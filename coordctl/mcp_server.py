@@ -77,8 +77,8 @@ class Reply(Args):
 
 
 class Broadcast(Args):
-    """Send one message to every agent of the team, or to every agent of one group. The result is one message id
-    per recipient."""
+    """Send one message to every other agent of the team, or of one group (you get no copy yourself). The result
+    is one message id per recipient."""
 
     body: Annotated[str, msgspec.Meta(description="The message text.")]
     group: Annotated[

@@ -264,8 +264,10 @@ class Operations:
         tags: Iterable[str] | None = None,
         key: str | None = None,
         subject: str | None = None,
+        include_sender: bool = False,
     ) -> protocol.Broadcast:
-        """Queue the message for every agent (or every agent in ``group``); returns the ids."""
+        """Queue the message for every agent (or every agent in ``group``) but its sender, unless
+        ``include_sender``; returns the ids."""
         return protocol.Broadcast(
             body=body,
             group=group,
@@ -275,6 +277,7 @@ class Operations:
             tags=list(tags) if tags else [],
             key=key,
             subject=subject,
+            include_sender=include_sender,
         )
 
     @operation(protocol.StatusInfo)

@@ -63,6 +63,7 @@ ERROR_CODES = (
     "not_recipient",  # ack: the message is another agent's; nothing was acknowledged
     "untrusted_socket",  # client side, never on the wire: the socket is not our own daemon's; nothing was sent
     "unknown_group",  # send to "@NAME", broadcast's group: no agent joins a group by that name; nothing was sent
+    "key_conflict",  # the idempotency key is already a message's with another recipient or content; nothing was sent
 )
 
 # A broadcast's copy for agent A is stored with the key KEY + U+001F + A. The keys of send and batch may not
@@ -135,6 +136,7 @@ class Broadcast(_Req, tag="broadcast"):
     tags: list[str] = []
     key: str | None = None  # each agent's copy is stored with the key broadcast_key(key, agent)
     subject: str | None = None
+    include_sender: bool = False  # False: a sender that is one of the targets gets no copy
 
 
 class StatusRequest(_Req, tag="status"):

@@ -12,10 +12,25 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from coordctl.protocol import NewMessage
 from coordd.config import Queue
 from coordd.delivery import Delivery
 from coordd.model import Record, Refused
 from coordd.store import Store
+
+# What two messages with one idempotency key must share to be the same message, a send repeated (else
+# key_conflict): what it says and to whom. Its labels (sender, kind, tags, priority, subject) may differ: a
+# retry that leaves one out (as a 0.1.0 client's may) is still the same message, and gets the first one's id.
+CONTENT = ("recipient", "body")
+
+
+def content(m: NewMessage) -> tuple[str, str]:
+    return (m.to, m.body)
+
+
+def stored_content(r: Record) -> tuple[str, str]:
+    """As `content`: its recipient is the group it was sent to, if any (whose pick chose r.agent)."""
+    return (r.group or r.agent, r.body)
 
 
 class Admission:
@@ -24,17 +39,33 @@ class Admission:
         self.delivery = delivery
         self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
         self._unstored_bytes = 0  # ...and what their bodies hold (see queue.max_bytes)
-        self._unstored_keys: dict[str, tuple[int, asyncio.Future]] = {}
+        self._unstored_keys: dict[str, tuple[int, Record, asyncio.Future]] = {}
 
-    def known_key(self, key: str, waits: list[asyncio.Future]) -> int | None:
-        """The id of the message that already has this idempotency key, if any. When that one is still being
-        committed, its commit's future joins `waits`: the reply waits for it."""
-        unstored = self._unstored_keys.get(key)
-        if unstored is not None:
-            waits.append(unstored[1])
-            return unstored[0]
-        row = self.store.find_key(key)
-        return row[0] if row else None
+    def known_key(
+        self, key: str, m: NewMessage, by_key: dict[str, Record], waits: list[asyncio.Future], where: str
+    ) -> int | Record | None:
+        """The id of the message that already has this idempotency key (being committed, or stored), or
+        the Record of one earlier in this request (`by_key`: its id is not allocated yet), if any; it must
+        be `m` again, else key_conflict. When that one is still being committed, its commit's future joins
+        `waits`: the reply waits for it."""
+        rec = by_key.get(key)
+        unstored = self._unstored_keys.get(key) if rec is None else None
+        if rec is None and unstored is not None:
+            rec = unstored[1]
+            waits.append(unstored[2])
+        if rec is None:
+            rec = self.store.find_key(key)  # the one query there always was: only a duplicate is compared
+        if rec is None:
+            return None
+        differs = [field for field, a, b in zip(CONTENT, content(m), stored_content(rec), strict=True) if a != b]
+        if differs:
+            first = f"message {rec.id}" if rec.id else "an earlier message of this request"
+            raise Refused(
+                "key_conflict",
+                f"{where}key {key!r} is already {first}'s, which has another {' and '.join(differs)}: "
+                "a key names one message; use a new key for a new message",
+            )
+        return rec if key in by_key else rec.id
 
     def unstored(self, agent: str) -> int:
         """The agent's messages accepted whose commit is not done yet."""
@@ -73,7 +104,7 @@ class Admission:
         for agent, n in per_agent.items():
             self._unstored[agent] += n
         for key, rec in by_key.items():
-            self._unstored_keys[key] = (rec.id, fut)
+            self._unstored_keys[key] = (rec.id, rec, fut)
 
     def committed(self, per_agent: dict[str, int], size: int, by_key: dict[str, Record]) -> None:
         """Their commit is done, or failed: the queues (or nothing) hold them now."""

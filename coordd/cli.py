@@ -128,14 +128,18 @@ def install_service(config_path: str | None, dest: str | None, enable: bool) -> 
 
     from coordd import units
 
+    mismatch = None
     if config_path:
         try:
-            config.load(config_path)
+            cfg = config.load(config_path)
         except config.ConfigError as e:
             raise click.ClickException(f"not installing a unit for a broken config: {e}") from None
+        mismatch = units.socket_mismatch(config_path, cfg.daemon.socket)
     rendered = units.render(units.installed_bin_dir(), config_path)
     for path in units.install(Path(dest) if dest else units.user_unit_dir(), rendered):
         click.echo(f"wrote {path}")
+    if mismatch:
+        click.echo(mismatch, err=True)
     commands = [
         ["systemctl", "--user", "daemon-reload"],
         ["systemctl", "--user", "enable", "--now", "coordd.socket", "coordd.service"],

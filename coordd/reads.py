@@ -64,8 +64,10 @@ class Reads:
         async with self.scanning, self.reader.execute(sql, args) as cur:
             yield cur
 
-    def find_key(self, key: str) -> tuple[int, str] | None:
-        return self.db.execute("SELECT id, status FROM messages WHERE key = ?", (key,)).fetchone()
+    def find_key(self, key: str) -> Record | None:
+        """The message with this idempotency key, whole (a duplicate's content is compared: key_conflict)."""
+        row = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE key = ?", (key,)).fetchone()
+        return None if row is None else record_from_row(row)
 
     def find_legacy_copy(self, key: str, agent: str) -> int | None:
         """The id of `agent`'s copy of a broadcast keyed `key` that a coordd of schema 1 stored (see MIGRATIONS[1])."""

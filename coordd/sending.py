@@ -108,6 +108,10 @@ class Sending:
             targets = self.groups[req.group]
         else:
             raise Refused("unknown_group", f"group: {no_group(req.group, self.groups)}")
+        if not req.include_sender and req.sender in targets:  # it wrote the message: it needs no copy
+            targets = [t for t in targets if t != req.sender]
+            if not targets:
+                return []
         tags = tuple(req.tags)
         msgs = [
             p.NewMessage(
@@ -151,7 +155,7 @@ class Sending:
             check_message(m, self.agents, control_chars, prefix, self.groups)
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
             if key is not None:
-                known = by_key.get(key) or self.admission.known_key(key, waits)
+                known = self.admission.known_key(key, m, by_key, waits, prefix)
                 if known is None and copies and m.key is not None:
                     known = self.store.find_legacy_copy(m.key, m.to)
                 if known is not None:

@@ -318,7 +318,7 @@ class Store:
 
     # --- reads (coordd.reads) ---------------------------------------------------------
 
-    def find_key(self, key: str) -> tuple[int, str] | None:
+    def find_key(self, key: str) -> Record | None:
         return self.reads.find_key(key)
 
     def find_legacy_copy(self, key: str, agent: str) -> int | None:

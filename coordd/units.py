@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_BIN = "%h/.local/bin"
+UNIT_SOCKET = "%t/coordd/coordd.sock"  # %t: $XDG_RUNTIME_DIR, clients' default too (coordctl.paths)
 
 SOCKET = """\
 # coordd's socket, created by the user's service manager; the first connection starts coordd.service,
@@ -21,7 +22,7 @@ SOCKET = """\
 Description=coordd socket (message delivery for AI coding agents)
 
 [Socket]
-ListenStream=%t/coordd/coordd.sock
+ListenStream={socket}
 SocketMode=0600
 DirectoryMode=0700
 Accept=no
@@ -46,7 +47,7 @@ ExecStart={exec_start}
 # Synchronous: `systemctl --user reload coordd` fails, naming the key, when the config is invalid
 # (coordd keeps the previous one). SIGHUP reloads too.
 ExecReload={exec_reload}
-Environment=COORDD_SOCKET=%t/coordd/coordd.sock
+Environment=COORDD_SOCKET={socket}
 Restart=on-failure
 RestartSec=1s
 WatchdogSec=30s
@@ -84,8 +85,32 @@ def render(bin_dir: str = DEFAULT_BIN, config: str | None = None) -> dict[str, s
     """{file name: text} of both units. bin_dir is in unit syntax (may use %h), config a literal path."""
     start = [f"{bin_dir}/coordd", "run"] + (["--config", escape(config)] if config else [])
     reload = [f"{bin_dir}/coordctl", "reload"]
-    service = SERVICE.format(exec_start=" ".join(map(_quote, start)), exec_reload=" ".join(map(_quote, reload)))
-    return {"coordd.service": service, "coordd.socket": SOCKET}
+    service = SERVICE.format(
+        exec_start=" ".join(map(_quote, start)), exec_reload=" ".join(map(_quote, reload)), socket=UNIT_SOCKET
+    )
+    return {"coordd.service": service, "coordd.socket": SOCKET.format(socket=UNIT_SOCKET)}
+
+
+def unit_socket_path() -> str:
+    """UNIT_SOCKET with %t expanded as the user's service manager does."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return UNIT_SOCKET.replace("%t", runtime)
+
+
+def socket_mismatch(config_path: str, config_socket: str) -> str | None:
+    """What to say when the config's daemon.socket is not where coordd.socket listens, else None. Under
+    systemd coordd serves the unit's socket; a client that takes the path from the config would look
+    in the wrong place."""
+    unit = unit_socket_path()
+    if os.path.abspath(config_socket) == unit:
+        return None
+    return (
+        f"warning: {config_path} sets daemon.socket = {config_socket!r}, but coordd.socket listens on {unit} "
+        f"({UNIT_SOCKET}), which is where coordd serves under systemd and where clients look by default. "
+        f"Change the config: remove daemon.socket (its default is {unit}) or set it to that path. "
+        f"To keep {config_socket} instead, change ListenStream= in coordd.socket and COORDD_SOCKET= in "
+        "coordd.service to it"
+    )
 
 
 def installed_bin_dir() -> str:

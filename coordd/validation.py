@@ -73,8 +73,7 @@ def check_message(
             if m.to[1:] not in groups:
                 raise Refused("unknown_group", f"{where}to: {no_group(m.to[1:], groups)}")
         else:
-            names = ", ".join(agents)
-            raise Refused("unknown_agent", f"{where}to: no agent named {m.to!r}; configured agents: {names}")
+            raise Refused("unknown_agent", f"{where}to: {no_agent(m.to, agents)}")
     if not m.body.strip():
         raise Refused("bad_request", f"{where}body is empty: give the message some text")
     if control_chars == "reject" and (bad := BODY_CONTROL.search(m.body)):
@@ -137,7 +136,17 @@ def check_page(req: p.History, agents: Collection[str], orphans: Collection[str]
 def check_agent(agent: str, agents: Collection[str], orphans: Collection[str]) -> None:
     """A configured agent, or one whose messages wait for it to be configured again."""
     if agent not in agents and agent not in orphans:
-        raise Refused("unknown_agent", f"agent: no agent named {agent!r}; configured agents: {', '.join(agents)}")
+        raise Refused("unknown_agent", f"agent: {no_agent(agent, agents)}")
+
+
+def no_agent(name: str, agents: Collection[str]) -> str:
+    """What a refusal says of an agent that is not configured: the configured ones, and the likely one meant.
+    Only on this error path: difflib is imported and run here, never for a good request."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(agents), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no agent named {name!r}{hint}; configured agents: {', '.join(agents)}"
 
 
 def check_ids_list(ids: list[int], limit: int) -> None:

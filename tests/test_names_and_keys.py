@@ -78,7 +78,7 @@ def test_a_send_key_cannot_swallow_a_broadcast_copy(daemon):
         ids = c.broadcast("Y: the broadcast keyed standup", key="standup")
         assert x not in ids and len(set(ids)) == 4
         assert c.broadcast("Y: the broadcast keyed standup", key="standup") == ids  # a retry is still idempotent
-        assert c.send("Agent-1", "X again", key="standup:Agent-1") == x
+        assert c.send("Agent-1", "X: sent with key standup:Agent-1", key="standup:Agent-1") == x
         copy = c.get(ids[0]).message
         assert copy.to == "Agent-1" and copy.key == "standup\x1fAgent-1"
         with pytest.raises(CoordError) as e:  # the separator is a control character: no send can forge a copy's key

@@ -77,7 +77,7 @@ def test_failed_messages_exit_4_until_retried(make_daemon):
         wait_until(lambda: c.get(doomed).message.status == "failed", what="the message to fail")
         shown = status(d)
         assert shown.returncode == 4, shown.stdout + shown.stderr
-        assert "A has 1 failed messages" in shown.stdout and "coordctl retry" in shown.stdout
+        assert "A has 1 failed message:" in shown.stdout and "coordctl retry" in shown.stdout
         assert "is not a directory" in shown.stdout  # the last error, in the table
         as_json = status(d, "--json")
         assert as_json.returncode == 4 and json.loads(as_json.stdout)["agents"][0]["failed"] == 1
@@ -107,7 +107,7 @@ def test_a_down_transport_exits_4_and_says_why(make_daemon, monkeypatch):
     row = next(line for line in shown.stdout.splitlines() if line.startswith("T "))
     assert "down: tmux is not installed" in row and row.split()[:2] == ["T", "tmux"]
     assert re.search(r"T is down since \d\d:\d\d:\d\d \(tmux is not installed", shown.stdout)
-    assert "1 queued messages wait" in shown.stdout
+    assert "1 queued message waits" in shown.stdout
     agent = json.loads(status(d, "--json").stdout)["agents"][1]
     assert agent["healthy"] is False and "tmux" in agent["reason"] and agent["queued"] == 1
     assert 0 < time.time() - agent["down_since"] < 60

@@ -201,6 +201,31 @@ def test_install_service_writes_verified_units(analyze_env, tmp_path):
     assert run.returncode != 0 and "sockett" in run.stderr
 
 
+def test_install_service_warns_when_the_configs_socket_is_not_the_units(tmp_path):
+    runtime = tmp_path / "runtime"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    unit_socket = runtime / "coordd" / "coordd.sock"
+
+    def install(daemon: dict) -> subprocess.CompletedProcess:
+        cfg = write_config(tmp_path / "coordd.toml", {"daemon": daemon} if daemon else {}, [{"id": "A"}])
+        return subprocess.run(
+            [sys.executable, "-m", "coordd", "install-service", "--config", str(cfg), "--dir", str(tmp_path / "u")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    elsewhere = install({"socket": str(tmp_path / "elsewhere.sock")})
+    assert elsewhere.returncode == 0 and (tmp_path / "u" / "coordd.socket").exists()  # a warning, not a refusal
+    warning = elsewhere.stderr
+    assert warning.startswith("warning: ") and "daemon.socket" in warning
+    assert str(tmp_path / "elsewhere.sock") in warning and str(unit_socket) in warning
+    assert "Change the config" in warning and "ListenStream=" in warning  # which to change, and the other way
+    assert install({"socket": str(unit_socket)}).stderr == ""
+    assert install({}).stderr == ""  # the default is the unit's
+
+
 # --- readiness, watchdog, socket activation ---------------------------------------------------------------------
 
 

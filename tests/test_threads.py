@@ -159,7 +159,7 @@ def test_headers_show_the_subject_and_what_a_message_answers(render):
 
 def test_a_broadcast_has_a_subject(make_daemon):
     d = make_daemon(agents=AGENTS)
-    ids = [int(i) for i in ok(d, "broadcast", "freeze at 5", "--subject", "release 1.2", "--sender", "A").split()]
+    ids = [int(i) for i in ok(d, "broadcast", "freeze at 5", "--subject", "release 1.2", "--sender", "lead").split()]
     with d.client() as c:
         assert [c.get(i).message.subject for i in ids] == ["release 1.2"] * 3
         wait_until(lambda: all(delivered(c, i) for i in ids), what="the copies")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
+from datetime import datetime
 
 import pytest
 from conftest import wait_until
@@ -246,9 +248,12 @@ def test_cli_watch_prints_json_lines_and_human_lines(daemon):
             assert [(x["event"], x["id"]) for x in lines] == [("accepted", m), ("delivering", m), ("delivered", m)]
             assert lines[0]["preview"] == "hello watchers" and lines[0]["sender"] == "Agent-3"
             assert lines[2]["latency"] > 0 and lines[2]["error"] is None  # every field, defaults too
+            iso = datetime.fromisoformat(lines[0]["time_iso"])  # beside the unix seconds, with the offset
+            assert iso.utcoffset() is not None and abs(iso.timestamp() - lines[0]["time"]) < 1e-5
             assert "delivered" in human.stdout.readline()
             second = human.stdout.readline()
             assert "delivered" in second and f"#{m} -> Agent-1" in second and "after" in second
+            assert re.match(r"\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d  delivered", second), second  # local, its offset
         finally:
             for p in (as_json, human):
                 p.kill()
