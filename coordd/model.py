@@ -46,6 +46,7 @@ class Record(msgspec.Struct, gc=False):
     group: str | None = None  # the group it was sent to ("@NAME"), whose pick chose `agent`
     read_at: float | None = None  # a pull agent's first fetch of it (coordd.pull); push deliveries leave it alone
     fetches: int = 0  # times a pull agent fetched it
+    resent_from: int | None = None  # the message this one is a copy of (coordctl resend)
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None
@@ -63,6 +64,7 @@ class Record(msgspec.Struct, gc=False):
             self.thread or self.id,
             self.subject,
             self.group,
+            self.resent_from,
         )
 
 
