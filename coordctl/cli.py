@@ -257,7 +257,8 @@ def send(
     if reply.duplicate and not state.json:
         human.echo(f"note: key {key!r} was used before; {reply.id} is the original message", err=True)
     if not reply.healthy and not state.json:  # queued behind an agent that cannot take it now
-        human.echo(f"queued: {agent} is down: {reply.reason}", err=True)
+        why = reply.reason or "unknown"  # "paused until ..." (coordctl pause), else why its transport is down
+        human.echo(f"queued: {agent} is {why if why.startswith('paused') else 'down: ' + why}", err=True)
     if wait and reply.status != "delivered":  # the daemon says so with an error; this is belt and braces
         human.echo(f"error [not_delivered]: message {reply.id} is {reply.status}", err=True)
         click.get_current_context().exit(EXIT_REFUSED)

@@ -41,20 +41,24 @@ def test_a_paused_agent_gets_nothing_until_resumed_then_everything_in_order(make
             assert statuses(c, ids) == ["queued"] * 5
             assert inbox_bodies(d.inbox("A")) == []
             assert agent_status(c, "A").queued == 5
+        out = cli(d, "send", "A", "one more")
+        assert out.returncode == 0 and "queued: A is paused since " in out.stderr
+        ids.append(int(out.stdout))
         table = ok(d, "status")
         assert "paused until resumed" in table
         listed = json.loads(ok(d, "--json", "agents"))["agents"]
         assert [a["paused"] for a in listed] == [True, False]
         assert "paused" in ok(d, "agents")
-        assert "5 messages queued" in ok(d, "resume", "A")
+        assert "6 messages queued" in ok(d, "resume", "A")
         with d.client() as c:
-            wait_until(lambda: statuses(c, ids) == ["delivered"] * 5, what="A's messages delivered after resume")
+            wait_until(lambda: statuses(c, ids) == ["delivered"] * 6, what="A's messages delivered after resume")
             assert not agent_status(c, "A").paused
-        assert inbox_bodies(d.inbox("A")) == ["first", "body 2", "body 3", "body 4", "body 5"]
+        assert inbox_bodies(d.inbox("A")) == ["first", "body 2", "body 3", "body 4", "body 5", "one more"]
         # Watch: every message was accepted while paused, and none delivering before the resume's deliveries.
-        wait_until(lambda: len([e for e in watch.events() if e.event == "delivered"]) == 5, what="5 delivered events")
+        wait_until(lambda: len([e for e in watch.events() if e.event == "delivered"]) == 6, what="6 delivered events")
         kinds = [e.event for e in watch.events()]
-        assert kinds[:5] == ["accepted"] * 5 and "delivering" in kinds[5:]
+        assert kinds[:6] == ["accepted"] * 6 and "delivering" in kinds[6:]
+        assert [e.id for e in watch.events() if e.event == "delivered"] == ids  # in the order they were sent
         assert "A is not paused" in ok(d, "resume", "A")  # resuming again changes nothing
     finally:
         watch.stop()
