@@ -45,7 +45,7 @@ class Pauses:
             self.store.write([(s.PAUSE_ENDED, ended, True)], deferred=True)
 
     async def pause(self, req: p.Pause) -> p.PauseState:
-        check_agent(req.agent, self.agents, {})
+        check_agent(req.agent, self.agents, ())  # only a configured agent
         if req.duration is not None and not (0 < req.duration <= MAX_PAUSE_S and math.isfinite(req.duration)):
             raise Refused(
                 "bad_request",

@@ -99,10 +99,7 @@ class RetryCancel:
         """Every failed message of req.agent created since req.since goes back to its queue, in id order."""
         if req.status != "failed":
             raise Refused("bad_request", f"status: only failed messages can be retried, not {req.status} ones")
-        if req.agent not in self.agents:
-            raise Refused(
-                "unknown_agent", f"agent: no agent named {req.agent!r}; configured agents: {', '.join(self.agents)}"
-            )
+        check_agent(req.agent, self.agents, ())  # (an agent no longer configured has nowhere to send them)
         since = req.since if req.since is not None else float("-inf")
         async with self.busy:
             if req.dry_run:
