@@ -99,8 +99,11 @@ class Reads:
         """The next n of agent's failed messages created since `since`, with ids above `after`, in id order."""
         return [record_from_row(r) for r in self.db.execute(s.FAILED_CHUNK, (agent, since, after, n))]
 
-    def count_failed(self, agent: str, since: float) -> int:
-        return self.db.execute(s.COUNT_FAILED, (agent, since)).fetchone()[0]
+    async def count_failed(self, agent: str, since: float) -> int:
+        """A scan (on the reader, off the loop): an agent may have 100,000 failed messages."""
+        async with self._scan(s.COUNT_FAILED, (agent, since)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else 0
 
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()

@@ -103,7 +103,7 @@ class RetryCancel:
         since = req.since if req.since is not None else float("-inf")
         async with self.busy:
             if req.dry_run:
-                return p.Count(count=self.store.count_failed(req.agent, since))
+                return p.Count(count=await self.store.count_failed(req.agent, since))
             done, after = 0, -1
             while chunk := self.store.failed_chunk(req.agent, since, after, CHUNK):
                 after = chunk[-1].id

@@ -339,8 +339,8 @@ class Store:
     def failed_chunk(self, agent: str, since: float, after: int, n: int) -> list[Record]:
         return self.reads.failed_chunk(agent, since, after, n)
 
-    def count_failed(self, agent: str, since: float) -> int:
-        return self.reads.count_failed(agent, since)
+    async def count_failed(self, agent: str, since: float) -> int:
+        return await self.reads.count_failed(agent, since)
 
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
