@@ -98,6 +98,18 @@ class TimeSpec(FloatParamType):
             self.fail(str(e), param, ctx)
 
 
+class DurationSpec(FloatParamType):
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return human.parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 # --- output --------------------------------------------------------------------
 
 
@@ -141,6 +153,14 @@ def read_body(message: str) -> str:
 
 def health(healthy: bool, reason: str | None) -> str:
     return "ok" if healthy else f"down: {reason or 'unknown'}"
+
+
+def health_or_paused(a: protocol.AgentStatus | protocol.AgentInfo) -> str:
+    """The HEALTH column: a paused agent says so first (and whether it is down too)."""
+    if not a.paused:
+        return health(a.healthy, a.reason)
+    until = f"until {human.timestamp(a.paused_until)}" if a.paused_until is not None else "until resumed"
+    return f"paused {until}" + ("" if a.healthy else f"; down: {a.reason or 'unknown'}")
 
 
 def opt(value: str | None) -> str:
@@ -266,7 +286,8 @@ def send(
     if reply.duplicate and not state.json:
         human.echo(f"note: key {key!r} was used before; {reply.id} is the original message", err=True)
     if not reply.healthy and not state.json:  # queued behind an agent that cannot take it now
-        human.echo(f"queued: {agent} is down: {reply.reason}", err=True)
+        why = reply.reason or "unknown"  # "paused until ..." (coordctl pause), else why its transport is down
+        human.echo(f"queued: {agent} is {why if why.startswith('paused') else 'down: ' + why}", err=True)
     if wait and reply.status != "delivered":  # the daemon says so with an error; this is belt and braces
         human.echo(f"error [not_delivered]: message {reply.id} is {reply.status}", err=True)
         click.get_current_context().exit(EXIT_REFUSED)
@@ -392,7 +413,7 @@ def red_unless_zero(cell: str) -> str | None:
 
 
 def health_colour(cell: str) -> str | None:
-    return "green" if cell == "ok" else "red"
+    return "green" if cell == "ok" else "yellow" if cell.startswith("paused") and "down" not in cell else "red"
 
 
 class Column(NamedTuple):
@@ -409,7 +430,7 @@ class Column(NamedTuple):
 STATUS_COLUMNS = (
     Column("AGENT", lambda a: a.id),
     Column("TRANSPORT", lambda a: a.transport, drop=3),
-    Column("HEALTH", lambda a: human.first_line(health(a.healthy, a.reason), 40), squeeze=12, paint=health_colour),
+    Column("HEALTH", lambda a: human.first_line(health_or_paused(a), 40), squeeze=12, paint=health_colour),
     Column("QUEUED", lambda a: str(a.queued)),
     Column("IN FLIGHT", lambda a: str(a.in_flight), drop=5),
     Column("UNACKED", lambda a: unacked(a), drop=7, shown=pulling),
@@ -538,7 +559,8 @@ def attention(info: protocol.StatusInfo, width: int | None = None) -> list[str]:
         if a.failed:
             out.append(
                 f"{a.id} has {human.plural(a.failed, 'failed message')}: "
-                f"`coordctl history --agent {a.id} --status failed`, then `coordctl retry ID` once the cause is fixed"
+                f"`coordctl history --agent {a.id} --status failed`, then `coordctl retry --agent {a.id}` "
+                "(or `retry ID`) once the cause is fixed"
             )
     if not out:
         return []
@@ -684,6 +706,7 @@ def format_message(reply: protocol.Message) -> str:
         ("key", key_text(m.key)),
         *((("subject", m.subject),) if m.subject is not None else ()),
         *((("re", f"#{m.reply_to}  (thread #{m.thread})"),) if m.reply_to is not None else ()),
+        *((("resent from", f"#{m.resent_from}"),) if m.resent_from is not None else ()),
         ("created", human.timestamp(m.created)),
         ("delivered", human.timestamp(m.delivered)),
         ("read", human.timestamp(m.read_at)),
@@ -804,20 +827,143 @@ def thread(state: State, message_id: int, limit: int) -> None:
         print_messages(messages)
 
 
+# Bulk retry and cancel: above this many messages, ask first (on a terminal) or require --yes.
+CONFIRM_ABOVE = 100
+
+
+def bulk_options(status: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def add(f: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                click.argument("message_id", metavar="[ID]", type=int, required=False),
+                click.option("--agent", metavar="AGENT", help="Every message of AGENT that matches (instead of ID)."),
+                click.option(
+                    "--status",
+                    type=click.Choice([status]),
+                    default=status,
+                    show_default=True,
+                    help=f"Only {status} messages (the only ones this applies to).",
+                ),
+                click.option(
+                    "--since", type=TimeSpec(), help="Only messages sent since TIME (10m, 2h, ISO-8601, ...)."
+                ),
+                click.option(
+                    "--yes", "-y", is_flag=True, help=f"Do it without asking, even for more than {CONFIRM_ABOVE}."
+                ),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return add
+
+
 @cli.command()
-@click.argument("message_id", metavar="ID", type=int)
+@bulk_options("failed")
 @pass_state
-def retry(state: State, message_id: int) -> None:
-    """Queue failed message ID again."""
-    print_sent(state, state.client().call(protocol.Retry(message_id=message_id)))
+def retry(state: State, message_id: int | None, agent: str | None, status: str, since: float | None, yes: bool) -> None:
+    """Queue failed message ID again, or with --agent every failed message of AGENT (--since: only the recent
+    ones); prints how many. More than 100 ask first on a terminal, and need --yes otherwise."""
+    if message_id is not None:
+        no_filters(agent, since)
+        print_sent(state, state.client().call(protocol.Retry(message_id=message_id)))
+        return
+    client = state.client()
+    agent = need_agent(agent)
+    n = client.retry_many(agent, since=since, dry_run=True)
+    confirm_bulk(n, f"retry {n} failed messages of {agent}", yes)
+    print_count(state, client.retry_many(agent, since=since) if n else 0, "queued again")
+
+
+@cli.command()
+@bulk_options("queued")
+@pass_state
+def cancel(
+    state: State, message_id: int | None, agent: str | None, status: str, since: float | None, yes: bool
+) -> None:
+    """Cancel message ID, which must still be queued, or with --agent every message still queued for AGENT
+    (--since: only the recent ones); prints how many. Messages being delivered are left alone. More than 100
+    ask first on a terminal, and need --yes otherwise."""
+    if message_id is not None:
+        no_filters(agent, since)
+        print_sent(state, state.client().call(protocol.Cancel(message_id=message_id)))
+        return
+    client = state.client()
+    agent = need_agent(agent)
+    n = client.cancel_many(agent, since=since, dry_run=True)
+    confirm_bulk(n, f"cancel {n} queued messages of {agent}", yes)
+    print_count(state, client.cancel_many(agent, since=since) if n else 0, "cancelled")
+
+
+def no_filters(agent: str | None, since: float | None) -> None:
+    if agent is not None or since is not None:
+        raise click.UsageError("give either a message ID or --agent (with --since), not both")
+
+
+def need_agent(agent: str | None) -> str:
+    if agent is None:
+        raise click.UsageError("give a message ID, or --agent AGENT for all of its messages")
+    return agent
+
+
+def confirm_bulk(n: int, what: str, yes: bool) -> None:
+    """More than CONFIRM_ABOVE: ask on a terminal; without one, only --yes goes ahead (nothing is guessed)."""
+    if n <= CONFIRM_ABOVE or yes:
+        return
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise click.UsageError(f"this would {what}: more than {CONFIRM_ABOVE}, so pass --yes to go ahead")
+    if not click.confirm(f"{what}?", err=True):
+        raise click.Abort()
+
+
+def print_count(state: State, n: int, done: str) -> None:
+    if state.json:
+        emit_json({"count": n})
+    else:
+        human.echo(f"{n} {'message' if n == 1 else 'messages'} {done}")
 
 
 @cli.command()
 @click.argument("message_id", metavar="ID", type=int)
 @pass_state
-def cancel(state: State, message_id: int) -> None:
-    """Cancel message ID, which must still be queued."""
-    print_sent(state, state.client().call(protocol.Cancel(message_id=message_id)))
+def resend(state: State, message_id: int) -> None:
+    """Queue a new copy of message ID (whatever its status) to its recipient; prints the new id."""
+    new_id = state.client().resend(message_id)
+    if state.json:
+        emit_json({"id": new_id})
+    else:
+        human.echo(str(new_id))
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--for", "duration", type=DurationSpec(), help="End the pause by itself after DURATION (10m, 2h).")
+@pass_state
+def pause(state: State, agent: str, duration: float | None) -> None:
+    """Hold AGENT's deliveries: messages to it queue but are not delivered until `resume` (or --for ends it).
+    A pull agent's inbox returns nothing new meanwhile. The pause survives a restart."""
+    print_pause(state, state.client().pause(agent, duration=duration))
+
+
+@cli.command()
+@click.argument("agent")
+@pass_state
+def resume(state: State, agent: str) -> None:
+    """Deliver AGENT's held messages again, in order."""
+    print_pause(state, state.client().resume(agent))
+
+
+def print_pause(state: State, reply: protocol.PauseState) -> None:
+    if state.json:
+        emit_json(reply)
+        return
+    queued = f"{reply.queued} {'message' if reply.queued == 1 else 'messages'} queued"
+    if not reply.paused:
+        human.echo(f"{reply.agent} is not paused ({queued})")
+    elif reply.until is None:
+        human.echo(f"{reply.agent} paused until resumed ({queued})")
+    else:
+        human.echo(f"{reply.agent} paused until {human.timestamp(reply.until)} ({queued})")
 
 
 def print_sent(state: State, reply: protocol.Reply) -> None:
@@ -844,7 +990,7 @@ def list_agents(state: State) -> None:
     if state.json:
         emit_json({"agents": found})
         return
-    rows = [(a.id, a.transport, ",".join(a.groups) or "-", health(a.healthy, a.reason)) for a in found]
+    rows = [(a.id, a.transport, ",".join(a.groups) or "-", health_or_paused(a)) for a in found]
     human.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
 
 

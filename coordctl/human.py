@@ -161,6 +161,19 @@ def first_line(text: str, width: int) -> str:
     return line + "…" if rest.strip() else line
 
 
+def parse_duration(spec: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``2h``, ``1d`` or ``1w``. Raises ValueError with a message fit for
+    the user."""
+    spec = spec.strip()
+    unit = _UNITS.get(spec[-1:])
+    try:
+        return float(spec[:-1]) * unit if unit is not None else float(spec)
+    except ValueError:
+        raise ValueError(
+            f"{spec!r} is not a duration: use seconds or a number with s, m, h, d or w (10m, 2h)"
+        ) from None
+
+
 def parse_time(spec: str, now: float | None = None) -> float:
     """Unix seconds from ``1763892000``, ``2026-11-23T10:00`` (local time
     unless it carries an offset) or ``10m``/``2h``/``1d``/``1w`` ago.

@@ -157,6 +157,10 @@ def _changed(reply: protocol.Acked) -> int:
     return reply.changed
 
 
+def _count(reply: protocol.Count) -> int:
+    return reply.count
+
+
 def _until_delivered(send: protocol.Send) -> float | None:
     """With ``wait``, the daemon answers once the message is delivered (read, acked), or at ``timeout``."""
     return send.timeout if send.wait else 0.0
@@ -329,6 +333,33 @@ class Operations:
     def cancel(self, message_id: int) -> protocol.Cancel:
         """Cancel a message that is still queued."""
         return protocol.Cancel(message_id=message_id)
+
+    @operation(protocol.Count, _count)
+    def retry_many(self, agent: str, *, since: float | None = None, dry_run: bool = False) -> protocol.RetryMany:
+        """Queue again every failed message of ``agent`` (created since ``since``, unix seconds); returns how
+        many (``dry_run=True``: how many would be, changing nothing)."""
+        return protocol.RetryMany(agent=agent, since=since, dry_run=dry_run)
+
+    @operation(protocol.Count, _count)
+    def cancel_many(self, agent: str, *, since: float | None = None, dry_run: bool = False) -> protocol.CancelMany:
+        """Cancel every message still queued for ``agent`` (created since ``since``); returns how many
+        (``dry_run=True``: how many would be). Messages being delivered are left alone."""
+        return protocol.CancelMany(agent=agent, since=since, dry_run=dry_run)
+
+    @operation(protocol.Sent, _id)
+    def resend(self, message_id: int) -> protocol.Resend:
+        """Queue a new copy of message ``message_id`` (any status) to its recipient; returns the copy's id."""
+        return protocol.Resend(message_id=message_id)
+
+    @operation(protocol.PauseState)
+    def pause(self, agent: str, *, duration: float | None = None) -> protocol.Pause:
+        """Hold ``agent``'s deliveries (its messages queue) until ``resume``, or for ``duration`` seconds."""
+        return protocol.Pause(agent=agent, duration=duration)
+
+    @operation(protocol.PauseState)
+    def resume(self, agent: str) -> protocol.Resume:
+        """Deliver ``agent``'s held messages again, in order."""
+        return protocol.Resume(agent=agent)
 
     @operation(protocol.Page, _messages, held=_until_arrival)
     def inbox(

@@ -169,6 +169,46 @@ class Cancel(_Req, tag="cancel"):
     message_id: int
 
 
+class RetryMany(_Req, tag="retry_many"):
+    """Queue again every failed message of `agent` (created since `since`), in id order (`count` reply)."""
+
+    agent: str
+    status: Status = "failed"  # only failed messages can be retried: any other is bad_request
+    since: float | None = None  # unix seconds, inclusive; None: any age
+    dry_run: bool = False  # only count them
+
+
+class CancelMany(_Req, tag="cancel_many"):
+    """Cancel every message still queued for `agent` (created since `since`) (`count` reply). One being
+    delivered, or fetched by a pull agent, is not queued and stays as it is."""
+
+    agent: str
+    status: Status = "queued"  # only queued messages can be cancelled: any other is bad_request
+    since: float | None = None
+    dry_run: bool = False
+
+
+class Resend(_Req, tag="resend"):
+    """Queue a new copy of message `message_id`, whatever its status, to its recipient (`sent` reply: the copy's
+    id); the copy's `resent_from` is `message_id`."""
+
+    message_id: Int64
+
+
+class Pause(_Req, tag="pause"):
+    """Hold `agent`'s deliveries: its messages queue but are not delivered until `resume` (or, with `duration`,
+    for that many seconds). Kept across restarts (`pause` reply)."""
+
+    agent: str
+    duration: float | None = None  # seconds; None: until resumed
+
+
+class Resume(_Req, tag="resume"):
+    """Deliver `agent`'s messages again, in order (`pause` reply; an agent not paused stays as it is)."""
+
+    agent: str
+
+
 class Agents(_Req, tag="agents"):
     pass
 
@@ -261,6 +301,11 @@ Request = (
     | Ack
     | ReplyRequest
     | Thread
+    | RetryMany
+    | CancelMany
+    | Resend
+    | Pause
+    | Resume
 )
 
 
@@ -326,6 +371,7 @@ class MessageInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     fetches: int = 0  # how many times a pull agent fetched it (more than 1: its lease ran out unacked)
     lease_until: float | None = None  # a pull agent's fetch leases it until then; unacked after, it is fetched again
     group: str | None = None  # the group it was sent to ("@NAME"); `to` is the member the group's pick chose
+    resent_from: int | None = None  # the message this one is a copy of (`resend`)
 
 
 class Message(_Rep, tag="message"):
@@ -344,6 +390,8 @@ class AgentInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     groups: list[str] = []
     healthy: bool = True
     reason: str | None = None
+    paused: bool = False  # `pause`: its messages queue but are not delivered
+    paused_until: float | None = None  # when the pause ends by itself; None: at `resume`
 
 
 class AgentList(_Rep, tag="agents"):
@@ -368,6 +416,9 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     # A pull agent's (transport "pull"): its backlog is queued + leased; the oldest unacked is the oldest of both.
     leased: int = 0  # fetched, not acknowledged yet: fetched again once its lease ends
     oldest_unacked_age: float | None = None  # seconds since the oldest of its backlog was sent
+    paused: bool = False  # `pause`: its messages queue but are not delivered
+    paused_since: float | None = None
+    paused_until: float | None = None  # when the pause ends by itself; None: at `resume`
 
 
 class StatusInfo(_Rep, tag="status"):
@@ -459,6 +510,22 @@ class Acked(_Rep, tag="acked"):
     changed: int  # messages acknowledged by this request (those acked before are not counted)
 
 
+class Count(_Rep, tag="count"):
+    """retry_many, cancel_many: how many messages were retried or cancelled (with dry_run: would be)."""
+
+    count: int
+
+
+class PauseState(_Rep, tag="pause"):
+    """pause, resume: the agent's pause as it is now."""
+
+    agent: str
+    paused: bool
+    since: float | None = None  # when it was paused
+    until: float | None = None  # when the pause ends by itself; None: at `resume`
+    queued: int = 0  # its messages waiting
+
+
 Reply = (
     Error
     | Pong
@@ -477,6 +544,8 @@ Reply = (
     | Unwatched
     | MetricsText
     | Acked
+    | Count
+    | PauseState
 )
 
 

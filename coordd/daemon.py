@@ -27,6 +27,7 @@ from coordd.hooks import NO_HOOKS, Hooks
 from coordd.inbox_requests import InboxRequests
 from coordd.metrics import Collector, Metrics
 from coordd.observer import BENCH_OFF, Observer, start_http
+from coordd.pauses import Pauses
 from coordd.queries import Queries
 from coordd.reload import Reloader
 from coordd.retention import Pruner
@@ -101,7 +102,10 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
             retry_cancel = RetryCancel(config, store, delivery, hooks)
             inbox = InboxRequests(config, store, delivery, hooks)
-            handlers = Handlers(config, delivery, sending, queries, retry_cancel, inbox, reload, hooks, collector.text)
+            pauses = Pauses(config, store, delivery)
+            handlers = Handlers(
+                config, delivery, sending, queries, retry_cancel, inbox, pauses, reload, hooks, collector.text
+            )
             server = Server(handlers, config.daemon, hooks, bus)
             pruner = Pruner(store, config.retention, spawn, delivery.drop_unacked)
 
@@ -114,6 +118,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             )
 
             _requeue(store, delivery)
+            pauses.restore()  # before the workers start: a paused agent's first message waits
             delivery.start()
             pruner.start()
             background: list[asyncio.Task] = []

@@ -15,6 +15,10 @@ and at once after a reload. A `held` event tells a watch which messages wait
 and why, once per spell (not at each recheck), and for each message sent to
 the agent while it stays down.
 
+A paused agent (coordctl pause, coordd.pauses) keeps its queue: its worker waits on `wakeup`
+with no deadline until `resume`, or the pause's timer, sets it; a delivery in progress when it
+was paused finishes. A paused pull agent's fetches return nothing new (coordd.inbox_requests).
+
 A pull agent's queue has no worker: its messages wait in the queue until the agent
 fetches them (coordd.pull takes them). A fetched message is leased, not released: it
 stays in `leased` (counted by the queue limits, its body in `held`) until it is
@@ -79,6 +83,8 @@ class AgentQueue:
         self.lease_timer: asyncio.TimerHandle | None = None
         self.lease_timer_at = 0.0
         self.returned: set[int] = set()  # ids put back in the queue by a lease that ran out (ack takes them out)
+        self.paused: tuple[float, float | None] | None = None  # (since, until: None till resumed), wall clock
+        self.pause_timer: asyncio.TimerHandle | None = None  # ends a pause with an `until`
 
     def __len__(self) -> int:
         """Messages waiting to be taken (not counting those in flight)."""
@@ -128,6 +134,14 @@ class AgentQueue:
                     q.remove(rec)
                     return rec
         return None
+
+    def pause_reason(self) -> str | None:
+        """Why nothing is delivered to this agent though it may be up ("paused until 12:30:00"); None: not
+        paused. (What a `held` event, or a send's reply, says.)"""
+        if self.paused is None:
+            return None
+        since, until = self.paused
+        return f"paused until {_clock(until)}" if until is not None else f"paused since {_clock(since)} until resumed"
 
     def oldest_created(self) -> float | None:
         heads = [q[0].created for q in (self.urgent, self.regular) if q]
@@ -201,18 +215,36 @@ class AgentQueue:
                 del self.leased[i]
                 expired.append(entry[1])
         if expired:
-            expired.sort(key=_by_id)
-            for urgent in (True, False):
-                back = [rec for rec in expired if (rec.priority == "urgent") == urgent]
-                if back:
-                    q = self.urgent if urgent else self.regular
-                    merged = deque(heapq.merge(back, q, key=_by_id))
-                    if urgent:
-                        self.urgent = merged
-                    else:
-                        self.regular = merged
+            self.merge_back(expired)
             self.returned.update(rec.id for rec in expired)
         return expired
+
+    def merge_back(self, recs: list[Record]) -> None:
+        """Put messages taken out of the queue back in it, each in its place by id (queues are in id order)."""
+        recs = sorted(recs, key=_by_id)
+        for urgent in (True, False):
+            back = [rec for rec in recs if (rec.priority == "urgent") == urgent]
+            if back:
+                q = self.urgent if urgent else self.regular
+                merged = deque(heapq.merge(back, q, key=_by_id))
+                if urgent:
+                    self.urgent = merged
+                else:
+                    self.regular = merged
+
+    def take_where(self, keep: Callable[[Record], bool]) -> list[Record]:
+        """Take every waiting message for which `keep` is true out of the queue (none in flight), in one pass."""
+        taken: list[Record] = []
+        for urgent in (True, False):
+            q = self.urgent if urgent else self.regular
+            left: deque[Record] = deque()
+            for rec in q:
+                (taken if keep(rec) else left).append(rec)
+            if urgent:
+                self.urgent = left
+            else:
+                self.regular = left
+        return taken
 
     def next_lease_end(self) -> float | None:
         ends = self.lease_ends
@@ -223,6 +255,11 @@ class AgentQueue:
 
 def _by_id(rec: Record) -> int:
     return rec.id
+
+
+def _clock(t: float) -> str:
+    """Local time of day, with the date unless it is within the next or last 12 hours."""
+    return time.strftime("%H:%M:%S" if abs(t - time.time()) < 43200 else "%Y-%m-%d %H:%M", time.localtime(t))
 
 
 class Delivery:
@@ -395,6 +432,44 @@ class Delivery:
                 _wake(self.arrivals.pop(q.id))
         self._arm(q)
 
+    # --- pauses (coordd.pauses stores them; these change memory only) ------------------------
+
+    def pause(self, agent: str, since: float, until: float | None) -> None:
+        """Hold `agent`'s deliveries (it may be paused already: the new pause replaces the old); `until` (wall
+        clock) ends the pause by itself, by a timer."""
+        q = self.queue_of(agent)
+        if q is None:  # at start, paused but not configured any more: kept with its orphaned queue
+            q = self.orphans[agent] = AgentQueue(agent, None)
+        if q.pause_timer is not None:
+            q.pause_timer.cancel()
+            q.pause_timer = None
+        q.paused = (since, until)
+        if until is not None and not self.stopping:
+            delay = max(0.0, until - time.time())
+            q.pause_timer = asyncio.get_running_loop().call_later(delay, self._pause_ended, q, until)
+
+    def resume(self, agent: str) -> bool:
+        """Deliver `agent`'s messages again; False if it was not paused."""
+        q = self.queue_of(agent)
+        if q is None or q.paused is None:
+            return False
+        if q.pause_timer is not None:
+            q.pause_timer.cancel()
+            q.pause_timer = None
+        q.paused = None
+        q.holding = None  # (a `held` said it was paused: if it is down, the next probe says so)
+        q.wakeup.set()  # its worker delivers what waited, in order
+        if q.pull and q and q.id in self.arrivals:  # a waiting fetch takes it now
+            _wake(self.arrivals.pop(q.id))
+        return True
+
+    def _pause_ended(self, q: AgentQueue, until: float) -> None:
+        q.pause_timer = None
+        if q.paused is not None and q.paused[1] == until and self.resume(q.id):
+            # Its row goes too (a row whose `until` has passed is dropped at start anyway, should this fail).
+            fut = self.store.write([(s.PAUSE_ENDED, (q.id, until), False)], deferred=True)
+            fut.add_done_callback(_log_failure)
+
     def unreachable(self, agent: str) -> str | None:
         """Why `agent` cannot be reached now, as its worker last found (no probe here: this is on every send's
         path): its transport reports itself down, or its last attempt failed and it waits to try again. None:
@@ -404,6 +479,8 @@ class Delivery:
             return None
         if q.down is not None:
             return q.down
+        if q.paused is not None:
+            return q.pause_reason()
         return None if q.failing is None else f"its last delivery attempt failed: {q.failing}"
 
     def bounce(self, rec: Record, error: str | None) -> Record | None:
@@ -495,7 +572,10 @@ class Delivery:
             # A queue that is down stays down until a delivery gets through (_deliver clears it), not merely until
             # health() finds nothing wrong: a transport that learns it is down only by trying (a tmux pane that
             # runs a shell) would otherwise show up, and be picked for a group's message, at every recheck.
-            # (A paused agent would hold here too, before the probe: self._hold(q, why, q.head(...)), then wait.)
+            if q.paused is not None:  # coordctl pause: `resume` or the pause's timer sets wakeup
+                self._hold(q, q.pause_reason() or "paused", q.head(transport.max_batch))
+                await q.wakeup.wait()
+                continue
             if reason := transport.health():
                 self._down(q, reason, q.head(transport.max_batch), loop)
                 continue
@@ -626,6 +706,8 @@ class Delivery:
             q.wakeup.set()
             if q.lease_timer is not None:
                 q.lease_timer.cancel()
+            if q.pause_timer is not None:
+                q.pause_timer.cancel()
         for waiters in self.waiters.values():
             for fut in waiters:
                 if not fut.done():
@@ -638,6 +720,11 @@ def _up(q: AgentQueue) -> None:
     """q's transport works (a delivery got through or failed as an attempt), or is new: nothing holds it."""
     q.down = q.down_since = q.holding = None
     q.recheck_ms = 0
+
+
+def _log_failure(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not record the end of a pause: %s", fut.exception())
 
 
 def _waiter(waiters: dict, key: object) -> asyncio.Future:

@@ -7,9 +7,9 @@ The members are the agents whose `groups` name it, in config order; `[groups.NAM
   and not acked: Delivery.unacked, kept in memory, plus those accepted and not yet committed);
 - "idle": a member whose transport reports it idle (Transport.idle), else the least loaded.
 
-A member whose transport is down (its queue's `down` is set) is never picked while another member is up;
-when all are down the pick is made among all of them as usual, and the message waits in that member's queue.
-(Pausing an agent does not exist yet; a paused member should be skipped as a down one is.) Ties go to the
+A member whose transport is down (its queue's `down` is set) or that is paused (`coordctl pause`) is never
+picked while another member is up; when none is up the pick is made among all of them as usual, and the
+message waits in that member's queue. Ties go to the
 member after the last one picked, so equal members take turns.
 
 The chosen member is the message's recipient; the group is kept on it (Record.group, "@NAME"). A pick reads
@@ -53,14 +53,14 @@ class Groups:
 
     def _choose(self, members: list[str], start: int, how: str, pending: dict[str, int], skip_down: bool) -> int:
         """The index of the member to pick, looking from the one after the last picked on (so that equals take
-        turns); -1 if every member is down and skip_down."""
+        turns); -1 if every member is down (or paused) and skip_down."""
         queues = self.delivery.queues
         n = len(members)
         chosen, best = -1, (2, 0)  # best: (0 if idle else 1, load) of the chosen one; any member beats (2, 0)
         for k in range(n):
             i = (start + k) % n
             agent = members[i]
-            if skip_down and queues[agent].down is not None:
+            if skip_down and (queues[agent].down is not None or queues[agent].paused is not None):
                 continue
             if how == "round-robin":
                 return i

@@ -5,7 +5,9 @@ code. The answers themselves are in the modules named for them:
 
 - sending.py: send, batch, broadcast (validation.py checks them, admission.py admits them);
 - queries.py: history, get, status, agents;
-- retry_cancel.py: retry, cancel;
+- sending.py also: resend;
+- retry_cancel.py: retry, cancel, retry_many, cancel_many;
+- pauses.py: pause, resume;
 - inbox_requests.py: inbox, ack;
 - gui/requests.py: onboard, pointer; reload.py: reload. ping and metrics are answered here.
 """
@@ -21,6 +23,7 @@ from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.inbox_requests import InboxRequests
 from coordd.model import Refused
+from coordd.pauses import Pauses
 from coordd.queries import Queries
 from coordd.retry_cancel import RetryCancel
 from coordd.sending import Sending
@@ -39,6 +42,7 @@ class Handlers:
         queries: Queries,
         retry_cancel: RetryCancel,
         inbox: InboxRequests,
+        pauses: Pauses,
         reload: Callable[[], Awaitable[p.Reloaded]],
         observer: Hooks = NO_HOOKS,
         metrics_text: Callable[[], str] = str,
@@ -48,6 +52,7 @@ class Handlers:
         self.queries = queries
         self.retry_cancel = retry_cancel
         self.inbox = inbox
+        self.pauses = pauses
         self.reload = reload  # the `reload` request: coordd.reload.Reloader.reload
         self.observer = observer  # metrics and watch events
         self.metrics_text = metrics_text  # the `metrics` request: the Prometheus exposition
@@ -59,7 +64,7 @@ class Handlers:
         self.config = config
         self.config_error: str | None = None  # why the last reload failed
         self.agents = {a.id: a for a in config.agents}
-        for part in (self.sending, self.queries, self.retry_cancel, self.inbox, self.observer):
+        for part in (self.sending, self.queries, self.retry_cancel, self.inbox, self.pauses, self.observer):
             part.configure(config)
 
     def reload_failed(self, error: str) -> None:
@@ -93,6 +98,16 @@ class Handlers:
                 return await self.retry_cancel.retry(req.message_id)
             case p.Cancel():
                 return await self.retry_cancel.cancel(req.message_id)
+            case p.RetryMany():
+                return await self.retry_cancel.retry_many(req)
+            case p.CancelMany():
+                return await self.retry_cancel.cancel_many(req)
+            case p.Resend():
+                return await self.sending.resend(req)
+            case p.Pause():
+                return await self.pauses.pause(req)
+            case p.Resume():
+                return await self.pauses.resume(req)
             case p.Inbox():
                 return await self.inbox.inbox(req)
             case p.Ack():

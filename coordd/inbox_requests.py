@@ -6,7 +6,8 @@ finds nothing and may wait is answered when the next delivery to its agent is re
 (Delivery.wait_arrival): the daemon holds the request, the client does not poll.
 
 A pull agent's inbox request (unread, the default) is its delivery: coordd.pull takes its
-queued messages and leases them. Its long-poll is woken when a message is queued for it,
+queued messages and leases them; while the agent is paused it returns none (its messages
+wait in the queue, as a pushed agent's do). Its long-poll is woken when a message is queued for it,
 and when a lease ends (Delivery.enqueue, Delivery._expire).
 
 Requests for one agent that change receipts (inbox, ack) run one at a time (`busy`): each
@@ -70,7 +71,9 @@ class InboxRequests:
                 async with self._busy(req.agent):
                     q = self.delivery.queues.get(req.agent)
                     if req.unread and q is not None and q.pull:
-                        messages = await self.fetches.fetch(q, req.limit, budget, req.ack)
+                        # Paused: nothing new is delivered (a long-poll waits on; `resume` wakes it).
+                        paused = q.paused is not None
+                        messages = [] if paused else await self.fetches.fetch(q, req.limit, budget, req.ack)
                     else:
                         messages = await self.store.inbox(req.agent, req.unread, req.limit, budget)
                         if messages:

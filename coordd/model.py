@@ -47,6 +47,7 @@ class Record(msgspec.Struct, gc=False):
     read_at: float | None = None  # a pull agent's first fetch of it (coordd.pull); push deliveries leave it alone
     fetches: int = 0  # times a pull agent fetched it
     announced: int = 0  # the attempt a `delivering` event announced last: each attempt is announced once
+    resent_from: int | None = None  # the message this one is a copy of (coordctl resend)
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None
@@ -64,6 +65,7 @@ class Record(msgspec.Struct, gc=False):
             self.thread or self.id,
             self.subject,
             self.group,
+            self.resent_from,
         )
 
 

@@ -126,6 +126,9 @@ class Queries:
                     last_error=q.last_error,
                     leased=len(q.leased),
                     oldest_unacked_age=now - unacked if unacked is not None else None,
+                    paused=q.paused is not None,
+                    paused_since=q.paused[0] if q.paused is not None else None,
+                    paused_until=q.paused[1] if q.paused is not None else None,
                 )
             )
         for st in agents:
@@ -160,5 +163,11 @@ class Queries:
     def _agent_info(self, a: Agent) -> p.AgentInfo:
         q = self.delivery.queues[a.id]
         return p.AgentInfo(
-            id=a.id, transport=q.transport_name(), groups=a.groups, healthy=q.down is None, reason=q.down
+            id=a.id,
+            transport=q.transport_name(),
+            groups=a.groups,
+            healthy=q.down is None,
+            reason=q.down,
+            paused=q.paused is not None,
+            paused_until=q.paused[1] if q.paused is not None else None,
         )

@@ -15,6 +15,7 @@ import aiosqlite
 
 from coordctl import protocol as p
 from coordd import fts
+from coordd import schema as s
 from coordd.model import Record, Refused
 from coordd.schema import COLUMNS, LEASED, info_from_row, record_from_row
 
@@ -92,6 +93,19 @@ class Reads:
             "SELECT agent, count(*) FROM messages WHERE status = 'delivered' AND acked_at IS NULL GROUP BY agent"
         )
         return dict(rows.fetchall())
+
+    def load_paused(self) -> list[tuple[str, float, float | None]]:
+        return self.db.execute(s.LOAD_PAUSED).fetchall()
+
+    def failed_chunk(self, agent: str, since: float, after: int, n: int) -> list[Record]:
+        """The next n of agent's failed messages created since `since`, with ids above `after`, in id order."""
+        return [record_from_row(r) for r in self.db.execute(s.FAILED_CHUNK, (agent, since, after, n))]
+
+    async def count_failed(self, agent: str, since: float) -> int:
+        """A scan (on the reader, off the loop): an agent may have 100,000 failed messages."""
+        async with self._scan(s.COUNT_FAILED, (agent, since)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else 0
 
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()

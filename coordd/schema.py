@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -97,11 +97,18 @@ MIGRATIONS = [
     );
     INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
     """,
+    # 7: pause and resend. `paused` holds the agents whose deliveries are held (coordctl pause): since when, and
+    # until when (NULL: until resumed); a row whose `until` has passed is a pause that ended. resent_from is the
+    # message a message is a copy of (coordctl resend), NULL for any other.
+    """
+    CREATE TABLE paused (agent TEXT PRIMARY KEY, since REAL NOT NULL, until REAL);
+    ALTER TABLE messages ADD COLUMN resent_from INTEGER;
+    """,
 ]
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
-    " subject, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+    " subject, grp, resent_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
 )
 # Index for search the rows with ids from ?1 to ?2 that are not indexed yet (the docsize table holds a row per
 # indexed message), in one statement: FTS5 writes out each statement's words as a segment of its own.
@@ -148,8 +155,20 @@ LEASED = "status = 'delivered' AND acked_at IS NULL AND lease_until IS NOT NULL"
 TERMINAL = "('delivered', 'failed', 'cancelled')"
 COLUMNS = (
     "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at,"
-    " acked_at, reply_to, thread, subject, fetches, lease_until, grp"
+    " acked_at, reply_to, thread, subject, fetches, lease_until, grp, resent_from"
 )
+# Pauses (coordctl pause, resume): one row an agent; those loaded at start (an ended one is dropped then).
+PAUSE = "INSERT OR REPLACE INTO paused (agent, since, until) VALUES (?, ?, ?)"
+UNPAUSE = "DELETE FROM paused WHERE agent = ?"
+PAUSE_ENDED = "DELETE FROM paused WHERE agent = ? AND until = ?"
+LOAD_PAUSED = "SELECT agent, since, until FROM paused"
+# Bulk retry (coordctl retry --agent): the next chunk of an agent's failed messages created since ?2, after id ?3.
+FAILED_CHUNK = (
+    f"SELECT {COLUMNS} FROM messages WHERE agent = ?1 AND status = 'failed' AND created >= ?2 AND id > ?3"
+    " ORDER BY id LIMIT ?4"
+)
+MARK_REQUEUED_FAILED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = ? AND status = 'failed'"
+COUNT_FAILED = "SELECT count(*) FROM messages WHERE agent = ? AND status = 'failed' AND created >= ?"
 
 # A write is a list of (sql, params, many): one statement, or executemany when many.
 Write = list[tuple[str, Any, bool]]
@@ -181,6 +200,7 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         fetches=r[18],
         lease_until=r[19],
         group=r[20],
+        resent_from=r[21],
     )
 
 
@@ -203,6 +223,7 @@ def record_from_row(r: Sequence[Any]) -> Record:
         group=r[20],
         read_at=r[13],
         fetches=r[18],
+        resent_from=r[21],
     )
 
 

@@ -101,6 +101,35 @@ class Sending:
         )
         return await self.send(send)
 
+    async def resend(self, req: p.Resend) -> p.Sent:
+        """A new copy of message `req.message_id`, whatever its status, sent as a send is (checked, admitted,
+        queued) to the same recipient (not to its group again), with resent_from set and no idempotency key."""
+        found = self.store.load_record(req.message_id)
+        if found is None:
+            raise Refused("unknown_message", _no_message(req.message_id, "nothing was sent"), req.message_id)
+        rec = found[0]
+        if rec.agent not in self.agents:
+            raise Refused(
+                "unknown_agent",
+                f"message {req.message_id} is for {rec.agent!r}, which is no longer configured: nothing was sent",
+                req.message_id,
+            )
+        # In the original's thread, if the message it answered is still there (retention may have pruned it).
+        reply_to = rec.reply_to if rec.reply_to is not None and self.store.reply_target(rec.reply_to) else None
+        msg = p.NewMessage(
+            to=rec.agent,
+            body=rec.body,
+            sender=rec.sender,
+            priority=rec.priority,  # type: ignore[arg-type]  # a stored priority is a p.Priority
+            kind=rec.kind,
+            tags=tuple(rec.tags or ()),
+            reply_to=reply_to,
+            subject=rec.subject,
+        )
+        [message_id], _ = await self._accept([msg], where="", resent_from=req.message_id)
+        down = self.delivery.unreachable(rec.agent)
+        return p.Sent(id=message_id, healthy=down is None, reason=down)
+
     async def broadcast(self, req: p.Broadcast) -> list[int]:
         if req.group is None:
             targets = list(self.agents)
@@ -131,7 +160,9 @@ class Sending:
     async def batch(self, req: p.Batch) -> list[int]:
         return (await self._accept(req.messages, where="messages"))[0]
 
-    async def _accept(self, msgs: list[p.NewMessage], where: str, copies: bool = False) -> tuple[list[int], int]:
+    async def _accept(
+        self, msgs: list[p.NewMessage], where: str, copies: bool = False, resent_from: int | None = None
+    ) -> tuple[list[int], int]:
         """Validate all, then store the new ones in one transaction: (ids in input order, how many were new).
 
         A message whose idempotency key is already known gets the first message's
@@ -179,6 +210,7 @@ class Sending:
                 thread=thread,
                 subject=m.subject,
                 group=group,
+                resent_from=resent_from,
             )
             fresh.append(rec)
             entries.append(rec)

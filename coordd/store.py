@@ -333,6 +333,15 @@ class Store:
     def delivered_unacked(self) -> dict[str, int]:
         return self.reads.delivered_unacked()
 
+    def load_paused(self) -> list[tuple[str, float, float | None]]:
+        return self.reads.load_paused()
+
+    def failed_chunk(self, agent: str, since: float, after: int, n: int) -> list[Record]:
+        return self.reads.failed_chunk(agent, since, after, n)
+
+    async def count_failed(self, agent: str, since: float) -> int:
+        return await self.reads.count_failed(agent, since)
+
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
 

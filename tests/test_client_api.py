@@ -66,6 +66,11 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["ack"] = refused(lambda: c.ack("B", [out["send"]]))  # A's message
         out["reply"] = refused(lambda: c.reply(out["send"], "re"))  # from "s", no configured agent
         out["thread"] = [m.body for m in c.thread(out["send"])]  # test_threads.py has replies that land
+        out["retry_many"] = refused(lambda: c.retry_many("Nobody"))  # test_bulk.py has the ones that act
+        out["cancel_many"] = refused(lambda: c.cancel_many("Nobody"))
+        out["resend"] = refused(lambda: c.resend(10**9))
+        out["pause"] = c.pause("Doomed").paused  # test_pause.py has what a pause does
+        out["resume"] = c.resume("Doomed").paused
         return out
 
     async def run_async(ac: AsyncClient) -> dict:  # the same calls, awaited
@@ -87,6 +92,11 @@ def test_both_clients_get_the_same_results(make_daemon):
         out["ack"] = await refused_async(ac.ack("B", [out["send"]]))
         out["reply"] = await refused_async(ac.reply(out["send"], "re"))
         out["thread"] = [m.body for m in await ac.thread(out["send"])]
+        out["retry_many"] = await refused_async(ac.retry_many("Nobody"))
+        out["cancel_many"] = await refused_async(ac.cancel_many("Nobody"))
+        out["resend"] = await refused_async(ac.resend(10**9))
+        out["pause"] = (await ac.pause("Doomed")).paused
+        out["resume"] = (await ac.resume("Doomed")).paused
         return out
 
     async def with_async_client() -> dict:
@@ -106,6 +116,8 @@ def test_both_clients_get_the_same_results(make_daemon):
     assert blocking["cancel"] == "bad_state" and blocking["onboard"] == "bad_request" and blocking["metrics"]
     assert blocking["inbox"] == "unknown_agent" and blocking["ack"] == "not_recipient"
     assert blocking["reply"] == "unknown_agent" and blocking["thread"] == ["one"]
+    assert blocking["retry_many"] == blocking["cancel_many"] == "unknown_agent"
+    assert blocking["resend"] == "unknown_message" and blocking["pause"] and not blocking["resume"]
 
 
 def refused(call) -> str:

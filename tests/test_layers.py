@@ -42,6 +42,7 @@ LAYERS = {
         "coordd.retry_cancel",
         "coordd.inbox_requests",
         "coordd.pull",
+        "coordd.pauses",
         "coordd.gui.requests",
     ],
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
