@@ -379,6 +379,9 @@ def format_status(info: protocol.StatusInfo) -> str:
     if pulling:  # only then: the table stays as narrow as it was without pull agents
         headers = (*headers[:5], "UNACKED", *headers[5:])
         rows = [(*row[:5], unacked(a), *row[5:]) for row, a in zip(rows, info.agents, strict=True)]
+    if any(a.inbox_files is not None for a in info.agents):  # FILES: an inbox agent's message files on disk
+        headers = (*headers[:-1], "FILES", headers[-1])
+        rows = [(*row[:-1], inbox_files(a), row[-1]) for row, a in zip(rows, info.agents, strict=True)]
     lines.append(human.table(headers, rows))
     lines.append("(P50, P99: time from accepted to delivered over the last 5 minutes)")
     if pulling:
@@ -392,6 +395,10 @@ def oldest(a: protocol.AgentStatus) -> str:
     """The OLDEST column: the oldest queued message's age; a pull agent's: the oldest unacknowledged one's."""
     age = a.oldest_unacked_age if a.transport == "pull" or a.leased else a.oldest_queued_age
     return "-" if age is None else human.duration(age)
+
+
+def inbox_files(a: protocol.AgentStatus) -> str:
+    return "-" if a.inbox_files is None else str(a.inbox_files)
 
 
 def unacked(a: protocol.AgentStatus) -> str:

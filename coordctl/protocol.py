@@ -362,6 +362,7 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     # A pull agent's (transport "pull"): its backlog is queued + leased; the oldest unacked is the oldest of both.
     leased: int = 0  # fetched, not acknowledged yet: fetched again once its lease ends
     oldest_unacked_age: float | None = None  # seconds since the oldest of its backlog was sent
+    inbox_files: int | None = None  # an inbox agent's message files on disk ([retention] inbox_max_files bounds them)
 
 
 class StatusInfo(_Rep, tag="status"):

@@ -125,6 +125,7 @@ class Queries:
                     last_error=q.last_error,
                     leased=len(q.leased),
                     oldest_unacked_age=now - unacked if unacked is not None else None,
+                    inbox_files=q.transport.files() if q.transport is not None else None,
                 )
             )
         for st in agents:

@@ -31,7 +31,7 @@ LAYERS = {
     ],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],
-    "delivery": ["coordd.delivery", "coordd.bounces"],
+    "delivery": ["coordd.delivery", "coordd.bounces", "coordd.inbox_retention"],
     "handlers": [
         "coordd.handlers",
         "coordd.validation",
