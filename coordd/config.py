@@ -170,6 +170,17 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(os.environ.get(var) or Path.home() / fallback)
 
 
+def default_path() -> Path:
+    """Where `coordd init` writes a config and `coordd run` looks for one: $XDG_CONFIG_HOME/coordd/coordd.toml."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "coordd" / "coordd.toml"
+
+
+def default_config() -> str | None:
+    """The config at default_path(), if there is one (else coordd runs with the embedded default)."""
+    path = default_path()
+    return str(path) if path.exists() else None
+
+
 def embedded_default() -> dict:
     """What `coordd run` serves with no config: eight inbox agents."""
     return {"agents": [{"id": f"Agent-{n}", "transport": "inbox"} for n in range(1, 9)]}

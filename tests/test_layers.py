@@ -47,6 +47,7 @@ LAYERS = {
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
     "server": ["coordd.server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
+    "setup": ["coordd.discover", "coordd.starter"],  # coordd init: a starting config, the agents found in tmux
     "daemon": ["coordd.daemon", "coordd.reload", "coordd.cli", "coordd.__main__"],
 }
 ALLOWED = {
@@ -60,6 +61,7 @@ ALLOWED = {
     "observability": {"model", "config", "hooks"},
     "server": {"model", "config", "hooks", "handlers", "observability"},
     "system": {"model"},
+    "setup": {"model", "config"},
     "daemon": set(LAYERS),
 }
 
