@@ -177,7 +177,7 @@ def init(config_path: str | None, discover: bool, programs: tuple[str, ...], soc
     "--config",
     "config_path",
     type=click.Path(exists=True, dir_okay=False, resolve_path=True),
-    help="The config coordd.service runs with; without one, the embedded default.",
+    help="The config coordd.service runs with; without one, what `coordd run` reads by default.",
 )
 @click.option(
     "--dir",

@@ -214,8 +214,11 @@ class InboxTransport(Transport):
                 break  # permissions, a read-only file system: the next pass tries again
             gone.append(message_id)
         if gone:
-            drop = set(gone)
-            self._ids = [i for i in self._ids if i not in drop]
+            if self._ids[: len(gone)] == gone:  # the usual case: the oldest went
+                del self._ids[: len(gone)]
+            else:  # some of the batch being written came first
+                drop = set(gone)
+                self._ids = [i for i in self._ids if i not in drop]
             if self._listing is not None:
                 self._listing[1].update(gone)
         return len(gone)
