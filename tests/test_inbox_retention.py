@@ -3,10 +3,16 @@ inbox_max_age_days, oldest first; only coordd's own files go; `status` shows eac
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 from conftest import wait_until
+
+from coordd.config import InboxAgent, Retention
+from coordd.inbox_retention import InboxPruner
+from coordd.model import Record
+from coordd.transports.inbox import InboxTransport
 
 
 def message_files(d, agent: str) -> list[str]:
@@ -61,3 +67,27 @@ def test_a_reload_applies_new_bounds(make_daemon):
         c.reload()
         wait_until(lambda: inbox_files(c, "A") == 20, what="the new bound applied")
         assert message_files(d, "A") == [f"{i:012d}.md" for i in ids[-20:]]
+
+
+def test_the_files_of_a_batch_being_written_are_never_removed(tmp_path):
+    """In process, the real transport and pass: a bound below the batch size removes none of the batch."""
+    inbox = tmp_path / "inbox"
+    retention = Retention(inbox_max_files=1)
+
+    def names() -> list[str]:
+        return sorted(p.name for p in inbox.iterdir())
+
+    async def scenario() -> None:
+        t = InboxTransport(InboxAgent(id="A", inbox_dir=str(inbox)), retention)
+        pruner = InboxPruner(retention, lambda: [t], lambda coro, name: None)
+        await pruner.prune(t)
+        assert t.files() == 0
+        await t.deliver([Record(i, "A", f"m{i}", "regular", time.time()) for i in range(1, 6)])
+        assert names() == [f"{i:012d}.md" for i in range(1, 6)] and t.files() == 5  # all in flight when written
+        await t.deliver([Record(6, "A", "m6", "regular", time.time())])
+        assert names() == [f"{i:012d}.md" for i in range(3, 7)]  # the oldest two: two a message written, at most
+        assert await pruner.prune(t) == 3
+        assert names() == ["000000000006.md"] and t.files() == 1
+        await t.close()
+
+    asyncio.run(scenario())
