@@ -366,7 +366,7 @@ def status(state: State) -> None:
     """Show the daemon and every agent's queue; exit 4 if an agent is down or has failed messages.
 
     The table fits the terminal (or $COLUMNS): first LAST ERROR, then HEALTH are cut short, then
-    columns are left out, the least useful first: P50, P99, TRANSPORT, DELIVERED, IN FLIGHT, OLDEST,
+    columns are left out, the least useful first: FILES, P50, P99, TRANSPORT, DELIVERED, IN FLIGHT, OLDEST,
     UNACKED, LAST ERROR. AGENT, HEALTH, QUEUED and FAILED always stay. Into a pipe, without $COLUMNS,
     nothing is cut. Colour on a terminal only, and not with $NO_COLOR set."""
     info = state.client().status()
@@ -403,6 +403,15 @@ def always(info: protocol.StatusInfo) -> bool:
     return True
 
 
+def inbox_files(a: protocol.AgentStatus) -> str:
+    return "-" if a.inbox_files is None else str(a.inbox_files)
+
+
+def counting_files(info: protocol.StatusInfo) -> bool:
+    """Only then the FILES column: an inbox agent's message files on disk."""
+    return any(a.inbox_files is not None for a in info.agents)
+
+
 def pulling(info: protocol.StatusInfo) -> bool:
     """Only then the UNACKED column: the table stays as narrow as it was without pull agents."""
     return any(a.transport == "pull" or a.leased for a in info.agents)
@@ -429,18 +438,19 @@ class Column(NamedTuple):
 
 STATUS_COLUMNS = (
     Column("AGENT", lambda a: a.id),
-    Column("TRANSPORT", lambda a: a.transport, drop=3),
+    Column("TRANSPORT", lambda a: a.transport, drop=4),
     Column("HEALTH", lambda a: human.first_line(health_or_paused(a), 40), squeeze=12, paint=health_colour),
     Column("QUEUED", lambda a: str(a.queued)),
-    Column("IN FLIGHT", lambda a: str(a.in_flight), drop=5),
-    Column("UNACKED", lambda a: unacked(a), drop=7, shown=pulling),
-    Column("DELIVERED", lambda a: str(a.delivered), drop=4),
+    Column("IN FLIGHT", lambda a: str(a.in_flight), drop=6),
+    Column("UNACKED", lambda a: unacked(a), drop=8, shown=pulling),
+    Column("DELIVERED", lambda a: str(a.delivered), drop=5),
     Column("FAILED", lambda a: str(a.failed), paint=red_unless_zero),
-    Column("P50", lambda a: latency(a.latency_p50), drop=1),
-    Column("P99", lambda a: latency(a.latency_p99), drop=2),
-    Column("OLDEST", lambda a: oldest(a), drop=6),
+    Column("P50", lambda a: latency(a.latency_p50), drop=2),
+    Column("P99", lambda a: latency(a.latency_p99), drop=3),
+    Column("OLDEST", lambda a: oldest(a), drop=7),
+    Column("FILES", inbox_files, drop=1, shown=counting_files),
     # The last column: room for why. Its cell is cut to one line of 300 characters even without a terminal.
-    Column("LAST ERROR", lambda a: opt(a.last_error and human.first_line(a.last_error, 300)), drop=8, squeeze=20),
+    Column("LAST ERROR", lambda a: opt(a.last_error and human.first_line(a.last_error, 300)), drop=9, squeeze=20),
 )
 SEP = 2  # spaces between columns (human.table)
 

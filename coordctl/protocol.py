@@ -419,6 +419,7 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     paused: bool = False  # `pause`: its messages queue but are not delivered
     paused_since: float | None = None
     paused_until: float | None = None  # when the pause ends by itself; None: at `resume`
+    inbox_files: int | None = None  # an inbox agent's message files on disk ([retention] inbox_max_files bounds them)
 
 
 class StatusInfo(_Rep, tag="status"):

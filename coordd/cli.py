@@ -60,7 +60,8 @@ def main() -> None:
     "config_path",
     envvar="COORDD_CONFIG",
     type=click.Path(dir_okay=False),
-    help="TOML config (env COORDD_CONFIG); without one, 8 inbox agents Agent-1..Agent-8.",
+    help="TOML config (env COORDD_CONFIG); without one, $XDG_CONFIG_HOME/coordd/coordd.toml if it exists "
+    "(`coordd init` writes it), else 8 inbox agents Agent-1..Agent-8.",
 )
 def run(config_path: str | None) -> None:
     """Serve until SIGTERM or SIGINT (a second one ends it at once); SIGHUP reloads the config."""
@@ -72,6 +73,7 @@ def run(config_path: str | None) -> None:
     from coordd.listener import ListenerError
     from coordd.store import StorageError
 
+    config_path = config_path or config.default_config()
     try:
         cfg = config.load(config_path)
     except config.ConfigError as e:
@@ -97,9 +99,10 @@ def run(config_path: str | None) -> None:
 
 
 @main.command("check-config")
-@click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
-    """Validate a config file; print a summary, or the error naming the key."""
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+def check_config(path: str | None) -> None:
+    """Validate a config file (default: the one `coordd run` reads); print a summary, or the error naming the key."""
+    path = path or os.environ.get("COORDD_CONFIG") or str(config.default_path())
     try:
         cfg = config.load(path)
     except config.ConfigError as e:
@@ -107,12 +110,74 @@ def check_config(path: str) -> None:
     click.echo(f"{path}: ok, {len(cfg.agents)} agents, socket {cfg.daemon.socket}, db {cfg.store.path}")
 
 
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Where to write it  [default: $XDG_CONFIG_HOME/coordd/coordd.toml, where `coordd run` looks]",
+)
+@click.option("--discover", is_flag=True, help="Propose an agent for each tmux pane running an agent CLI.")
+@click.option(
+    "--program",
+    "programs",
+    multiple=True,
+    metavar="NAME",
+    help="With --discover, also an agent CLI of this name (repeatable); known: claude, codex, gemini, aider, "
+    "cursor-agent.",
+)
+@click.option(
+    "--tmux-socket",
+    "sockets",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="With --discover, also the tmux server at this socket (tmux -S; repeatable). Those in "
+    "$TMUX_TMPDIR/tmux-UID and /tmp/tmux-UID are always asked.",
+)
+def init(config_path: str | None, discover: bool, programs: tuple[str, ...], sockets: tuple[str, ...]) -> None:
+    """Write a commented starting config; never over an existing file."""
+    from pathlib import Path
+
+    from coordctl import human
+    from coordd import starter
+
+    panes = []
+    if discover:
+        from coordd.discover import AGENT_PROGRAMS, find
+
+        panes = find([*AGENT_PROGRAMS, *programs], list(sockets))
+        if panes:
+            click.echo(f"found {len(panes)} agent pane{'s' if len(panes) != 1 else ''}:")
+            for p in panes:  # names from tmux: printed so that none can drive the terminal
+                human.echo(f"  {p.id}: {p.program} in {p.target} (pane {p.pane_id}, tmux server {p.server()})")
+                if p.target == p.pane_id:
+                    human.echo(
+                        f"    session {p.session!r} cannot be named in a target: its pane id it is, which a "
+                        "tmux restart changes (rename the session, then set the target)"
+                    )
+        else:
+            names = ", ".join([*AGENT_PROGRAMS, *programs])
+            click.echo(f"found no tmux pane running an agent CLI ({names}): writing the default inbox agents")
+    path = Path(config_path) if config_path else config.default_path()
+    try:
+        starter.write(path, starter.render(panes))
+    except starter.InitError as e:
+        raise click.ClickException(str(e)) from None
+    agents = f"{len(panes)} tmux agents" if panes else "8 inbox agents"
+    click.echo(
+        f"wrote {path} ({agents}); check it with `coordd check-config{'' if config_path is None else ' ' + str(path)}`"
+    )
+    if config_path is not None:
+        click.echo(f"check it with `coordd check-config {path}`; run with `coordd run --config {path}`")
+
+
 @main.command("install-service")
 @click.option(
     "--config",
     "config_path",
     type=click.Path(exists=True, dir_okay=False, resolve_path=True),
-    help="The config coordd.service runs with; without one, the embedded default.",
+    help="The config coordd.service runs with; without one, what `coordd run` reads by default.",
 )
 @click.option(
     "--dir",

@@ -69,6 +69,8 @@ class Retention(_Section):
     max_age_days: float = 7.0
     prune_interval_s: float = 60.0
     prune_chunk: int = 500
+    inbox_max_age_days: float = 30.0  # an inbox agent's message files older than this are removed; 0: no bound
+    inbox_max_files: int = 1000  # per inbox agent, the newest kept; 0: no bound
 
 
 class Queue(_Section):
@@ -169,6 +171,17 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(os.environ.get(var) or Path.home() / fallback)
 
 
+def default_path() -> Path:
+    """Where `coordd init` writes a config and `coordd run` looks for one: $XDG_CONFIG_HOME/coordd/coordd.toml."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "coordd" / "coordd.toml"
+
+
+def default_config() -> str | None:
+    """The config at default_path(), if there is one (else coordd runs with the embedded default)."""
+    path = default_path()
+    return str(path) if path.exists() else None
+
+
 def embedded_default() -> dict:
     """What `coordd run` serves with no config: eight inbox agents."""
     return {"agents": [{"id": f"Agent-{n}", "transport": "inbox"} for n in range(1, 9)]}
@@ -258,6 +271,9 @@ def _validate(cfg: Config, src: str) -> None:
         ("delivery.unhealthy_recheck_max_ms", cfg.delivery.unhealthy_recheck_max_ms),
     ]:
         _positive(src, key, value)
+    for key in ("inbox_max_age_days", "inbox_max_files"):
+        if not 0 <= getattr(cfg.retention, key) < float("inf"):
+            raise ConfigError(f"{src}: `retention.{key}` must be 0 (no bound) or more")
     if cfg.daemon.shutdown_grace_ms < 0:
         raise ConfigError(f"{src}: `daemon.shutdown_grace_ms` must be 0 or more")
     for key in ("idle_timeout_s", "frame_timeout_s"):

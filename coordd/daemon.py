@@ -25,6 +25,7 @@ from coordd.groups import Groups
 from coordd.handlers import Handlers
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.inbox_requests import InboxRequests
+from coordd.inbox_retention import InboxPruner
 from coordd.metrics import Collector, Metrics
 from coordd.observer import BENCH_OFF, Observer, start_http
 from coordd.pauses import Pauses
@@ -108,11 +109,14 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             )
             server = Server(handlers, config.daemon, hooks, bus)
             pruner = Pruner(store, config.retention, spawn, delivery.drop_unacked)
+            inbox_pruner = InboxPruner(config.retention, delivery.transports, spawn)
 
             def summary() -> str:
                 return _summary(handlers, delivery)
 
-            reloader = Reloader(config_path, handlers, delivery, server, store, pruner, notifier, spawn, summary)
+            reloader = Reloader(
+                config_path, handlers, delivery, server, store, pruner, inbox_pruner, notifier, spawn, summary
+            )
             aserver = await loop.create_unix_server(
                 server.protocol, sock=sock, start_serving=False, backlog=listener.BACKLOG
             )
@@ -121,6 +125,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             pauses.restore()  # before the workers start: a paused agent's first message waits
             delivery.start()
             pruner.start()
+            inbox_pruner.start()
             background: list[asyncio.Task] = []
             if notifier:
                 background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
@@ -139,6 +144,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             await aserver.start_serving()
             notifier.notify("READY=1", f"STATUS={summary()}")  # the socket serves and the store is open
             await stop.wait()
+            inbox_pruner.stop()
             await _stop(aserver, handlers, delivery, server, pruner, background)
     finally:
         if endpoint is not None and endpoint.server is not None:

@@ -129,6 +129,7 @@ class Queries:
                     paused=q.paused is not None,
                     paused_since=q.paused[0] if q.paused is not None else None,
                     paused_until=q.paused[1] if q.paused is not None else None,
+                    inbox_files=q.transport.files() if q.transport is not None else None,
                 )
             )
         for st in agents:

@@ -28,6 +28,7 @@ from coordctl import protocol as p
 from coordd import config as c
 from coordd.delivery import Delivery
 from coordd.handlers import Handlers
+from coordd.inbox_retention import InboxPruner
 from coordd.model import Refused
 from coordd.retention import Pruner
 from coordd.server import Server
@@ -55,6 +56,7 @@ class Reloader:
         server: Server,
         store: Store,
         pruner: Pruner,
+        inbox_pruner: InboxPruner,
         notifier: Notifier,
         spawn: Callable,
         summary: Callable[[], str],
@@ -65,6 +67,7 @@ class Reloader:
         self.server = server
         self.store = store
         self.pruner = pruner
+        self.inbox_pruner = inbox_pruner
         self.notifier = notifier
         self.spawn = spawn  # spawn(coroutine, name) -> Task, in the daemon's task group
         self.summary = summary
@@ -114,6 +117,7 @@ class Reloader:
         self.server.configure(new.daemon)
         logging.getLogger().setLevel(new.daemon.log_level.upper())
         self.pruner.configure(new.retention)
+        self.inbox_pruner.configure(new.retention)
         restart = [k for k, v in self._restart_only(new).items() if v != self.running[k]]
         orphaned = sum(self.delivery.orphaned().values())
         log.info(

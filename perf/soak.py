@@ -98,6 +98,7 @@ def start_daemon(tmp: Path, args) -> tuple[subprocess.Popen, Path, Path, list[Pa
         f'path = "{db}"',
         "[retention]",
         f"max_messages = {args.retention}",
+        "inbox_max_files = 0",  # the Remover counts every file as the agent deletes it: coordd removes none
     ]
     for a in agents:
         lines += ["[[agents]]", f'id = "{a}"', f'transport = "{args.transport}"']

@@ -132,7 +132,7 @@ def all_history(c: Client) -> list:
 
 
 def test_sigkill_five_times_under_load_loses_and_doubles_nothing(make_daemon):
-    d = make_daemon(agents=[{"id": a} for a in AGENTS])
+    d = make_daemon(agents=[{"id": a} for a in AGENTS], retention={"inbox_max_files": 0})  # every file is counted
     plans = [Plan(k) for k in range(CLIENTS)]
     thresholds = sorted(random.Random(SEED).sample(range(1_000, CLIENTS * PER_CLIENT - 1_000), KILLS))
     run, kills = Run(d), []

@@ -31,7 +31,7 @@ LAYERS = {
     ],
     "transports": ["coordd.transports", "coordd.gui.owner", "coordd.gui.clipboard", "coordd.gui.transport"],
     "hooks": ["coordd.hooks"],
-    "delivery": ["coordd.delivery", "coordd.bounces"],
+    "delivery": ["coordd.delivery", "coordd.bounces", "coordd.inbox_retention"],
     "handlers": [
         "coordd.handlers",
         "coordd.validation",
@@ -48,6 +48,7 @@ LAYERS = {
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
     "server": ["coordd.server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
+    "setup": ["coordd.discover", "coordd.starter"],  # coordd init: a starting config, the agents found in tmux
     "daemon": ["coordd.daemon", "coordd.reload", "coordd.cli", "coordd.__main__"],
 }
 ALLOWED = {
@@ -61,6 +62,7 @@ ALLOWED = {
     "observability": {"model", "config", "hooks"},
     "server": {"model", "config", "hooks", "handlers", "observability"},
     "system": {"model"},
+    "setup": {"model", "config"},
     "daemon": set(LAYERS),
 }
 

@@ -55,6 +55,7 @@ def test_all_well_exits_0_with_latency_percentiles(make_daemon):
         "P50",
         "P99",
         "OLDEST",
+        "FILES",
         "LAST",
         "ERROR",
     ]

@@ -107,5 +107,10 @@ class Transport:
         messages waiting or in flight; `unacked`: those and the delivered ones it has not acknowledged."""
         return None
 
+    def files(self) -> int | None:
+        """How many message files the transport keeps on disk (an inbox's, coordd.inbox_retention bounds
+        them); None when it keeps none, or has not counted them yet."""
+        return None
+
     async def deliver(self, messages: list[Record]) -> None:
         raise NotImplementedError

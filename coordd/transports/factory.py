@@ -13,7 +13,7 @@ def make_transport(agent: c.Agent, config: c.Config) -> Transport:
     if isinstance(agent, c.InboxAgent):
         from coordd.transports.inbox import InboxTransport
 
-        return InboxTransport(agent)
+        return InboxTransport(agent, config.retention)
     if isinstance(agent, c.GuiAgent):
         from coordd.gui.transport import GuiTransport
 

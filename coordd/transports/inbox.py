@@ -20,19 +20,31 @@ file system) raises TransportDown: the agent is `down` with the reason, its
 messages wait without spending attempts, and go out once the cause is gone.
 Anything else (a file in the way of the directory, an I/O error) fails the
 attempt, retried with backoff, then `failed`.
+
+Retention ([retention] inbox_max_files, inbox_max_age_days): the transport keeps the
+ids of the message files in its directory, sorted, so the file count costs nothing to
+read (`files`) and the oldest are known without listing the directory. A delivery that
+takes the count past inbox_max_files removes the oldest at once; the age bound, and a
+fresh listing (files an agent deleted or a previous run left), come from
+coordd.inbox_retention every prune_interval_s, in chunks. Only names this transport
+writes (`<id:012d>.md`) are ever removed, by unlink relative to the kept directory fd
+(which removes a link, never what it points to), and never a file of the batch being
+written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import os
 import re
 import time
+from collections.abc import Iterator
 from json.encoder import encode_basestring
 
 from coordctl.protocol import DEFAULT_KIND
-from coordd.config import InboxAgent
+from coordd.config import InboxAgent, Retention
 from coordd.transports import DeliveryError, Record, Transport, TransportDown, sender_shown
 from coordd.turns import next_turn
 
@@ -94,16 +106,33 @@ def _turn() -> asyncio.Lock:
 class InboxTransport(Transport):
     name = "inbox"
 
-    def __init__(self, agent: InboxAgent) -> None:
+    def __init__(self, agent: InboxAgent, retention: Retention) -> None:
         self.dir = agent.inbox_dir
         self.fsync = agent.fsync
         self.max_batch = agent.chunk
         self.file_mode = int(agent.file_mode, 8)  # validated by config: 0600 unless the agent widens it
         self._dir_fd: int | None = None  # the inbox directory, kept open between deliveries
         self._dir_id: tuple[int, int] = (0, 0)  # its (st_dev, st_ino)
+        self.max_files = 0
+        self.max_age_s = 0.0
+        self.bound(retention)
+        self._ids: list[int] = []  # the ids of the message files in the directory, ascending
+        self._listed = False  # _ids holds every file (the directory has been listed), not only those written since
+        self._writing: set[int] = set()  # the ids of the batch being written: never removed
+        self._listing: tuple[set[int], set[int]] | None = None  # (added, removed) while a listing is under way
+        self._closed = False
+
+    def bound(self, retention: Retention) -> None:
+        """Apply [retention]'s inbox bounds (at start and on a reload)."""
+        self.max_files = retention.inbox_max_files
+        self.max_age_s = retention.inbox_max_age_days * 86400
 
     async def close(self) -> None:
+        self._closed = True
         self._close_dir()
+
+    def files(self) -> int | None:
+        return len(self._ids) if self._listed else None
 
     def health(self) -> str | None:
         return None  # a full disk or an unwritable directory is found by writing (deliver raises TransportDown)
@@ -113,17 +142,134 @@ class InboxTransport(Transport):
         return unacked == 0
 
     async def deliver(self, messages: list[Record]) -> None:
-        if self.fsync:
-            done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages)
-        else:
-            async with _turn():
-                done, error = self._write_all(messages)
-                await next_turn()  # keep the turn for one pass of the loop
+        self._writing = {m.id for m in messages}
+        try:
+            if self.fsync:
+                done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages)
+                self._written(messages[:done])
+            else:
+                async with _turn():
+                    done, error = self._write_all(messages)
+                    self._written(messages[:done])
+                    await next_turn()  # keep the turn for one pass of the loop
+        finally:
+            self._writing = set()
         if error is not None:
             reason, code = error
             if code in DOWN_ERRNOS:
                 raise TransportDown(reason, delivered=done)
             raise DeliveryError(reason, delivered=done)
+
+    # --- retention: the bookkeeping on the loop thread, the removals through the kept directory fd ---------
+
+    def _written(self, messages: list[Record]) -> None:
+        """Count the files just written, then remove the oldest past max_files (a few more than were written
+        at most: a backlog a listing found goes in the retention passes' chunks)."""
+        for m in messages:
+            self._add(m.id)
+        if messages and self.max_files and len(self._ids) > self.max_files:
+            self.prune_count(2 * len(messages))
+
+    def _add(self, message_id: int) -> None:
+        ids = self._ids
+        if not ids or message_id > ids[-1]:  # the usual case: a new message, the newest file
+            ids.append(message_id)
+        else:
+            i = bisect.bisect_left(ids, message_id)
+            if i == len(ids) or ids[i] != message_id:  # else a re-delivery replaced the file
+                ids.insert(i, message_id)
+        if self._listing is not None:
+            self._listing[0].add(message_id)
+
+    def busy(self) -> bool:
+        """A delivery is under way: a retention pass leaves this inbox for now (the fd may be reopened)."""
+        return bool(self._writing)
+
+    def prune_count(self, limit: int) -> int:
+        """Remove up to `limit` of the oldest files past max_files; return how many went."""
+        over = len(self._ids) - self.max_files if self.max_files else 0
+        return self._remove(self._oldest(), min(over, limit)) if over > 0 else 0
+
+    def prune_age(self, now: float, limit: int) -> int:
+        """Remove up to `limit` of the oldest files modified more than max_age_s ago; return how many went.
+        Oldest by id, so it stops at the first file young enough (ids and write times rise together)."""
+        if not self.max_age_s or self._dir_fd is None:
+            return 0
+        cutoff, fd = now - self.max_age_s, self._dir_fd
+
+        def old() -> Iterator[int]:
+            for message_id in self._oldest():
+                try:
+                    st = os.stat(_name(message_id), dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    yield message_id  # gone already (the agent deleted it): _remove forgets it
+                    continue
+                except OSError:
+                    return
+                if st.st_mtime >= cutoff:
+                    return
+                yield message_id
+
+        return self._remove(old(), limit)
+
+    def _oldest(self) -> Iterator[int]:
+        return (i for i in self._ids if i not in self._writing)
+
+    def _remove(self, candidates: Iterator[int], limit: int) -> int:
+        fd = self._dir_fd
+        if fd is None or limit <= 0:
+            return 0
+        gone: list[int] = []
+        for message_id in candidates:
+            if len(gone) == limit:
+                break
+            try:
+                os.unlink(_name(message_id), dir_fd=fd)  # the name goes: a link's target is left alone
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # permissions, a read-only file system: the next pass tries again
+            gone.append(message_id)
+        if gone:
+            if self._ids[: len(gone)] == gone:  # the usual case: the oldest went
+                del self._ids[: len(gone)]
+            else:  # some of the batch being written came first
+                drop = set(gone)
+                self._ids = [i for i in self._ids if i not in drop]
+            if self._listing is not None:
+                self._listing[1].update(gone)
+        return len(gone)
+
+    async def list_files(self, chunk: int) -> None:
+        """List the directory afresh (what the agent deleted, what a previous run left), `chunk` entries a turn;
+        only names this transport writes count. A directory not made yet holds none."""
+        if self._closed:
+            return
+        try:
+            fd = self._open_dir(create=False)
+        except OSError:
+            fd = None
+        if fd is None:
+            self._ids, self._listed = [], True
+            return
+        dir_id, self._listing = self._dir_id, (set(), set())
+        found: list[int] = []
+        try:
+            with os.scandir(fd) as entries:
+                for n, entry in enumerate(entries, 1):
+                    if _OURS.match(entry.name):
+                        found.append(int(entry.name[:12]))
+                    if n % chunk == 0:
+                        await next_turn()
+            added, removed = self._listing
+        except OSError:
+            return
+        finally:
+            self._listing = None
+        if self._dir_id != dir_id or self._closed:  # the directory was replaced meanwhile: the next pass lists it
+            return
+        self._ids = sorted((set(found) - removed) | added)
+        self._listed = True
 
     def _write_all(self, messages: list[Record]) -> tuple[int, tuple[str, int | None] | None]:
         """How many were written, in order, and why the next one was not (and its errno).
@@ -133,12 +279,13 @@ class InboxTransport(Transport):
         """
         try:
             dir_fd = self._open_dir()
+            assert dir_fd is not None  # made if missing
         except FileExistsError:
             return 0, (f"inbox {self.dir} exists but is not a directory", None)
         except OSError as e:
             return 0, (f"cannot open inbox {self.dir}: {e.strerror}", e.errno)
         for n, m in enumerate(messages):
-            name, tmp = f"{m.id:012d}.md", f".{m.id:012d}.md.tmp"
+            name, tmp = _name(m.id), f".{m.id:012d}.md.tmp"
             try:
                 fd = self._create(tmp, dir_fd)
                 try:
@@ -175,10 +322,11 @@ class InboxTransport(Transport):
                 raise
         return fd
 
-    def _open_dir(self) -> int:
+    def _open_dir(self, create: bool = True) -> int | None:
         """The inbox directory's fd: made and opened once, and again whenever the path no longer names the
         directory it is open on (deleted, replaced, renamed), so that no file goes into a directory nobody
-        sees. One stat a delivery, where makedirs and open cost four syscalls more."""
+        sees. One stat a delivery, where makedirs and open cost four syscalls more. Without `create`, None
+        for a directory that does not exist."""
         try:
             st: os.stat_result | None = os.stat(self.dir)
         except OSError:
@@ -186,9 +334,14 @@ class InboxTransport(Transport):
         if st is not None and self._dir_fd is not None and (st.st_dev, st.st_ino) == self._dir_id:
             return self._dir_fd
         self._close_dir()
+        if st is None and not create:
+            return None
+        made = st is None
         os.makedirs(self.dir, mode=0o700, exist_ok=True)  # FileExistsError: a file is in the way
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._dir_id:  # another directory: what was counted is not in it
+            self._ids, self._listed = [], made  # one just made holds nothing; another is listed by the next pass
         self._dir_fd, self._dir_id = fd, (st.st_dev, st.st_ino)
         return fd
 
@@ -198,4 +351,9 @@ class InboxTransport(Transport):
             self._dir_fd = None
 
 
+def _name(message_id: int) -> str:
+    return f"{message_id:012d}.md"
+
+
+_OURS = re.compile(r"\d{12}\.md\Z")  # the names _name gives: retention removes no other file
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
