@@ -151,3 +151,23 @@ def test_old_clients_see_no_new_field_unless_it_is_set(make_daemon):
             reply = msgspec.msgpack.decode(s.recv(size, socket.MSG_WAITALL))
             item = reply["agents"][0] if req["op"] == "status" else reply["message"]
             assert not {"paused", "paused_since", "paused_until", "resent_from"} & set(item), item
+
+
+def test_a_bulk_retry_survives_a_restart(make_daemon):
+    """Retried in bulk while the agent is paused, the messages are queued in the database: a SIGKILL loses
+    none, and once resumed after the restart they go out in order, once each."""
+    d = make_daemon(agents=[{"id": "A"}], delivery=FAIL_AT_ONCE)
+    block_inbox(d, "A")
+    with d.client() as c:
+        ids = [c.send("A", f"m{n}") for n in range(5)]
+        wait_until(lambda: failed(c, ids), what="the failures")
+    unblock_inbox(d, "A")
+    ok(d, "pause", "A")
+    assert ok(d, "retry", "--agent", "A").strip() == "5 messages queued again"
+    d.kill()
+    d.start()
+    with d.client() as c:
+        assert statuses(c, ids) == ["queued"] * 5 and c.status().agents[0].paused
+        ok(d, "resume", "A")
+        wait_until(lambda: statuses(c, ids) == ["delivered"] * 5, what="the retried ones after the restart")
+    assert inbox_bodies(d.inbox("A")) == [f"m{n}" for n in range(5)]
