@@ -552,3 +552,19 @@ def test_db_file_stops_growing_under_steady_load(make_daemon):
     # on when the last checkpoint ran (off the loop, so it races the sends); it is bounded, not steady.
     assert max(sizes[6:]) <= max(sizes[:6]) * 1.1, sizes
     assert wal <= 64 << 20, wal  # journal_size_limit
+
+
+def test_at_the_count_bound_pruning_runs_once_per_chunk_of_sends(make_daemon):
+    """Pruned exactly to the bound, every send at the bound set off a pass deleting one row in a transaction of
+    its own: 300 passes for 300 sends, each send 5-10 times slower."""
+    d = make_daemon(agents=[{"id": "A"}], retention={"max_messages": 200, "prune_chunk": 50})
+    with d.client() as c:
+        c.batch([{"to": "A", "body": f"fill {i}"} for i in range(200)])
+        wait_until(lambda: c.status().queued == 0, what="deliveries")
+        for i in range(300):
+            c.send("A", f"at the bound {i}", wait=True)
+        wait_until(lambda: c.status().rows <= 200, what="the last pass")
+        rows = c.status().rows
+    passes = d.logtext().count("pruned ")
+    assert 300 // 20 <= passes <= 300 // 20 + 2, passes  # a pass per 20 sends (a tenth of the bound)
+    assert 180 <= rows <= 200
