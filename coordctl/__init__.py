@@ -24,7 +24,7 @@ from coordctl.protocol import DEFAULT_MAX_FRAME, ERROR_CODES, PROTOCOL_VERSION
 if TYPE_CHECKING:
     from coordctl.aclient import AsyncClient
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

@@ -246,7 +246,10 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
                 db.execute(stmt)
         db.execute(f"PRAGMA user_version = {i + 1}")
         db.execute("COMMIT")
-        log.info("migrated %s to schema version %d", path, i + 1)
+        if version:  # (a new database is made in the same steps, worth one line, not one a step)
+            log.info("migrated %s to schema version %d", path, i + 1)
+    if not version:
+        log.info("created %s (schema version %d)", path, SCHEMA_VERSION)
 
 
 def schema_version(db: sqlite3.Connection, path: str) -> int:
