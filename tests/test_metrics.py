@@ -13,7 +13,7 @@ import pytest
 from conftest import wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordctl import CoordError
+from coordctl import CoordError, __version__
 from coordd import config
 
 # Bad's inbox is blocked (each attempt fails); Down is a tmux agent on a machine without tmux (down).
@@ -110,7 +110,7 @@ def test_scrape_counts_every_outcome_and_passes_promtool(make_daemon, no_tmux):
     assert value(found, "coordd_store_commit_batch_size_bucket", le="+Inf") == commits
     assert value(found, "coordd_store_commit_batch_size_sum") >= 11
     assert value(found, "coordd_connections") >= 1
-    assert value(found, "coordd_build_info", version="0.1.0") == 1
+    assert value(found, "coordd_build_info", version=__version__) == 1
     assert ("process_resident_memory_bytes", frozenset()) in found
     # The socket gives the same metrics as HTTP.
     assert {name for name, _ in samples(over_socket)} == {name for name, _ in found}
@@ -220,4 +220,4 @@ def test_a_new_listen_address_waits_for_a_restart_and_the_endpoint_keeps_serving
         write_config(d.config, sections, [{"id": "A"}])
         assert c.reload().restart_needed == ["metrics.listen"]
         assert c.status().metrics_url == url
-    assert value(samples(scrape(url)), "coordd_build_info", version="0.1.0") == 1
+    assert value(samples(scrape(url)), "coordd_build_info", version=__version__) == 1
