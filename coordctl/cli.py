@@ -86,28 +86,24 @@ else:  # generic only from click 8.4, and we run on 8.1
     FloatParamType = click.ParamType
 
 
-class TimeSpec(FloatParamType):
-    name = "TIME"
+class ParsedSpec(FloatParamType):
+    """A float parsed from what people write: TIME (human.parse_time) or DURATION (human.parse_duration)."""
+
+    def __init__(self, name: str, parse: Callable[[str], float]) -> None:
+        self.name = name
+        self.parse = parse
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
         try:
-            return human.parse_time(str(value))
+            return self.parse(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
 
 
-class DurationSpec(FloatParamType):
-    name = "DURATION"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return human.parse_duration(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+TIME = ParsedSpec("TIME", human.parse_time)
+DURATION = ParsedSpec("DURATION", human.parse_duration)
 
 
 # --- output --------------------------------------------------------------------
@@ -586,8 +582,8 @@ def attention(info: protocol.StatusInfo, width: int | None = None) -> list[str]:
 @click.option("--agent", help="Only messages to this agent.", shell_complete=complete_agent)
 @click.option("--sender", help="Only messages from this sender.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only messages in this state.")
-@click.option("--since", type=TimeSpec(), help="Not older than TIME: unix seconds, 2026-11-23T10:00, or 10m/2h/1d ago.")
-@click.option("--until", type=TimeSpec(), help="Older than TIME (same forms as --since).")
+@click.option("--since", type=TIME, help="Not older than TIME: unix seconds, 2026-11-23T10:00, or 10m/2h/1d ago.")
+@click.option("--until", type=TIME, help="Older than TIME (same forms as --since).")
 @click.option("--grep", metavar="TEXT", help="Only messages whose body contains TEXT.")
 @click.option(
     "--search",
@@ -854,9 +850,7 @@ def bulk_options(status: str) -> Callable[[Callable[..., None]], Callable[..., N
                     show_default=True,
                     help=f"Only {status} messages (the only ones this applies to).",
                 ),
-                click.option(
-                    "--since", type=TimeSpec(), help="Only messages sent since TIME (10m, 2h, ISO-8601, ...)."
-                ),
+                click.option("--since", type=TIME, help="Only messages sent since TIME (10m, 2h, ISO-8601, ...)."),
                 click.option(
                     "--yes", "-y", is_flag=True, help=f"Do it without asking, even for more than {CONFIRM_ABOVE}."
                 ),
@@ -947,7 +941,7 @@ def resend(state: State, message_id: int) -> None:
 
 @cli.command()
 @click.argument("agent")
-@click.option("--for", "duration", type=DurationSpec(), help="End the pause by itself after DURATION (10m, 2h).")
+@click.option("--for", "duration", type=DURATION, help="End the pause by itself after DURATION (10m, 2h).")
 @pass_state
 def pause(state: State, agent: str, duration: float | None) -> None:
     """Hold AGENT's deliveries: messages to it queue but are not delivered until `resume` (or --for ends it).
