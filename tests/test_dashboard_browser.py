@@ -83,7 +83,7 @@ def agent_names(driver) -> list[str]:
 
 
 def feed_rows(driver) -> list[str]:
-    return js(driver, "return [...document.querySelectorAll('#feed tbody tr')].map(r => r.textContent)")
+    return js(driver, "return [...document.querySelectorAll('#feed > .feed-row')].map(r => r.textContent)")
 
 
 def console_errors(driver) -> list[dict]:
