@@ -1,0 +1,1 @@
+// placeholder: the dashboard page replaces it
