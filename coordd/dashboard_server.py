@@ -144,6 +144,11 @@ def _error(status: int, code: str, message: str) -> web.Response:
     )
 
 
+def encode_events(events: list[p.Event]) -> bytes:
+    """Events as Server-Sent Events: a `data:` line of JSON each."""
+    return b"".join([b"data: " + _encode(ev) + b"\n\n" for ev in events])
+
+
 class Stream:
     """One GET /api/events client, as the event bus sees it (an events.Sink): what waits for it to be written."""
 
@@ -341,7 +346,7 @@ class Dashboard:
                 stream.ready.clear()
                 events, stream.waiting = stream.waiting, []
                 if events and not stream.dropped:
-                    await response.write(b"".join([b"data: " + _encode(ev) + b"\n\n" for ev in events]))
+                    await response.write(encode_events(events))
         except ConnectionError:
             pass  # the client went away, or fell behind (Stream.drop)
         finally:

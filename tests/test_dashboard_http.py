@@ -188,7 +188,7 @@ def read_events(r: http.client.HTTPResponse, until, deadline_s: float = 5.0) -> 
     deadline = time.monotonic() + deadline_s
     while not until(events):
         assert time.monotonic() < deadline, f"only these events came: {events}"
-        line = r.fp.readline()
+        line = r.readline()
         assert line, f"the stream ended; events: {events}"
         if line.startswith(b"data: "):
             events.append(json.loads(line[6:]))
