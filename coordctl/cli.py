@@ -499,6 +499,8 @@ def format_status(info: protocol.StatusInfo, width: int | None = None, colour: b
     if info.metrics_url or info.metrics_error or info.watchers:
         served = info.metrics_url or (f"not served: {info.metrics_error}" if info.metrics_error else "socket only")
         lines += flow([f"metrics {served}", f"watchers {info.watchers}"], width)
+    if info.http_url or info.http_error:
+        lines += flow([f"dashboard {info.http_url or f'not served: {info.http_error}'} (coordctl dashboard)"], width)
     if info.config_error:
         lines.append(f"config: the last reload failed, the previous config still serves: {info.config_error}")
     if info.orphaned:
@@ -1080,6 +1082,46 @@ def metrics(state: State) -> None:
         emit_json({"text": text})
     else:
         human.echo(text, nl=False)
+
+
+TOKEN_SUFFIX = ".http-token"  # the dashboard's token file: the daemon's socket path plus this (docs/dashboard.md)
+
+
+@cli.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in the web browser too.")
+@pass_state
+def dashboard(state: State, open_browser: bool) -> None:
+    """Print the dashboard's URL with the daemon's token; --open opens it in the web browser.
+
+    The daemon serves the dashboard when its config sets `[http] listen`. The token is new at each start,
+    in a file beside the socket that only the daemon's user can read; the page keeps it in a cookie."""
+    info = state.client().status()
+    if info.http_url is None:
+        raise click.ClickException(
+            f"the daemon's dashboard is not served: {info.http_error}"
+            if info.http_error
+            else 'the daemon serves no dashboard: set `listen = "127.0.0.1:8765"` under `[http]` in its config '
+            "and restart it (docs/dashboard.md)"
+        )
+    path = info.socket + TOKEN_SUFFIX
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            token = f.read(1024).decode("ascii", "replace").strip()
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot read the dashboard's token from {path}: {e.strerror or e} (only the daemon's user can)"
+        ) from None
+    url = f"{info.http_url}?token={token}"
+    if state.json:
+        emit_json({"url": url})
+    else:
+        human.echo(url)
+    if open_browser:
+        import webbrowser  # for --open only
+
+        if not webbrowser.open(url):
+            human.echo("no web browser found: open the URL above in one", err=True)
 
 
 # --- gui agents --------------------------------------------------------------------

@@ -442,6 +442,8 @@ class StatusInfo(_Rep, tag="status"):
     watchers: int = 0  # active watch subscriptions
     queued_bytes: int = 0  # what the bodies of the undelivered messages hold in memory (orphaned ones too)
     max_queued_bytes: int = 0  # queue.max_bytes: past it, sends are refused with queue_full
+    http_url: str | None = None  # where the dashboard listens ([http] listen), without its token
+    http_error: str | None = None  # why it does not, though configured
 
 
 class Reloaded(_Rep, tag="reloaded"):

@@ -98,6 +98,11 @@ class Metrics(_Section):
     watch_buffer: int = 1000  # events held per watcher that falls behind; past it they are counted as missed
 
 
+class Http(_Section):
+    listen: str = ""  # "host:port" of the dashboard and its HTTP API (docs/dashboard.md); "": none
+    allow_remote: bool = False  # allow a listen address that is not loopback
+
+
 # How a message sent to "@NAME" picks the member of group NAME that gets it (coordd.groups).
 PICKS = {
     "round-robin": "each member in turn",
@@ -163,6 +168,7 @@ class Config(_Section):
     pull: Pull = msgspec.field(default_factory=Pull)
     gui: Gui = msgspec.field(default_factory=Gui)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
+    http: Http = msgspec.field(default_factory=Http)
     groups: dict[str, Group] = {}  # [groups.NAME]: settings of a group its members join (agents' `groups`)
     agents: list[Agent] = []
 
@@ -290,7 +296,10 @@ def _validate(cfg: Config, src: str) -> None:
     if not 0 < cfg.pull.lease_s < float("inf"):  # also refuses nan
         raise ConfigError(f"{src}: `pull.lease_s` must be a number of seconds greater than 0, got {cfg.pull.lease_s}")
     if cfg.metrics.listen:
-        _validate_listen(src, cfg.metrics)
+        _validate_listen(src, "metrics", cfg.metrics.listen, cfg.metrics.allow_remote)
+    if cfg.http.listen:
+        _validate_listen(src, "http", cfg.http.listen, cfg.http.allow_remote)
+        _require_extra(src, "http.listen", "aiohttp", "dashboard")
     seen: set[str] = set()
     for i, a in enumerate(cfg.agents):
         if not AGENT_ID.match(a.id):
@@ -359,24 +368,33 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _validate_listen(src: str, m: Metrics) -> None:
+LISTEN_EXAMPLE = {"metrics": 9464, "http": 8765}  # the port an error's example names
+
+
+def _validate_listen(src: str, section: str, listen: str, allow_remote: bool) -> None:
+    key, port = f"{section}.listen", LISTEN_EXAMPLE[section]
     try:
-        host, _ = split_listen(m.listen)
+        host, _ = split_listen(listen)
     except ValueError:
         raise ConfigError(
-            f'{src}: `metrics.listen` = {m.listen!r} is not host:port: use e.g. "127.0.0.1:9464" '
-            '("[::1]:9464" for IPv6; port 0: any free port)'
+            f'{src}: `{key}` = {listen!r} is not host:port: use e.g. "127.0.0.1:{port}" '
+            f'("[::1]:{port}" for IPv6; port 0: any free port)'
         ) from None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback and not m.allow_remote:
+    if not loopback and not allow_remote:
         raise ConfigError(
-            f"{src}: `metrics.listen` = {m.listen!r} is not a loopback address: metrics name your agents "
-            "and show their traffic, so they stay on this machine unless you set "
-            "`metrics.allow_remote = true` (or use 127.0.0.1)"
+            f"{src}: `{key}` = {listen!r} is not a loopback address: it names your agents "
+            "and shows their traffic, so it stays on this machine unless you set "
+            f"`{section}.allow_remote = true` (or use 127.0.0.1)"
         )
+
+
+def _require_extra(src: str, key: str, module: str, extra: str) -> None:
+    if not _importable(module):
+        raise ConfigError(f"{src}: `{key}` needs {module}: install it with `pip install 'coordd[{extra}]'`")
 
 
 MULTILINE = {

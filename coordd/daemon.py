@@ -34,6 +34,7 @@ from coordd.reload import Reloader
 from coordd.retention import Pruner
 from coordd.retry_cancel import RetryCancel
 from coordd.sending import Sending
+from coordd.series import Series
 from coordd.server import Server
 from coordd.store import Store
 from coordd.transports import Transport
@@ -73,6 +74,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     transports = {a.id: make_transport(a, config) for a in config.agents}
     delivery: Delivery | None = None
     server = aserver = endpoint = sock = None
+    dashboard = None  # coordd.dashboard_server.Dashboard, when [http] listen is set
     try:
         await store.open()
         for t in transports.values():
@@ -86,13 +88,20 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return tg.create_task(coro, name=name)
 
             metrics, bus = Metrics(), EventBus(config.metrics.watch_buffer)
-            hooks: Hooks = Observer(metrics, bus)  # metrics and watch events, reported by delivery, handlers, server
+            series = Series() if config.http.listen else None  # the dashboard's charts: kept only if it is served
+            hooks: Hooks = Observer(metrics, bus, series)  # metrics, watch events, series: reported as they happen
             if os.environ.get(BENCH_OFF):
                 log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
                 hooks = NO_HOOKS
             delivery = Delivery(config.delivery, store, transports, spawn, hooks)
             collector = Collector(metrics, delivery, store, bus)
             endpoint = await start_http(collector, config)
+            if config.http.listen:
+                from coordd import dashboard_server  # imports aiohttp: only when the dashboard is served
+
+                listening = dashboard_server.bind(config)
+            else:
+                listening = None
 
             async def reload() -> p.Reloaded:  # the `reload` request; the reloader is built below
                 assert reloader is not None  # built before the socket serves
@@ -100,7 +109,10 @@ async def serve(config: Config, config_path: str | None = None) -> None:
 
             admission = Admission(store, delivery)
             sending = Sending(config, store, delivery, admission, Groups(config, delivery, admission), hooks)
-            queries = Queries(config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error)
+            http_url, http_error = (listening.url, listening.error) if listening else (None, None)
+            queries = Queries(
+                config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error, http_url, http_error
+            )
             retry_cancel = RetryCancel(config, store, delivery, hooks)
             inbox = InboxRequests(config, store, delivery, hooks)
             pauses = Pauses(config, store, delivery)
@@ -108,6 +120,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 config, delivery, sending, queries, retry_cancel, inbox, pauses, reload, hooks, collector.text
             )
             server = Server(handlers, config.daemon, hooks, bus)
+            if listening is not None and series is not None:
+                dashboard = dashboard_server.Dashboard(listening, server, bus, series, collector, config, socket_path)
             pruner = Pruner(store, config.retention, spawn, delivery.drop_unacked)
             inbox_pruner = InboxPruner(config.retention, delivery.transports, spawn)
 
@@ -142,11 +156,15 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 delivery.queued(),
             )
             await aserver.start_serving()
+            if dashboard is not None:
+                await dashboard.start()
             notifier.notify("READY=1", f"STATUS={summary()}")  # the socket serves and the store is open
             await stop.wait()
             inbox_pruner.stop()
             await _stop(aserver, handlers, delivery, server, pruner, background)
     finally:
+        if dashboard is not None:
+            await dashboard.stop()  # before the store closes: requests in progress may still use it
         if endpoint is not None and endpoint.server is not None:
             endpoint.server.close()
         if server is not None:

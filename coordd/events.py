@@ -40,6 +40,14 @@ class Pushable(Protocol):
         ...
 
 
+class Sink(Protocol):
+    """What the bus hands its events to: a Subscriber (a watch), or the dashboard's event stream."""
+
+    def take(self, batch: list[p.Event]) -> None:
+        """The bus's latest events, in the order they happened; never blocks."""
+        ...
+
+
 class Subscriber:
     def __init__(
         self, bus: EventBus, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str], limit: int
@@ -117,7 +125,7 @@ class Subscriber:
 class EventBus:
     def __init__(self, buffer: int = 1000) -> None:
         self.buffer = buffer  # [metrics] watch_buffer, for subscribers made from now on
-        self.subscribers: list[Subscriber] = []
+        self.subscribers: list[Sink] = []
         self.active = False  # anyone subscribed: publishers check this before building an event
         self.missed = 0  # events dropped for subscribers that fell behind, all time
         self.pending: list[p.Event] = []  # published, not yet handed to the subscribers
@@ -146,13 +154,17 @@ class EventBus:
                 sub.take(batch)
 
     def subscribe(self, conn: Pushable, rid: int, agents: Iterable[str], events: Iterable[str]) -> Subscriber:
-        self.flush()  # what waits happened before this watch began
         sub = Subscriber(self, conn, rid, agents, events, self.buffer)
-        self.subscribers.append(sub)
-        self.active = True
+        self.attach(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscriber) -> None:
+    def attach(self, sink: Sink) -> None:
+        """Hand sink every event published from now on (until unsubscribe)."""
+        self.flush()  # what waits happened before this sink began
+        self.subscribers.append(sink)
+        self.active = True
+
+    def unsubscribe(self, sub: Sink) -> None:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
         self.active = bool(self.subscribers)

@@ -19,14 +19,16 @@ from coordd.events import EventBus
 from coordd.hooks import Hooks, Receipted
 from coordd.metrics import Collector, Metrics, serve_http
 from coordd.model import Record, preview
+from coordd.series import Series
 
 log = logging.getLogger("coordd.observer")
 
 
 class Observer(Hooks):
-    def __init__(self, metrics: Metrics, bus: EventBus) -> None:
+    def __init__(self, metrics: Metrics, bus: EventBus, series: Series | None = None) -> None:
         self.metrics = metrics
         self.bus = bus
+        self.series = series  # the dashboard's last hour, kept only while it is served ([http] listen)
 
     def configure(self, config: Config) -> None:
         self.metrics.configure(config)  # ([metrics] listen is read once, at start: see start_http)
@@ -45,6 +47,8 @@ class Observer(Hooks):
         stats = self.metrics.agent
         for rec in recs:
             stats(rec.agent).accepted += 1
+        if self.series is not None and recs:
+            self.series.on_accepted(len(recs), recs[0].created)
         if self.bus.active:
             for rec in recs:
                 self.bus.publish(_event("accepted", rec, rec.created, preview=preview(rec.body)))
@@ -74,6 +78,8 @@ class Observer(Hooks):
             window((finished, latency))
             if active:
                 self.bus.publish(_event("delivered", rec, finished, attempt=rec.attempts, latency=latency))
+        if self.series is not None:
+            self.series.on_delivered(recs, finished)
 
     def retried(self, agent: str, rec: Record, error: str | None, retry_in: float | None) -> None:
         self.metrics.agent(agent).retried += 1
@@ -82,6 +88,8 @@ class Observer(Hooks):
 
     def failed(self, agent: str, rec: Record, error: str) -> None:
         self.metrics.agent(agent).failed += 1
+        if self.series is not None:
+            self.series.on_failed(time.time())
         if self.bus.active:
             self.bus.publish(_event("failed", rec, time.time(), attempt=rec.attempts, error=error))
 

@@ -37,6 +37,8 @@ class Queries:
         observer: Hooks = NO_HOOKS,
         metrics_url: str | None = None,
         metrics_error: str | None = None,
+        http_url: str | None = None,
+        http_error: str | None = None,
     ) -> None:
         self.store = store
         self.delivery = delivery
@@ -44,6 +46,7 @@ class Queries:
         self.observer = observer  # latency percentiles and watchers, for `status`
         self.metrics_url = metrics_url  # where the HTTP endpoint listens
         self.metrics_error = metrics_error  # why it does not, though configured
+        self.http_url, self.http_error = http_url, http_error  # the same of the dashboard ([http] listen)
         self.started = time.monotonic()
         self.configure(config)
 
@@ -139,6 +142,8 @@ class Queries:
         return p.StatusInfo(
             metrics_url=self.metrics_url,
             metrics_error=self.metrics_error,
+            http_url=self.http_url,
+            http_error=self.http_error,
             watchers=self.observer.watchers(),
             version=__version__,
             pid=os.getpid(),

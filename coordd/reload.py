@@ -163,4 +163,5 @@ class Reloader:
             "store.path": cfg.store.path,
             "store.synchronous": cfg.store.synchronous,
             "metrics.listen": cfg.metrics.listen,
+            "http.listen": cfg.http.listen,
         }

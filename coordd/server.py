@@ -118,6 +118,22 @@ class Server:
     def protocol(self) -> Connection:
         return Connection(self)
 
+    async def call(self, req: p.Request) -> p.Reply:
+        """Answer a request that comes by another way than a connection (the dashboard's POST /api/call): the
+        same handlers, the same bound on heavy requests, the same errors and metrics as on the socket."""
+        started = time.perf_counter()
+        try:
+            if is_heavy(req):
+                async with self.heavy:
+                    rep = await self.handlers.handle(req)
+            else:
+                rep = await self.handlers.handle(req)
+        except Exception as e:
+            rep = error_reply(req, e)
+        rep.rid = req.rid
+        self.observer.answered(req, started, rep.code if type(rep) is p.Error else None)
+        return rep
+
     async def drain(self) -> None:
         """Wait for the requests already being handled to reply."""
         if self.tasks:
@@ -328,15 +344,8 @@ class Connection(asyncio.Protocol):
     async def answer(self, req: p.Request, started: float) -> None:
         try:
             rep = await (self._heavy(req) if is_heavy(req) else self.server.handlers.handle(req))
-        except Refused as e:
-            rep = p.Error(code=e.code, message=e.message, message_id=e.message_id)
-        except Exception as e:  # a bug in coordd, not in the request: say so, and keep serving
-            log.exception("request %s failed", type(req).__name__)
-            rep = p.Error(
-                code="internal",
-                message=f"coordd failed handling {type(req).__name__}: {e!r}; it goes on "
-                "serving, and its log has the traceback (please report it)",
-            )
+        except Exception as e:
+            rep = error_reply(req, e)
         finally:
             self.pending -= 1
         rep.rid = req.rid
@@ -398,6 +407,18 @@ class Connection(asyncio.Protocol):
         (log.debug if debug else log.warning)("closing a connection: %s", why)
         self.closing = True
         self.transport.abort()
+
+
+def error_reply(req: p.Request, e: Exception) -> p.Error:
+    """The reply to a request whose handling raised e: a refusal's code, or `internal` for a bug in coordd."""
+    if isinstance(e, Refused):
+        return p.Error(code=e.code, message=e.message, message_id=e.message_id)
+    log.error("request %s failed", type(req).__name__, exc_info=e)  # a bug: say so, and keep serving
+    return p.Error(
+        code="internal",
+        message=f"coordd failed handling {type(req).__name__}: {e!r}; it goes on "
+        "serving, and its log has the traceback (please report it)",
+    )
 
 
 _rid_only = msgspec.msgpack.Decoder(dict)

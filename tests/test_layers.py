@@ -45,8 +45,8 @@ LAYERS = {
         "coordd.pauses",
         "coordd.gui.requests",
     ],
-    "observability": ["coordd.metrics", "coordd.events", "coordd.observer"],
-    "server": ["coordd.server"],
+    "observability": ["coordd.metrics", "coordd.events", "coordd.observer", "coordd.series"],
+    "server": ["coordd.server", "coordd.dashboard_server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
     "setup": ["coordd.discover", "coordd.starter"],  # coordd init: a starting config, the agents found in tmux
     "daemon": ["coordd.daemon", "coordd.reload", "coordd.cli", "coordd.__main__"],
