@@ -148,18 +148,23 @@ def main() -> int:
                 driver = browser.chromium(tmp / "chromium", (args.width, 1000))
                 driver.get(f"http://127.0.0.1:{port}/?token={token}")
                 n = traffic(c, args.seconds, rng)
-                first = c.send("Backend", "Please look at the failing deploy, logs attached.", sender="operator")
-                c.reply(first, "On it, the migration lock timed out.", sender="Backend")
-            driver.find_element("css selector", '.range button[data-window="300"]').click()
-            driver.find_element("id", "search-text").send_keys("deploy")
-            driver.find_element("css selector", "#search button[type=submit]").click()
+                c.send("Backend", "Please look at the failing deploy, logs attached.", sender="operator")
+            # Clicked and submitted by script: the mouse stays off the page, so no row shows as hovered.
+            driver.execute_script(
+                "document.querySelector('.range button[data-window=\"300\"]').click();"
+                "document.getElementById('search-text').value = 'deploy';"
+                "document.getElementById('search').requestSubmit()"
+            )
             wait_for(
                 lambda: driver.execute_script("return document.querySelectorAll('#results tbody tr').length"),
                 5,
                 "results",
             )
+            driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
             height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(args.width, height)
+            # The whole page in one viewport: a window that tall would lose some of it to the window's frame.
+            metrics = {"width": args.width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
             driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.out))

@@ -169,7 +169,7 @@ def test_search_message_view_and_compose_work_without_a_console_error(make_daemo
     sent = ["from the operator"]
     wait_until(lambda: inbox_bodies(dash.daemon.inbox("Agent-2")) == sent, what="the operator's message")
     with dash.daemon.client() as c:
-        assert c.history(agent="Agent-2")[0].sender == "operator"
+        assert c.history(agent="Agent-2").messages[0].sender == "operator"
     assert console_errors(driver) == []
 
 

@@ -627,7 +627,7 @@ async function runSearch(more = false) {
   const tbody = document.querySelector("#results tbody");
   if (!more) {
     const text = document.getElementById("search-text").value.trim();
-    searchRequest = { op: "history", limit: 50 };
+    searchRequest = { op: "history", limit: 20 };
     // Full-text search needs a letter or digit; anything else (a path, "->") is a plain substring.
     if (/[\p{L}\p{N}]/u.test(text)) searchRequest.search = text;
     else if (text) searchRequest.contains = text;
