@@ -127,6 +127,29 @@ def test_a_message_sent_with_coordctl_shows_in_the_feed_within_a_second_as_text(
     assert console_errors(driver) == []
 
 
+def test_the_feed_filters_by_agent_and_holds_its_rows_while_paused(make_daemon, driver):
+    dash = Dashboard(make_daemon)
+    dash.open(driver)
+    agent = driver.find_element("id", "feed-agent")
+    wait_until(lambda: "Agent-3" in agent.text, 5, "the agents in the feed's filter")
+    js(driver, "const s = arguments[0]; s.value = 'Agent-3'; s.dispatchEvent(new Event('change'))", agent)
+    with dash.daemon.client() as c:
+        other = c.send("Agent-2", "not for the filter")
+        mine = c.send("Agent-3", "for the filter")
+        wait_until(lambda: any(f"#{mine}" in r for r in feed_rows(driver)), 5, "Agent-3's message in the feed")
+        # Events come in order: Agent-2's, sent first, would be there by now.
+        assert not any(f"#{other}" in r for r in feed_rows(driver))
+
+        driver.find_element("id", "feed-pause").click()
+        held = c.send("Agent-3", "while paused")
+        banner = "return document.getElementById('feed-paused').textContent"
+        wait_until(lambda: "new event" in js(driver, banner), 5, "the paused feed to count the new events")
+        assert not any(f"#{held}" in r for r in feed_rows(driver))
+        driver.find_element("id", "feed-pause").click()
+        wait_until(lambda: any(f"#{held}" in r for r in feed_rows(driver)), 5, "the held rows shown on resume")
+    assert console_errors(driver) == []
+
+
 def test_the_retry_button_queues_a_failed_message_again(make_daemon, driver):
     dash = Dashboard(make_daemon, [{"id": "A"}, {"id": "B"}], delivery=FAIL_AT_ONCE)
     block_inbox(dash.daemon, "A")

@@ -271,12 +271,14 @@ async function seedLastDelivery() {
 // --- charts --------------------------------------------------------------------------------------------
 
 /** A line chart in plain SVG; its elements are made once and only their attributes change. */
+const MIN_LOG = 0.1; // the latency chart's floor: 0.1 ms
 let chartWindow = 3600; // seconds the charts show, of the hour /api/series keeps
 let lastSeries = null;
 
 class Chart {
-  constructor(node, series, { unit = "", height = 170 } = {}) {
+  constructor(node, series, { unit = "", log = false, height = 170 } = {}) {
     this.node = node;
+    this.log = log;
     this.series = series; // [{key, cls, area}]
     this.unit = unit;
     this.height = height;
@@ -298,18 +300,37 @@ class Chart {
     this.node.setAttribute("height", H);
     const n = Math.max(2, seriesValues[0].length);
     let max = 0;
-    for (const values of seriesValues) for (const v of values) if (v != null && v > max) max = v;
-    const top_ = niceCeil(max);
+    let min = Infinity;
+    for (const values of seriesValues) {
+      for (const v of values) {
+        if (v == null) continue;
+        if (v > max) max = v;
+        if (v > 0 && v < min) min = v;
+      }
+    }
     const x = (i) => left + (i / (n - 1)) * (W - left - right);
-    const y = (v) => top + (1 - v / top_) * (H - top - bottom);
+    // Latency spans decades (a millisecond to an inbox, seconds to a pull agent that fetches now and then):
+    // on a log scale p50 and p99 both stay readable. Counts use a linear scale from 0.
+    let y;
+    let ticks;
+    if (this.log) {
+      const lo = Math.floor(Math.log10(Math.max(MIN_LOG, Math.min(min, max || 1))));
+      const hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(max, MIN_LOG))));
+      y = (v) => top + (1 - (Math.log10(Math.max(v, 10 ** lo)) - lo) / (hi - lo)) * (H - top - bottom);
+      ticks = [];
+      for (let e = lo; e <= hi; e++) ticks.push(10 ** e);
+    } else {
+      const top_ = niceCeil(max);
+      y = (v) => top + (1 - v / top_) * (H - top - bottom);
+      ticks = [0, top_ / 2, top_];
+    }
 
     this.grid.replaceChildren();
     this.axis.replaceChildren();
-    for (const f of [0, 0.5, 1]) {
-      const v = top_ * f;
+    for (const v of ticks) {
       this.grid.append(svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v) }));
       const label = svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" });
-      label.textContent = v === 0 ? "0" : this.unit === "ms" ? latency(v / 1000) : formatCount(v);
+      label.textContent = v === 0 ? "0" : this.unit === "ms" ? formatMs(v) : formatCount(v);
       this.axis.append(label);
     }
     const minutes = (n * (data.step ?? 1)) / 60;
@@ -349,6 +370,9 @@ function niceCeil(v) {
   for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
   return 10 * p;
 }
+function formatMs(v) {
+  return v >= 1000 ? `${+(v / 1000).toPrecision(3)} s` : `${+v.toPrecision(3)} ms`;
+}
 function formatCount(v) {
   if (v >= 1000) return `${+(v / 1000).toFixed(1)}k`;
   return String(+v.toFixed(1));
@@ -362,7 +386,7 @@ const rateChart = new Chart(document.getElementById("chart-rate"), [
 const latencyChart = new Chart(document.getElementById("chart-latency"), [
   { key: "latency_p50_ms", cls: "p50" },
   { key: "latency_p99_ms", cls: "p99" },
-], { unit: "ms" });
+], { unit: "ms", log: true });
 
 /** The mean of the last k buckets that are not null (the current second is still filling: skipped). */
 function recent(values, k = 5) {
