@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import os
 import socket
 import stat
@@ -21,6 +22,8 @@ from test_metrics import block_inbox, samples, value
 
 from coordctl import protocol as p
 from coordd import config
+from coordd.model import Record
+from coordd.series import Series
 
 HTTP = {"listen": "127.0.0.1:0"}
 FAST = {"max_attempts": 1, "backoff_initial_ms": 20, "backoff_max_ms": 20}
@@ -375,3 +378,25 @@ def test_check_config_validates_the_http_section(keys, error):
     with pytest.raises(config.ConfigError, match=error):
         config.parse({"http": keys, "agents": [{"id": "A"}]}, "t")
     assert config.parse({"http": {"listen": "[::1]:0"}, "agents": [{"id": "A"}]}, "t").http.listen == "[::1]:0"
+
+
+def test_the_series_percentiles_are_within_an_eighth_of_the_exact_ones():
+    now = 1_800_000_000.5
+    latencies = [0.00005, *(0.001 * 1.07**k for k in range(200))]  # 50 us to ~0.8 s
+
+    def record(id: int, created: float) -> Record:
+        return Record(id=id, agent="A", body="b", priority="regular", created=created)
+
+    s = Series()
+    s.on_delivered([record(id=i, created=now - x) for i, x in enumerate(latencies)], now)
+    s.on_delivered([record(id=0, created=now + 1)], now)  # a clock that stepped back counts as the least
+    s.on_accepted(3, now)
+    got = s.read(now + 1)
+    assert got["start"] == int(now) + 1 - 3599 and got["accepted"][-2:] == [3, 0]
+    assert got["delivered"][-2] == len(latencies) + 1 and got["latency_p50_ms"][-1] is None
+    exact = sorted([0.0, *latencies])
+    for key, q in (("latency_p50_ms", 0.5), ("latency_p99_ms", 0.99)):
+        want = exact[math.ceil(len(exact) * q) - 1] * 1000
+        assert abs(got[key][-2] - want) <= want / 8, (key, got[key][-2], want)
+    s.on_failed(now + 3600)  # an hour on, the same bucket holds the new second only
+    assert s.read(now + 3600)["accepted"] == [0] * 3600 and s.read(now + 3600)["failed"][-1] == 1
