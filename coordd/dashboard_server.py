@@ -86,12 +86,10 @@ class Listening:
 def bind(config: Config) -> Listening:
     """Bind [http] listen. A failure is logged and shown in status; the daemon serves messages without it."""
     listen = config.http.listen
-    host, port = split_listen(listen)
+    named, port = split_listen(listen)
+    host = "127.0.0.1" if named == "localhost" else named
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if host == "localhost":
-            family, host = socket.AF_INET, "127.0.0.1"
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
@@ -105,7 +103,6 @@ def bind(config: Config) -> Listening:
         log.error("dashboard: %s; serving without it", error)
         return Listening(error=error)
     port = sock.getsockname()[1]  # port 0: the one the kernel chose
-    named = split_listen(listen)[0]
     shown = f"[{named}]" if ":" in named else named
     hosts = {f"{shown}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
     return Listening(url=f"http://{shown}:{port}/", sock=sock, hosts=frozenset(h.lower() for h in hosts))
@@ -177,6 +174,7 @@ class Stream:
         if self.behind and len(self.waiting) > self.limit:
             self.dropped = True  # its browser reconnects and starts afresh
             self.waiting = []
+            log.warning("dropping a dashboard event stream: its client fell behind by over %d events", self.limit)
             self.drop()
         self.ready.set()
 
