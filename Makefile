@@ -73,6 +73,8 @@ bench: install
 	$(BIN)/python perf/bench_tmux.py
 	$(BIN)/python perf/bench_gui.py
 	$(BIN)/python perf/bench_observability.py
+	$(BIN)/pip install -q '.[dashboard]'  # bench_dashboard serves the dashboard (aiohttp)
+	$(BIN)/python perf/bench_dashboard.py
 	$(BIN)/python perf/bench_inbox.py
 	$(BIN)/python perf/bench_search.py
 	$(BIN)/pip install -q '.[mcp]'  # bench_mcp drives `coordctl mcp` with the SDK's client

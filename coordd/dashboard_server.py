@@ -14,9 +14,9 @@ cookie alone (no cross-site request forgery).
 
 POST /api/call answers through Server.call, the same handlers, bounds, errors
 and metrics as the Unix socket. GET /api/events streams the event bus that
-`watch` reads, as Server-Sent Events: a client that falls behind by more than
-[metrics] watch_buffer events is dropped (its browser reconnects), so it never
-holds up the daemon.
+`watch` reads, as Server-Sent Events: a client that falls behind (stops reading)
+by more than [metrics] watch_buffer events is dropped (its browser reconnects),
+so it never holds up the daemon.
 """
 
 from __future__ import annotations
@@ -86,12 +86,10 @@ class Listening:
 def bind(config: Config) -> Listening:
     """Bind [http] listen. A failure is logged and shown in status; the daemon serves messages without it."""
     listen = config.http.listen
-    host, port = split_listen(listen)
+    named, port = split_listen(listen)
+    host = "127.0.0.1" if named == "localhost" else named
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if host == "localhost":
-            family, host = socket.AF_INET, "127.0.0.1"
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
@@ -105,7 +103,6 @@ def bind(config: Config) -> Listening:
         log.error("dashboard: %s; serving without it", error)
         return Listening(error=error)
     port = sock.getsockname()[1]  # port 0: the one the kernel chose
-    named = split_listen(listen)[0]
     shown = f"[{named}]" if ":" in named else named
     hosts = {f"{shown}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
     return Listening(url=f"http://{shown}:{port}/", sock=sock, hosts=frozenset(h.lower() for h in hosts))
@@ -150,7 +147,11 @@ def encode_events(events: list[p.Event]) -> bytes:
 
 
 class Stream:
-    """One GET /api/events client, as the event bus sees it (an events.Sink): what waits for it to be written."""
+    """One GET /api/events client, as the event bus sees it (an events.Sink), and the loop that writes to it.
+
+    Events wait in `waiting` until the loop writes them. While a write waits for the client to read (its
+    connection's buffers are full: it is behind), more than `limit` waiting events drop the client; a burst
+    that arrives while it keeps up (a large batch's events, in one turn of the event loop) does not."""
 
     def __init__(self, agents: frozenset[str], limit: int, drop: Callable[[], None]) -> None:
         self.agents = agents or None  # None: every agent
@@ -158,6 +159,7 @@ class Stream:
         self.drop = drop  # closes the connection: the client fell behind
         self.waiting: list[p.Event] = []
         self.ready = asyncio.Event()
+        self.behind = False  # a write waits for the client to read
         self.dropped = False
 
     def take(self, batch: list[p.Event]) -> None:
@@ -168,18 +170,40 @@ class Stream:
             batch = [ev for ev in batch if ev.agent in agents]
             if not batch:
                 return
-        if len(self.waiting) + len(batch) > self.limit:
-            self.dropped = True  # fallen behind: its browser reconnects and starts afresh
+        self.waiting += batch
+        if self.behind and len(self.waiting) > self.limit:
+            self.dropped = True  # its browser reconnects and starts afresh
             self.waiting = []
+            log.warning("dropping a dashboard event stream: its client fell behind by over %d events", self.limit)
             self.drop()
-        else:
-            self.waiting += batch
         self.ready.set()
 
     def end(self) -> None:
         """The daemon stops: the stream ends."""
         self.dropped = True
         self.ready.set()
+
+    async def pump(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Write the events as they come, a comment when none come for KEEPALIVE_S, until dropped or ended."""
+        await self._write(write, b"retry: 1000\n\n")  # sends the headers now; a dropped client is back in 1 s
+        while not self.dropped:
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    await self.ready.wait()
+            except TimeoutError:
+                await self._write(write, b": keepalive\n\n")
+                continue
+            self.ready.clear()
+            events, self.waiting = self.waiting, []
+            if events and not self.dropped:
+                await self._write(write, encode_events(events))
+
+    async def _write(self, write: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
+        self.behind = True  # take() runs meanwhile only if the write waits: the client is behind
+        try:
+            await write(data)
+        finally:
+            self.behind = False
 
 
 class Dashboard:
@@ -335,18 +359,7 @@ class Dashboard:
         self.streams.add(stream)
         self.bus.attach(stream)
         try:
-            await response.write(b"retry: 1000\n\n")  # sends the headers now; a dropped client is back in 1 s
-            while not stream.dropped:
-                try:
-                    async with asyncio.timeout(KEEPALIVE_S):
-                        await stream.ready.wait()
-                except TimeoutError:
-                    await response.write(b": keepalive\n\n")
-                    continue
-                stream.ready.clear()
-                events, stream.waiting = stream.waiting, []
-                if events and not stream.dropped:
-                    await response.write(encode_events(events))
+            await stream.pump(response.write)
         except ConnectionError:
             pass  # the client went away, or fell behind (Stream.drop)
         finally:

@@ -22,6 +22,7 @@ from coordd.model import Record
 SIZE = 3600  # one-second buckets: the last hour
 FLOOR_S = 0.0001  # latencies under 0.1 ms share the first cell
 PER_DOUBLING = 4  # histogram cells per doubling of latency, of equal width
+SCALE = 1 / FLOOR_S
 _frexp = math.frexp
 
 
@@ -70,9 +71,12 @@ class Series:
         hist = self.latency[i]
         if hist is None:
             hist = self.latency[i] = {}
-        get = hist.get
+        get, frexp = hist.get, _frexp
         for rec in recs:
-            c = cell(finished - rec.created) if finished > rec.created else 0
+            mantissa, exponent = frexp((finished - rec.created) * SCALE)  # cell(), inlined: this is per message
+            c = exponent * PER_DOUBLING + int(mantissa * 2 * PER_DOUBLING) - 2 * PER_DOUBLING + 1
+            if exponent <= 0 or mantissa <= 0:  # under FLOOR_S, or a clock that stepped back
+                c = 0
             hist[c] = get(c, 0) + 1
 
     def on_failed(self, at: float) -> None:

@@ -3,22 +3,27 @@ stream, the series, /metrics, the token file and `coordctl dashboard`, against a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import math
 import os
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, wait_until
+from conftest import Daemon, wait_until, write_config
 from test_metrics import block_inbox, samples, value
 
 from coordctl import protocol as p
 from coordd import config
+from coordd.model import Record
+from coordd.series import Series
 
 HTTP = {"listen": "127.0.0.1:0"}
 FAST = {"max_attempts": 1, "backoff_initial_ms": 20, "backoff_max_ms": 20}
@@ -215,23 +220,39 @@ def test_the_event_stream_carries_a_sent_messages_events_as_they_happen(dash):
     assert (status, error_code(body)) == (400, "unknown_agent")
 
 
-def test_a_stream_that_is_not_read_is_dropped_and_the_daemon_goes_on(make_daemon):
-    d = make_daemon(agents=[{"id": "A"}], http=HTTP, metrics={"watch_buffer": 1})
+def test_a_stream_that_is_not_read_is_dropped_and_the_others_and_the_daemon_go_on(make_daemon):
+    agents = [{"id": "A", "transport": "discard"}]  # delivered at once: events come fast
+    d = make_daemon(agents=agents, http=HTTP, metrics={"watch_buffer": 500})
     h = Dash(d)
-    s = socket.create_connection(("127.0.0.1", h.port))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(f"GET /api/events HTTP/1.1\r\nHost: {h.host}\r\nX-Coordd-Token: {h.token}\r\n\r\n".encode())
+    conn, reader = sse_events(h)  # a stream that keeps up
+    received: list[bytes] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError, http.client.HTTPException):  # closed under it
+            for line in reader:
+                received.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
+    stuck.connect(("127.0.0.1", h.port))
+    stuck.sendall(f"GET /api/events HTTP/1.1\r\nHost: {h.host}\r\nX-Coordd-Token: {h.token}\r\n\r\n".encode())
     try:
         with d.client() as c:
-            wait_until(lambda: c.status().watchers == 1, what="the stream to subscribe")
-            for _ in range(20):  # never read: the kernel's buffers fill, then the stream's own, then it is dropped
-                c.batch([p.NewMessage(to="A", body="x" * 2000) for _ in range(200)])
-                if c.status().watchers == 0:
+            wait_until(lambda: c.status().watchers == 2, what="both streams to subscribe")
+            for _ in range(100):  # never read: the kernel's buffers fill (MBs), then 500 events wait: dropped
+                c.batch(
+                    [p.NewMessage(to="A", body="x" * 80) for _ in range(1000)]
+                )  # a burst the other one keeps up with
+                if c.status().watchers == 1:
                     break
-            wait_until(lambda: c.status().watchers == 0, what="the unread stream to be dropped")
-            assert c.send("A", "still serving") > 0
+            wait_until(lambda: c.status().watchers == 1, what="the unread stream to be dropped")
+            last = c.send("A", "still serving")
+        marker = f'"event":"delivered","id":{last},'.encode()
+        wait_until(lambda: any(marker in line for line in received), what="the other stream to go on")
     finally:
-        s.close()
+        stuck.close()
+        conn.close()
 
 
 def test_the_series_counts_the_last_hour_by_second(dash):
@@ -263,7 +284,13 @@ def test_the_token_file_is_private_new_at_each_start_and_removed_at_stop(make_da
     st = os.lstat(first.token_file)
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     assert len(first.token) >= 40
-    assert d.stop() == 0
+    conn, stream = sse_events(first)  # an open stream does not hold up the stop, and ends with it
+    try:
+        started = time.monotonic()
+        assert d.stop(timeout=10) == 0
+        assert stream.read() == b"retry: 1000\n\n" and time.monotonic() - started < 10
+    finally:
+        conn.close()
     assert not first.token_file.exists()
     first.token_file.symlink_to(d.tmp / "victim")  # a link planted in its place is replaced, never followed
     d.start()
@@ -327,6 +354,17 @@ def test_a_taken_port_leaves_the_daemon_serving_and_says_why(make_daemon):
         assert out.returncode == 1 and "cannot listen" in out.stderr
 
 
+def test_a_new_listen_address_waits_for_a_restart(make_daemon):
+    d = make_daemon(agents=[{"id": "A"}], http=HTTP)
+    h = Dash(d)
+    sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db}}
+    write_config(d.config, {**sections, "http": {"listen": "127.0.0.1:1"}}, [{"id": "A"}])
+    with d.client() as c:
+        assert c.reload().restart_needed == ["http.listen"]
+        assert c.status().http_url == f"http://{h.host}/"
+    assert h.get("/api/series")[0] == 200
+
+
 @pytest.mark.parametrize(
     ("keys", "error"),
     [
@@ -340,3 +378,25 @@ def test_check_config_validates_the_http_section(keys, error):
     with pytest.raises(config.ConfigError, match=error):
         config.parse({"http": keys, "agents": [{"id": "A"}]}, "t")
     assert config.parse({"http": {"listen": "[::1]:0"}, "agents": [{"id": "A"}]}, "t").http.listen == "[::1]:0"
+
+
+def test_the_series_percentiles_are_within_an_eighth_of_the_exact_ones():
+    now = 1_800_000_000.5
+    latencies = [0.00005, *(0.001 * 1.07**k for k in range(200))]  # 50 us to ~0.8 s
+
+    def record(id: int, created: float) -> Record:
+        return Record(id=id, agent="A", body="b", priority="regular", created=created)
+
+    s = Series()
+    s.on_delivered([record(id=i, created=now - x) for i, x in enumerate(latencies)], now)
+    s.on_delivered([record(id=0, created=now + 1)], now)  # a clock that stepped back counts as the least
+    s.on_accepted(3, now)
+    got = s.read(now + 1)
+    assert got["start"] == int(now) + 1 - 3599 and got["accepted"][-2:] == [3, 0]
+    assert got["delivered"][-2] == len(latencies) + 1 and got["latency_p50_ms"][-1] is None
+    exact = sorted([0.0, *latencies])
+    for key, q in (("latency_p50_ms", 0.5), ("latency_p99_ms", 0.99)):
+        want = exact[math.ceil(len(exact) * q) - 1] * 1000
+        assert abs(got[key][-2] - want) <= want / 8, (key, got[key][-2], want)
+    s.on_failed(now + 3600)  # an hour on, the same bucket holds the new second only
+    assert s.read(now + 3600)["accepted"] == [0] * 3600 and s.read(now + 3600)["failed"][-1] == 1
