@@ -155,11 +155,12 @@ def main() -> int:
                 "document.getElementById('search-text').value = 'deploy';"
                 "document.getElementById('search').requestSubmit()"
             )
-            wait_for(
-                lambda: driver.execute_script("return document.querySelectorAll('#results tbody tr').length"),
-                5,
-                "results",
-            )
+            rows = "return document.querySelectorAll('#results tbody tr').length"
+            try:
+                wait_for(lambda: driver.execute_script(rows), 10, "the search's results")
+            except RuntimeError:
+                print("\n".join(e["message"] for e in driver.get_log("browser")), file=sys.stderr)
+                raise
             driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
             height = driver.execute_script("return document.documentElement.scrollHeight")
             # The whole page in one viewport: a window that tall would lose some of it to the window's frame.

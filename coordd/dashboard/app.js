@@ -334,11 +334,11 @@ class Chart {
       this.axis.append(label);
     }
     const minutes = (n * (data.step ?? 1)) / 60;
-    const ticks = minutes <= 5 ? 5 : minutes <= 15 ? 3 : 4;
-    for (let t = 0; t <= ticks; t++) {
-      const f = t / ticks;
-      const label = svg("text", { x: x(f * (n - 1)), y: H - 4, "text-anchor": t === 0 ? "start" : t === ticks ? "end" : "middle" });
-      label.textContent = t === ticks ? "now" : `−${Math.round(minutes * (1 - f))} min`;
+    const parts = minutes <= 5 ? 5 : minutes <= 15 ? 3 : 4; // a label each minute, 5 or 15 minutes
+    for (let t = 0; t <= parts; t++) {
+      const f = t / parts;
+      const label = svg("text", { x: x(f * (n - 1)), y: H - 4, "text-anchor": t === 0 ? "start" : t === parts ? "end" : "middle" });
+      label.textContent = t === parts ? "now" : `−${Math.round(minutes * (1 - f))} min`;
       this.axis.append(label);
     }
 
