@@ -69,8 +69,8 @@ class Dashboard:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def open(self, driver) -> None:
+        driver.get_log("browser")  # drop what an earlier test's page logged (this page's errors count)
         driver.get(f"{self.base}/?token={self.token}")
-        driver.get_log("browser")  # drop what an earlier test's page logged
         wait_until(lambda: js(driver, "return document.getElementById('conn').dataset.state") == "live", 5, "the feed")
 
 
