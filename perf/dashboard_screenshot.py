@@ -114,6 +114,18 @@ def traffic(c: Client, seconds: float, rng: random.Random) -> int:
     return len(sent)
 
 
+def shrink(png: Path) -> None:
+    """256 colours are plenty for a page of flat colours: a third of the bytes in the repository. Needs Pillow
+    (pyautogui's, in the gui extra); without it the picture stays as the browser saved it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(png) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(png, optimize=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=150.0, help="traffic before the screenshot")
@@ -169,6 +181,7 @@ def main() -> int:
             driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.out))
+            shrink(args.out)
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             print(f"{n} messages over {args.seconds:.0f} s; wrote {args.out} ({args.width}x{height})")
             for e in errors:
