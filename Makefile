@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive for real: a virtual X server with terminal windows, tmux, systemd-analyze,
-# and promtool (package prometheus) to lint the metrics.
-APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus
+# promtool (package prometheus) to lint the metrics, and nats-server for the cluster tests.
+APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus nats-server
 
 .PHONY: install install-test deps demo lint test bench clean
 

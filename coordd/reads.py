@@ -17,7 +17,7 @@ from coordctl import protocol as p
 from coordd import fts
 from coordd import schema as s
 from coordd.model import Record, Refused
-from coordd.schema import COLUMNS, LEASED, info_from_row, record_from_row
+from coordd.schema import COLUMNS, FIND_ORIGIN, LEASED, ORIGINS, info_from_row, record_from_row
 
 
 class AckState(NamedTuple):
@@ -79,7 +79,9 @@ class Reads:
         return row[0] if row else None
 
     def load_queued(self) -> list[Record]:
-        cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
+        cur = self.db.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' AND forwarded IS NULL ORDER BY id"
+        )
         return [record_from_row(r) for r in cur]
 
     def load_leased(self) -> list[tuple[Record, float]]:
@@ -110,6 +112,15 @@ class Reads:
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
+
+    def find_origin(self, origin: str) -> int | None:
+        """The id under which a message another node forwarded ("<node>:<id>") is stored here, if it is."""
+        row = self.db.execute(FIND_ORIGIN, (origin,)).fetchone()
+        return row[0] if row else None
+
+    def origins(self, ids: list[int]) -> dict[int, str]:
+        """Of these messages, those another node forwarded: id -> origin."""
+        return dict(self.db.execute(ORIGINS.format(",".join("?" * len(ids))), ids).fetchall()) if ids else {}
 
     def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
         """(read_at, acked_at) of a message; None: there is no such message."""

@@ -1,0 +1,363 @@
+"""Messages and receipts between nodes.
+
+Outbound: an agent of another node has a queue here like any agent, served by a ForwardTransport. Its worker
+(coordd.delivery) takes the messages in order and the transport publishes them to the owning node's subject
+with `Nats-Msg-Id: <this node>:<id>`, returning once JetStream has acknowledged each (PubAck): the message is
+then stored as forwarded. While NATS is unreachable the transport is down: the messages stay queued, in order.
+
+Inbound: a durable pull consumer on this node's subject. Each fetched message is committed under a new local
+id with its origin ("<node>:<id>", unique in the database): a message JetStream delivers again (its ack was
+lost, or this node stopped before acking) is found by its origin and not stored twice. Only after the commit
+is it acked to JetStream, then queued like any local message.
+
+Receipts: the delivered, failed, read and acked outcomes of a message that came from another node are
+published back to `coordd.node.<origin>.receipts`; the origin applies them to its own row and wakes whoever
+waits (`send --wait`, `watch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from coordctl import protocol as p
+from coordd import schema as s
+from coordd.cluster.link import Link, inbox_subject, receipts_subject
+from coordd.config import RemoteAgent
+from coordd.delivery import Delivery
+from coordd.hooks import Hooks, Receipted
+from coordd.model import Record, TransportDown
+from coordd.store import Store
+from coordd.transports import Transport
+
+log = logging.getLogger("coordd.cluster")
+
+MSG_ID = "Nats-Msg-Id"
+PUBACK_TIMEOUT_S = 5.0
+FETCH = 256  # messages (or receipts) fetched at a time
+FETCH_WAIT_S = 1.0  # how long a fetch waits on the server for the first message
+
+
+class Wire(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A message on its way to another node (array_like: the field names are not sent)."""
+
+    agent: str
+    body: str
+    priority: str
+    created: float
+    sender: str | None = None
+    kind: str | None = None
+    tags: list[str] | None = None
+    subject: str | None = None
+    group: str | None = None
+
+
+class Receipt(msgspec.Struct, array_like=True):
+    id: int  # the message's id on the node it came from
+    point: str  # delivered | failed | read | acked
+    at: float
+    error: str | None = None
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_wire = msgspec.msgpack.Decoder(Wire).decode
+_decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+
+
+class ForwardTransport(Transport):
+    name = "remote"
+    max_batch = 256
+    forwards = True
+
+    def __init__(self, agent: RemoteAgent, link: Link) -> None:
+        self.agent = agent
+        self.link = link
+        self.subject = inbox_subject(agent.node)
+        self.prefix = f"{link.config.node}:"
+
+    def health(self) -> str | None:
+        return self.link.down_reason()
+
+    async def deliver(self, messages: list[Record]) -> None:
+        js = self.link.js
+        if js is None or not self.link.connected:
+            raise TransportDown(self.link.down_reason() or "NATS unreachable")
+        acks = []
+        try:
+            for rec in messages:  # published in order, acknowledged together: one round trip for the chunk
+                wire = Wire(
+                    agent=rec.agent,
+                    body=rec.body,
+                    priority=rec.priority,
+                    created=rec.created,
+                    sender=rec.sender,
+                    kind=rec.kind,
+                    tags=list(rec.tags) if rec.tags else None,
+                    subject=rec.subject,
+                    group=rec.group,
+                )
+                headers = {MSG_ID: f"{self.prefix}{rec.id}"}
+                acks.append(await js.publish_async(self.subject, _encode(wire), headers=headers))
+        except Exception as e:  # the connection went away while publishing: those acked so far are forwarded
+            raise TransportDown(f"forwarding to node {self.agent.node}: {e or type(e).__name__}") from None
+        for i, ack in enumerate(acks):
+            try:
+                await asyncio.wait_for(ack, PUBACK_TIMEOUT_S)
+            except Exception as e:  # not acknowledged: published again later, JetStream drops the duplicate
+                for late in acks[i:]:
+                    late.cancel()
+                reason = "no acknowledgement from JetStream" if isinstance(e, TimeoutError) else str(e)
+                raise TransportDown(f"forwarding to node {self.agent.node}: {reason}", delivered=i) from None
+
+
+async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> None:
+    """Fetch from a durable pull consumer forever, handing each batch to `handle`; waits while NATS is away."""
+    sub: JetStreamContext.PullSubscription | None = None
+    while True:
+        await link.up.wait()
+        try:
+            if sub is None:
+                assert link.js is not None
+                config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4 * FETCH)
+                sub = await link.js.pull_subscribe(subject, durable=durable, stream=link.config.stream, config=config)
+            msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
+        except (TimeoutError, NatsTimeout):
+            continue  # nothing came: fetch again (a long poll on the server, not a sleep)
+        except Exception as e:  # NATS away, or the consumer not there yet: wait until connected again
+            log.debug("fetch on %s: %s", subject, e)
+            if link.connected:
+                await asyncio.sleep(0.25)  # noqa: sleep-ok: a failing fetch while connected is retried at a pace
+            continue
+        await handle(msgs)
+
+
+class _Consumer:
+    """A durable pull consumer of one of this node's subjects, whose batches `take` commits, then acks."""
+
+    subject = staticmethod(inbox_subject)
+    durable = "in"
+
+    def __init__(self, link: Link, store: Store, delivery: Delivery, hooks: Hooks) -> None:
+        self.link = link
+        self.store = store
+        self.delivery = delivery
+        self.hooks = hooks
+
+    async def run(self) -> None:
+        me = self.link.config.node
+        await _consume(self.link, self.subject(me), f"coordd-{self.durable}-{me}", self.take)
+
+    async def take(self, msgs: list[Msg]) -> None:
+        raise NotImplementedError
+
+
+class Inbound(_Consumer):
+    """This node's subject: messages other nodes forwarded to its agents."""
+
+    async def take(self, msgs: list[Msg]) -> None:
+        fresh: list[Record] = []
+        origins: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        now = time.time()
+        for msg in msgs:
+            origin = (msg.headers or {}).get(MSG_ID)
+            if origin is None or origin in seen or self.store.find_origin(origin) is not None:
+                continue  # stored already (JetStream delivered it again): acked below, once more
+            try:
+                w = _decode_wire(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                log.error("dropping an undecodable message %s from NATS: %s", origin, e)
+                continue
+            seen.add(origin)
+            rec = Record(
+                id=0,
+                agent=w.agent,
+                body=w.body,
+                priority=w.priority,
+                created=now,
+                sender=w.sender,
+                kind=w.kind,
+                tags=w.tags,
+                subject=w.subject,
+                group=w.group,
+                origin=origin,
+            )
+            fresh.append(rec)
+        if fresh:
+            for message_id, rec in enumerate(fresh, self.store.allocate_ids(len(fresh))):
+                rec.id = message_id
+                origins.append((rec.origin or "", message_id))
+            try:
+                await self.store.insert(fresh, also=[(s.SET_ORIGIN, origins, True)])
+            except Exception as e:  # not stored: not acked, so JetStream delivers them again
+                log.error("could not store %d messages from other nodes: %s", len(fresh), e)
+                return
+        for msg in msgs:  # only now: each is in the database
+            await msg.ack()
+        if fresh:
+            self.hooks.accepted(fresh)
+            for rec in fresh:
+                self.delivery.enqueue(rec)
+
+
+class Outbox:
+    """Receipts for other nodes, published in order; kept while NATS is away (in memory: see docs/cluster.md)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.pending: list[tuple[str, Receipt]] = []  # (origin "<node>:<id>", receipt)
+        self.wakeup = asyncio.Event()
+
+    def add(self, origin: str, point: str, at: float, error: str | None = None) -> None:
+        node, _, origin_id = origin.rpartition(":")
+        self.pending.append((node, Receipt(id=int(origin_id), point=point, at=at, error=error)))
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            await self.link.up.wait()
+            batch, self.pending = self.pending, []
+            self.wakeup.clear()
+            try:
+                await self._publish(batch)
+            except Exception as e:  # NATS went away: published again once it is back (JetStream drops duplicates)
+                log.debug("publishing receipts: %s", e)
+                self.pending[:0] = batch
+                self.wakeup.set()
+                if self.link.connected:
+                    await asyncio.sleep(0.25)  # noqa: sleep-ok: a failing publish while connected is retried at a pace
+
+    async def _publish(self, batch: list[tuple[str, Receipt]]) -> None:
+        js = self.link.js
+        assert js is not None
+        acks = []
+        for node, r in batch:
+            headers = {MSG_ID: f"{node}:{r.id}:{r.point}"}
+            acks.append(await js.publish_async(receipts_subject(node), _encode(r), headers=headers))
+        await asyncio.wait_for(asyncio.gather(*acks), PUBACK_TIMEOUT_S)
+
+
+class ReceiptHooks(Hooks):
+    """The daemon's hooks, and a receipt for each outcome of a message another node forwarded here."""
+
+    def __init__(self, inner: Hooks, outbox: Outbox, store: Store) -> None:
+        self.inner = inner
+        self.outbox = outbox
+        self.store = store
+
+    def __getattribute__(self, name: str):
+        # Every hook not overridden here is the inner one's, as it is (status and metrics read through it too).
+        if name in _OWN:
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "inner"), name)
+
+    def delivered(self, agent: str, recs: list[Record], finished: float) -> None:
+        self.inner.delivered(agent, recs, finished)
+        for rec in recs:
+            if rec.origin is not None:
+                self.outbox.add(rec.origin, "delivered", finished)
+
+    def failed(self, agent: str, rec: Record, error: str) -> None:
+        self.inner.failed(agent, rec, error)
+        if rec.origin is not None:
+            self.outbox.add(rec.origin, "failed", time.time(), error)
+
+    def read(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        self.inner.read(agent, msgs, at)
+        self._receipts(msgs, "read", at)
+
+    def acked(self, agent: str, msgs: list[Receipted], at: float) -> None:
+        self.inner.acked(agent, msgs, at)
+        self._receipts(msgs, "acked", at)
+
+    def _receipts(self, msgs: list[Receipted], point: str, at: float) -> None:
+        for origin in self.store.origins([m[0] for m in msgs]).values():
+            self.outbox.add(origin, point, at)
+
+
+_OWN = {"inner", "outbox", "store", "delivered", "failed", "read", "acked", "_receipts"}
+
+
+class Receipts(_Consumer):
+    """This node's receipts subject: the outcomes of the messages it forwarded, applied to its rows."""
+
+    subject = staticmethod(receipts_subject)
+    durable = "receipts"
+
+    async def take(self, msgs: list[Msg]) -> None:
+        receipts = []
+        for msg in msgs:
+            try:
+                receipts.append(_decode_receipt(msg.data))
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                log.error("dropping an undecodable receipt from NATS: %s", e)
+        ops: s.Write = []
+        for r in receipts:
+            if r.point == "delivered":
+                ops.append((s.REMOTE_DELIVERED, (r.at, r.id), False))
+            elif r.point == "failed":
+                ops.append((s.REMOTE_FAILED, (r.error, r.id), False))
+            elif r.point == "read":
+                ops.append((s.MARK_READ, (r.at, r.id), False))
+            elif r.point == "acked":
+                ops.append((s.MARK_ACKED, (r.at, r.id), False))
+        try:
+            await self.store.write(ops)
+        except Exception as e:  # not stored: not acked, so JetStream delivers them again
+            log.error("could not store %d receipts from other nodes: %s", len(ops), e)
+            return
+        for msg in msgs:
+            await msg.ack()
+        for r in receipts:
+            self._tell(r)
+
+    def _tell(self, r: Receipt) -> None:
+        """Whoever waits for the outcome or the receipt hears it now that it is stored; `watch` shows it."""
+        found = self.store.load_record(r.id)
+        if found is None:
+            return  # pruned meanwhile
+        rec, _ = found
+        if r.point == "delivered":
+            self.hooks.delivered(rec.agent, [rec], r.at)
+            self.delivery.settle(r.id, "delivered")
+        elif r.point == "failed":
+            self.hooks.failed(rec.agent, rec, r.error or "failed on its node")
+            self.delivery.settle(r.id, "failed", r.error)
+        else:
+            msgs: list[Receipted] = [(rec.id, rec.sender, rec.priority)]  # type: ignore[list-item]
+            (self.hooks.read if r.point == "read" else self.hooks.acked)(rec.agent, msgs, r.at)
+            self.delivery.receipted([r.id], r.point)
+
+
+def wake_forwarders(delivery: Delivery) -> None:
+    """NATS is back: the queues of remote agents deliver now, not at their next health recheck."""
+    for q in delivery.queues.values():
+        if q.transport is not None and q.transport.forwards and q.down is not None:
+            q.resume_at, q.recheck_ms = 0.0, 0
+            q.wakeup.set()
+
+
+def backlog(delivery: Delivery) -> int:
+    return sum(q.depth() for q in delivery.queues.values() if q.transport is not None and q.transport.forwards)
+
+
+def status(link: Link, nodes: list[p.NodeSeen], refused: dict[str, str], delivery: Delivery) -> p.ClusterStatus:
+    return p.ClusterStatus(
+        node=link.config.node,
+        connected=link.connected,
+        since=link.since,
+        server=link.server(),
+        error=link.error,
+        backlog=backlog(delivery),
+        nodes=nodes,
+        refused=[f"{agent} (node {node})" for agent, node in sorted(refused.items())],
+    )
