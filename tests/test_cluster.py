@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 from conftest import inbox_bodies, read_inbox_file, wait_until
 from nats_harness import nats_server  # noqa: F401  (a fixture)
+from test_cli import cli
 
 HEARTBEAT = 0.2  # the directory's heartbeat in these tests: nodes learn each other's agents within a few
 
@@ -63,3 +64,38 @@ def test_a_single_node_never_imports_nats(make_daemon, tmp_path, monkeypatch):
         c.send("Agent-1", "hello", wait=True)
         assert c.status().cluster is None and all(a.node is None for a in c.agents())
     assert "nats" not in d.logtext()
+
+
+def test_every_node_lists_every_agent_with_its_node_and_status_shows_the_link(two_nodes):
+    a, _ = two_nodes
+    with a.client() as c:
+        assert {x.id: x.node for x in c.agents()} == {"A-1": "alpha", "A-2": "alpha", "B-1": "beta", "B-2": "beta"}
+        link = c.status().cluster
+    assert link is not None and link.node == "alpha" and link.connected and link.since is not None
+    assert [(n.node, n.agents, n.live) for n in link.nodes] == [("beta", 2, True)]
+    assert link.backlog == 0 and link.refused == []
+    out = cli(a, "agents").stdout
+    assert out.split("\n")[0].split() == ["AGENT", "NODE", "TRANSPORT", "GROUPS", "HEALTH"]
+    assert any(line.split()[:3] == ["B-2", "beta", "remote"] for line in out.splitlines())
+    status = cli(a, "status").stdout
+    assert "node alpha" in status and "connected to 127.0.0.1:" in status and "nodes beta (2)" in status
+
+
+def test_an_agent_id_claimed_by_a_live_node_is_refused_by_another_and_its_messages_go_to_the_holder(
+    two_nodes, make_daemon, nats_server, tmp_path
+):
+    a, b = two_nodes
+    (tmp_path / "g").mkdir()
+    g = make_daemon([{"id": "G-1"}, {"id": "B-1"}], sub="g", cluster=cluster(nats_server.url, "gamma"))
+    with g.client() as c:
+        wait_until(lambda: c.status().cluster.refused == ["B-1 (node beta)"], 10, "gamma to refuse B-1")
+        [b1] = [x for x in c.agents() if x.id == "B-1"]
+        assert b1.node == "beta" and "node beta serves it" in (b1.refused or "")
+        c.send("B-1", "to the one B-1", sender="G-1", wait=True)  # delivered: beta's receipt came back
+    assert inbox_bodies(b.inbox("B-1")) == ["to the one B-1"]
+    assert not g.inbox("B-1").exists() or not list(g.inbox("B-1").glob("*.md"))
+    assert "this node refuses its own agent" in g.logtext()
+    with b.client() as c:  # the holder keeps it, and sees gamma's other agent
+        wait_until(lambda: "G-1" in {x.id for x in c.agents()}, 10, "beta to see G-1")
+        assert c.status().cluster.refused == []
+    assert "gamma" in cli(a, "status").stdout
