@@ -1009,8 +1009,8 @@ def list_agents(state: State) -> None:
         emit_json({"agents": found})
         return
     if any(a.node is not None for a in found):  # a cluster's node: every node's agents, each with its node
-        rows = [(a.id, opt(a.node), a.transport, ",".join(a.groups) or "-", agent_health(a)) for a in found]
-        human.echo(human.table(("AGENT", "NODE", "TRANSPORT", "GROUPS", "HEALTH"), rows))
+        by_node = [(a.id, opt(a.node), a.transport, ",".join(a.groups) or "-", agent_health(a)) for a in found]
+        human.echo(human.table(("AGENT", "NODE", "TRANSPORT", "GROUPS", "HEALTH"), by_node))
         return
     rows = [(a.id, a.transport, ",".join(a.groups) or "-", health_or_paused(a)) for a in found]
     human.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
