@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import inbox_bodies, read_inbox_file, wait_until
@@ -99,3 +100,72 @@ def test_an_agent_id_claimed_by_a_live_node_is_refused_by_another_and_its_messag
         wait_until(lambda: "G-1" in {x.id for x in c.agents()}, 10, "beta to see G-1")
         assert c.status().cluster.refused == []
     assert "gamma" in cli(a, "status").stdout
+
+
+def test_messages_between_nodes_arrive_in_order_exactly_once_both_ways(two_nodes):
+    a, b = two_nodes
+    n = 300
+    with a.client() as ca, b.client() as cb:
+        ids_a = ca.batch([{"to": "B-1", "body": f"a{i}", "sender": "A-1"} for i in range(n)])
+        ids_b = [cb.send("A-2", f"b{i}", sender="B-2") for i in range(50)]
+        ca.send("B-1", "last", sender="A-1", wait=True)
+        cb.send("A-2", "last", sender="B-2", wait=True)
+        assert all(m.status == "delivered" for m in ca.history(agent="B-1", limit=1000).messages)
+        assert all(ca.get(i).message.delivered for i in ids_a[:: n // 10])
+        assert all(cb.get(i).message.status == "delivered" for i in ids_b)
+    assert inbox_bodies(b.inbox("B-1")) == [f"a{i}" for i in range(n)] + ["last"]
+    assert inbox_bodies(a.inbox("A-2")) == [f"b{i}" for i in range(50)] + ["last"]
+    assert not list(a.inbox("A-1").glob("*.md")) and not list(b.inbox("B-2").glob("*.md"))
+
+
+def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, nats_server):
+    """Past the duplicate window (or on a redelivery) JetStream hands the same message over again: the receiver
+    finds it by its origin and only acks it."""
+    import asyncio
+
+    import msgspec
+    import nats
+
+    from coordd.cluster.forwarding import MSG_ID, ORIGIN, Wire
+
+    _, b = two_nodes
+
+    async def publish(copies: list[tuple[str, str, str]]) -> set[int]:  # (Nats-Msg-Id, origin, body)
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        acks = []
+        for msg_id, origin, body in copies:
+            payload = msgspec.msgpack.encode(Wire(agent="B-2", body=body, priority="regular", created=0.0))
+            acks.append(await js.publish("coordd.node.beta.in", payload, headers={MSG_ID: msg_id, ORIGIN: origin}))
+        await nc.close()
+        assert not any(ack.duplicate for ack in acks)
+        return {ack.seq for ack in acks}
+
+    copies = [("zeta:7:a", "zeta:7", "once"), ("zeta:7:b", "zeta:7", "once"), ("zeta:8", "zeta:8", "next")]
+    assert len(asyncio.run(publish(copies))) == 3  # JetStream stored both copies
+    # The subject's order: once the third is delivered, the second copy was taken (and only acked).
+    wait_until(lambda: inbox_bodies(b.inbox("B-2"))[-1:] == ["next"], 10, "the message after the copies")
+    assert inbox_bodies(b.inbox("B-2")) == ["once", "next"]
+    assert stored(b, "SELECT count(*) FROM messages WHERE origin = 'zeta:7'") == [(1,)]
+
+
+def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
+    a, b = two_nodes
+    with a.client() as ca, b.client() as cb:
+        message_id = ca.send("B-1", "read me", sender="A-1", wait=True)
+        assert ca.get(message_id).message.read_at is None
+        [got] = cb.inbox("B-1")
+        assert got.body == "read me" and got.origin == f"alpha:{message_id}"
+        wait_until(lambda: ca.get(message_id).message.read_at is not None, 10, "the read receipt at alpha")
+        assert ca.get(message_id).message.acked_at is None
+        cb.ack("B-1", [got.id])
+        wait_until(lambda: ca.get(message_id).message.acked_at is not None, 10, "the acked receipt at alpha")
+
+    def send_and_wait_for_the_ack() -> int:
+        with a.client() as c:
+            return c.send("B-2", "ack me", sender="A-1", wait=True, wait_for="acked", timeout=20)
+
+    with ThreadPoolExecutor(1) as pool, b.client() as cb:
+        waiting = pool.submit(send_and_wait_for_the_ack)
+        [got] = wait_until(lambda: cb.inbox("B-2", ack=True), 10, "the message at beta")
+        assert waiting.result(20) == int(got.origin.split(":")[1])  # answered once beta's agent acked it

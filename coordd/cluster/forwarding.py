@@ -40,7 +40,8 @@ from coordd.transports import Transport
 
 log = logging.getLogger("coordd.cluster")
 
-MSG_ID = "Nats-Msg-Id"
+MSG_ID = "Nats-Msg-Id"  # JetStream drops a message whose id it stored within the stream's duplicate window
+ORIGIN = "Coordd-Origin"  # "<node>:<id>": the receiver stores a message once per origin, whatever JetStream did
 PUBACK_TIMEOUT_S = 5.0
 FETCH = 256  # messages (or receipts) fetched at a time
 FETCH_WAIT_S = 1.0  # how long a fetch waits on the server for the first message
@@ -104,7 +105,8 @@ class ForwardTransport(Transport):
                     subject=rec.subject,
                     group=rec.group,
                 )
-                headers = {MSG_ID: f"{self.prefix}{rec.id}"}
+                origin = f"{self.prefix}{rec.id}"
+                headers = {MSG_ID: origin, ORIGIN: origin}
                 acks.append(await js.publish_async(self.subject, _encode(wire), headers=headers))
         except Exception as e:  # the connection went away while publishing: those acked so far are forwarded
             raise TransportDown(f"forwarding to node {self.agent.node}: {e or type(e).__name__}") from None
@@ -168,7 +170,7 @@ class Inbound(_Consumer):
         seen: set[str] = set()
         now = time.time()
         for msg in msgs:
-            origin = (msg.headers or {}).get(MSG_ID)
+            origin = (msg.headers or {}).get(ORIGIN)
             if origin is None or origin in seen or self.store.find_origin(origin) is not None:
                 continue  # stored already (JetStream delivered it again): acked below, once more
             try:
