@@ -22,9 +22,12 @@ def two_nodes(make_daemon, nats_server, tmp_path):
     """Node A (agents A-1, A-2) and node B (B-1, B-2) on one nats-server, each knowing the other's agents."""
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
-    fast = {"unhealthy_recheck_ms": 50, "unhealthy_recheck_max_ms": 200, "backoff_initial_ms": 50}
-    a = make_daemon([{"id": "A-1"}, {"id": "A-2"}], sub="a", cluster=cluster(nats_server.url, "alpha"), delivery=fast)
-    b = make_daemon([{"id": "B-1"}, {"id": "B-2"}], sub="b", cluster=cluster(nats_server.url, "beta"), delivery=fast)
+    keys = {
+        "delivery": {"unhealthy_recheck_ms": 50, "unhealthy_recheck_max_ms": 200, "backoff_initial_ms": 50},
+        "retention": {"inbox_max_files": 0},  # the fault tests count every file
+    }
+    a = make_daemon([{"id": "A-1"}, {"id": "A-2"}], sub="a", cluster=cluster(nats_server.url, "alpha"), **keys)
+    b = make_daemon([{"id": "B-1"}, {"id": "B-2"}], sub="b", cluster=cluster(nats_server.url, "beta"), **keys)
     for node, other in ((a, "B-1"), (b, "A-1")):
         with node.client() as c:
             wait_until(lambda: other in {x.id for x in c.agents()}, 10, f"the directory to show {other}")
@@ -169,3 +172,63 @@ def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
         waiting = pool.submit(send_and_wait_for_the_ack)
         [got] = wait_until(lambda: cb.inbox("B-2", ack=True), 10, "the message at beta")
         assert waiting.result(20) == int(got.origin.split(":")[1])  # answered once beta's agent acked it
+
+
+def connected(node) -> bool:
+    with node.client() as c:
+        return c.status().cluster.connected
+
+
+def all_delivered_in_order(a, b, ids: list[int], bodies: list[str], timeout: float = 30) -> None:
+    """B-1 got exactly `bodies`, in order (0 lost, 0 duplicated), nothing went to another agent (0 misrouted), and
+    A shows each of `ids` delivered (the receipts came back)."""
+    wait_until(lambda: len(list(b.inbox("B-1").glob("*.md"))) >= len(bodies), timeout, "every message at B-1")
+    assert inbox_bodies(b.inbox("B-1")) == bodies
+    undelivered = "SELECT count(*) FROM messages WHERE agent = 'B-1' AND status != 'delivered'"
+    wait_until(lambda: stored(a, undelivered) == [(0,)], timeout, "every delivered receipt at A")
+    assert [r[0] for r in stored(a, "SELECT id FROM messages WHERE agent = 'B-1' ORDER BY id")] == ids
+    assert [r[0] for r in stored(b, "SELECT body FROM messages ORDER BY id")] == bodies  # stored once each
+    for node, agents in ((a, ("A-1", "A-2")), (b, ("B-2",))):
+        assert not any(list(node.inbox(x).glob("*.md")) for x in agents if node.inbox(x).exists())
+
+
+def test_nats_unreachable_sends_are_accepted_and_forwarded_in_order_when_it_returns(two_nodes, nats_server):
+    a, b = two_nodes
+    nats_server.kill()
+    wait_until(lambda: not connected(a), 10, "alpha to see NATS gone")
+    with a.client() as c:
+        ids = [c.send("B-1", f"m{i}", sender="A-1") for i in range(100)]
+        with pytest.raises(Exception) as e:
+            c.send("Nobody", "hello")
+        assert getattr(e.value, "code", None) == "unknown_agent"
+        wait_until(lambda: c.status().cluster.backlog == 100, 10, "the forward backlog")
+        status = cli(a, "status").stdout
+        assert "NATS unreachable since" in status and "forward backlog 100" in status
+    nats_server.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(100)])
+    with a.client() as c:
+        assert c.status().cluster.backlog == 0
+
+
+def test_sigkill_of_nats_server_mid_stream_loses_and_duplicates_nothing(two_nodes, nats_server):
+    a, b = two_nodes
+    n = 2000
+    with a.client() as c:
+        ids = c.batch([{"to": "B-1", "body": f"m{i}", "sender": "A-1"} for i in range(n)])
+    wait_until(lambda: list(b.inbox("B-1").glob("*.md")), 20, "the first messages at B-1")
+    nats_server.kill()
+    nats_server.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
+
+
+def test_sigkill_of_the_receiving_node_mid_stream_loses_and_duplicates_nothing(two_nodes):
+    a, b = two_nodes
+    n = 2000
+    with a.client() as c:
+        ids = c.batch([{"to": "B-1", "body": f"m{i}", "sender": "A-1"} for i in range(n)])
+    wait_until(lambda: list(b.inbox("B-1").glob("*.md")), 20, "the first messages at B-1")
+    b.kill()
+    early = len(list(b.inbox("B-1").glob("*.md")))
+    b.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
+    assert early < n  # it was killed mid-stream

@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from coordctl import protocol as p
 from coordd import schema as s
@@ -110,14 +112,18 @@ class ForwardTransport(Transport):
                 acks.append(await js.publish_async(self.subject, _encode(wire), headers=headers))
         except Exception as e:  # the connection went away while publishing: those acked so far are forwarded
             raise TransportDown(f"forwarding to node {self.agent.node}: {e or type(e).__name__}") from None
-        for i, ack in enumerate(acks):
-            try:
-                await asyncio.wait_for(ack, PUBACK_TIMEOUT_S)
-            except Exception as e:  # not acknowledged: published again later, JetStream drops the duplicate
-                for late in acks[i:]:
-                    late.cancel()
-                reason = "no acknowledgement from JetStream" if isinstance(e, TimeoutError) else str(e)
-                raise TransportDown(f"forwarding to node {self.agent.node}: {reason}", delivered=i) from None
+        # Acknowledged in order; the connection lost meanwhile ends the wait at once (the acks would never come).
+        lost = asyncio.ensure_future(self.link.lost.wait())
+        try:
+            for i, ack in enumerate(acks):
+                done, _ = await asyncio.wait((ack, lost), timeout=PUBACK_TIMEOUT_S, return_when=FIRST_COMPLETED)
+                if ack not in done or ack.exception() is not None:  # published again later: JetStream drops a copy
+                    reason = "no acknowledgement from JetStream" if ack not in done else str(ack.exception())
+                    for late in acks[i:]:
+                        late.cancel()
+                    raise TransportDown(f"forwarding to node {self.agent.node}: {reason}", delivered=i)
+        finally:
+            lost.cancel()
 
 
 async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> None:
@@ -127,9 +133,7 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
         await link.up.wait()
         try:
             if sub is None:
-                assert link.js is not None
-                config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4 * FETCH)
-                sub = await link.js.pull_subscribe(subject, durable=durable, stream=link.config.stream, config=config)
+                sub = await _subscribe(link, subject, durable)
             msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
         except (TimeoutError, NatsTimeout):
             continue  # nothing came: fetch again (a long poll on the server, not a sleep)
@@ -138,7 +142,37 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
             if link.connected:
                 await asyncio.sleep(0.25)  # noqa: sleep-ok: a failing fetch while connected is retried at a pace
             continue
-        await handle(msgs)
+        try:
+            await handle(msgs)
+        except Exception as e:  # an ack lost with the connection: JetStream delivers it again, found stored
+            log.debug("handling a batch from %s: %s", subject, e)
+
+
+async def _subscribe(link: Link, subject: str, durable: str) -> JetStreamContext.PullSubscription:
+    """The durable consumer, from where this node left it. Messages a previous run of this node fetched and
+    never acked (it stopped between the fetch and the commit) JetStream would redeliver only after ack_wait,
+    behind newer ones: so at start the consumer is made again from its ack floor, and everything after the
+    floor comes again in the subject's order (those already stored are found by their origin)."""
+    js, stream = link.js, link.config.stream
+    assert js is not None
+    start = None
+    try:
+        info = await js.consumer_info(stream, durable)
+        if info.num_ack_pending and info.ack_floor is not None:
+            start = info.ack_floor.stream_seq + 1
+            await js.delete_consumer(stream, durable)
+    except NotFoundError:
+        pass
+    config = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_ack_pending=4 * FETCH,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+        opt_start_seq=start,
+    )
+    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
 
 
 class _Consumer:
@@ -202,12 +236,11 @@ class Inbound(_Consumer):
             except Exception as e:  # not stored: not acked, so JetStream delivers them again
                 log.error("could not store %d messages from other nodes: %s", len(fresh), e)
                 return
-        for msg in msgs:  # only now: each is in the database
-            await msg.ack()
-        if fresh:
             self.hooks.accepted(fresh)
             for rec in fresh:
                 self.delivery.enqueue(rec)
+        for msg in msgs:  # only now: each is in the database (an ack lost here: delivered again, found stored)
+            await msg.ack()
 
 
 class Outbox:

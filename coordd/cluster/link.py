@@ -44,6 +44,8 @@ class Link:
         self.since: float | None = None  # when it connected, or since when it has not been
         self.error: str | None = None
         self.up = asyncio.Event()  # set while connected (and the stream is in place)
+        self.lost = asyncio.Event()  # set while not
+        self.lost.set()
         self.reconnects: list = []  # callbacks run at each (re)connection
 
     def down_reason(self) -> str | None:
@@ -93,6 +95,9 @@ class Link:
             "max_reconnect_attempts": -1,  # forever: a node outlives any outage of NATS
             "reconnect_time_wait": 0.25,
             "connect_timeout": 2,
+            # No buffering while reconnecting: a publish then fails at once (and is published again once the link
+            # is back, in order) rather than going out later, after messages published since.
+            "pending_size": 0,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
             "error_cb": self._on_error,
@@ -125,6 +130,7 @@ class Link:
     def _connected(self) -> None:
         self.connected, self.since, self.error = True, time.time(), None
         self.up.set()
+        self.lost.clear()
         for callback in self.reconnects:
             callback()
 
@@ -132,6 +138,7 @@ class Link:
         if self.connected:
             self.connected, self.since = False, time.time()
             self.up.clear()
+            self.lost.set()
             log.warning("lost the connection to NATS; forwarding waits, reconnecting")
 
     async def _on_reconnected(self) -> None:
