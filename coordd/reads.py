@@ -17,7 +17,7 @@ from coordctl import protocol as p
 from coordd import fts
 from coordd import schema as s
 from coordd.model import Record, Refused
-from coordd.schema import COLUMNS, FIND_ORIGIN, LEASED, ORIGINS, info_from_row, record_from_row
+from coordd.schema import COLUMNS, FIND_ORIGIN, LEASED, ORIGINS, RECEIPTS_OWED, info_from_row, record_from_row
 
 
 class AckState(NamedTuple):
@@ -121,6 +121,10 @@ class Reads:
     def origins(self, ids: list[int]) -> dict[int, str]:
         """Of these messages, those another node forwarded: id -> origin."""
         return dict(self.db.execute(ORIGINS.format(",".join("?" * len(ids))), ids).fetchall()) if ids else {}
+
+    def receipts_owed(self) -> list[tuple]:
+        """The messages from other nodes whose receipts JetStream has not taken (coordd.cluster, at start)."""
+        return self.db.execute(RECEIPTS_OWED).fetchall()
 
     def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
         """(read_at, acked_at) of a message; None: there is no such message."""

@@ -106,10 +106,12 @@ MIGRATIONS = [
     """,
     # 8: a cluster of nodes (coordd.cluster). origin is "<node>:<id>", the node and id a message forwarded here
     # had there (NULL for a message sent here): unique, so that JetStream redelivering it never stores it twice.
-    # forwarded is when JetStream acknowledged a message this node forwarded to another node's agent: from then
-    # on that node delivers it, and its receipts set the status here.
+    # receipted: which of its receipts JetStream has taken for the origin (RECEIPT_BITS): those not, a restart
+    # publishes again. forwarded is when JetStream acknowledged a message this node forwarded to another node's
+    # agent: from then on that node delivers it, and its receipts set the status here.
     """
     ALTER TABLE messages ADD COLUMN origin TEXT;
+    ALTER TABLE messages ADD COLUMN receipted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN forwarded REAL;
     CREATE UNIQUE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;
     """,
@@ -168,6 +170,14 @@ LEASED = "status = 'delivered' AND acked_at IS NULL AND lease_until IS NOT NULL"
 SET_ORIGIN = "UPDATE messages SET origin = ? WHERE id = ?"
 FIND_ORIGIN = "SELECT id FROM messages WHERE origin = ?"
 ORIGINS = "SELECT id, origin FROM messages WHERE origin IS NOT NULL AND id IN ({})"
+# A receipt JetStream took (a bit of RECEIPT_BITS), and at start those a message from another node still owes it.
+RECEIPT_BITS = {"delivered": 1, "failed": 1, "read": 2, "acked": 4}
+MARK_RECEIPTED = "UPDATE messages SET receipted = receipted | ? WHERE origin = ?"
+RECEIPTS_OWED = (
+    "SELECT origin, status, delivered, error, read_at, acked_at, receipted FROM messages WHERE origin IS NOT NULL"
+    " AND ((status IN ('delivered', 'failed', 'cancelled') AND receipted & 1 = 0)"
+    " OR (read_at IS NOT NULL AND receipted & 2 = 0) OR (acked_at IS NOT NULL AND receipted & 4 = 0)) ORDER BY id"
+)
 REMOTE_DELIVERED = (
     "UPDATE messages SET status = 'delivered', delivered = ?, error = NULL WHERE id = ? AND status = 'queued'"
 )

@@ -351,6 +351,9 @@ class Store:
     def origins(self, ids: list[int]) -> dict[int, str]:
         return self.reads.origins(ids)
 
+    def receipts_owed(self) -> list[tuple]:
+        return self.reads.receipts_owed()
+
     async def get(self, message_id: int) -> p.Message | None:
         return await self.reads.get(message_id)
 

@@ -232,3 +232,22 @@ def test_sigkill_of_the_receiving_node_mid_stream_loses_and_duplicates_nothing(t
     b.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
     assert early < n  # it was killed mid-stream
+
+
+def test_receipts_owed_when_the_receiving_node_is_killed_are_sent_after_its_restart(two_nodes, nats_server):
+    a, b = two_nodes
+    with b.client() as c:
+        c.pause("B-1")
+    with a.client() as c:
+        ids = [c.send("B-1", f"m{i}", sender="A-1") for i in range(20)]
+    wait_until(lambda: stored(b, "SELECT count(*) FROM messages") == [(20,)], 10, "the messages stored at B")
+    nats_server.kill()
+    with b.client() as c:  # delivered while NATS is away: their receipts wait, in memory only
+        c.resume("B-1")
+    wait_until(lambda: len(list(b.inbox("B-1").glob("*.md"))) == 20, 10, "the deliveries at B")
+    wait_until(lambda: stored(b, "SELECT count(*) FROM messages WHERE status = 'delivered'") == [(20,)], 10, "stored")
+    b.kill()
+    nats_server.start()
+    b.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(20)])
+    assert stored(b, "SELECT count(*) FROM messages WHERE receipted & 1 = 0") == [(0,)]

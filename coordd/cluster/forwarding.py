@@ -244,19 +244,35 @@ class Inbound(_Consumer):
 
 
 class Outbox:
-    """Receipts for other nodes, published in order; kept while NATS is away (in memory: see docs/cluster.md)."""
+    """Receipts for other nodes, published in order and kept while NATS is away. Each one JetStream takes is
+    marked in its message's row (`receipted`); at start, those not marked are published again (`replay`)."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, store: Store) -> None:
         self.link = link
+        self.store = store
         self.pending: list[tuple[str, Receipt]] = []  # (origin "<node>:<id>", receipt)
         self.wakeup = asyncio.Event()
 
     def add(self, origin: str, point: str, at: float, error: str | None = None) -> None:
-        node, _, origin_id = origin.rpartition(":")
-        self.pending.append((node, Receipt(id=int(origin_id), point=point, at=at, error=error)))
+        origin_id = origin.rpartition(":")[2]
+        self.pending.append((origin, Receipt(id=int(origin_id), point=point, at=at, error=error)))
         self.wakeup.set()
 
+    def replay(self) -> None:
+        """The receipts a previous run owed (it stopped before JetStream took them), in order."""
+        for origin, status, delivered, error, read_at, acked_at, done in self.store.receipts_owed():
+            if not done & 1:
+                if status == "delivered":
+                    self.add(origin, "delivered", delivered)
+                else:
+                    self.add(origin, "failed", time.time(), error or f"{status} on its node")
+            if read_at is not None and not done & 2:
+                self.add(origin, "read", read_at)
+            if acked_at is not None and not done & 4:
+                self.add(origin, "acked", acked_at)
+
     async def run(self) -> None:
+        self.replay()
         while True:
             await self.wakeup.wait()
             await self.link.up.wait()
@@ -270,13 +286,17 @@ class Outbox:
                 self.wakeup.set()
                 if self.link.connected:
                     await asyncio.sleep(0.25)  # noqa: sleep-ok: a failing publish while connected is retried at a pace
+                continue
+            done = [(s.RECEIPT_BITS[r.point], origin) for origin, r in batch]
+            self.store.write([(s.MARK_RECEIPTED, done, True)], deferred=True)  # lost in a crash: sent again, dropped
 
     async def _publish(self, batch: list[tuple[str, Receipt]]) -> None:
         js = self.link.js
         assert js is not None
         acks = []
-        for node, r in batch:
-            headers = {MSG_ID: f"{node}:{r.id}:{r.point}"}
+        for origin, r in batch:
+            node = origin.rpartition(":")[0]
+            headers = {MSG_ID: f"{origin}:{r.point}"}
             acks.append(await js.publish_async(receipts_subject(node), _encode(r), headers=headers))
         await asyncio.wait_for(asyncio.gather(*acks), PUBACK_TIMEOUT_S)
 
@@ -306,6 +326,11 @@ class ReceiptHooks(Hooks):
         if rec.origin is not None:
             self.outbox.add(rec.origin, "failed", time.time(), error)
 
+    def cancelled(self, rec: Record) -> None:
+        self.inner.cancelled(rec)
+        if rec.origin is not None:  # cancelled here: for its sender, it failed
+            self.outbox.add(rec.origin, "failed", time.time(), "cancelled on its node")
+
     def read(self, agent: str, msgs: list[Receipted], at: float) -> None:
         self.inner.read(agent, msgs, at)
         self._receipts(msgs, "read", at)
@@ -319,7 +344,7 @@ class ReceiptHooks(Hooks):
             self.outbox.add(origin, point, at)
 
 
-_OWN = {"inner", "outbox", "store", "delivered", "failed", "read", "acked", "_receipts"}
+_OWN = {"inner", "outbox", "store", "delivered", "failed", "cancelled", "read", "acked", "_receipts"}
 
 
 class Receipts(_Consumer):

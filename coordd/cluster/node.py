@@ -29,7 +29,7 @@ class Cluster:
         self.config = config
         self.store = store
         self.link = Link(config)
-        self.outbox = Outbox(self.link)
+        self.outbox = Outbox(self.link, store)
         self.directory: Directory | None = None
         self.delivery: Delivery | None = None
 
