@@ -251,3 +251,16 @@ def test_receipts_owed_when_the_receiving_node_is_killed_are_sent_after_its_rest
     b.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(20)])
     assert stored(b, "SELECT count(*) FROM messages WHERE receipted & 1 = 0") == [(0,)]
+
+
+def test_sigkill_of_the_sending_node_mid_stream_loses_and_duplicates_nothing(two_nodes):
+    a, b = two_nodes
+    n = 2000
+    with a.client() as c:
+        ids = c.batch([{"to": "B-1", "body": f"m{i}", "sender": "A-1"} for i in range(n)])
+    wait_until(lambda: list(b.inbox("B-1").glob("*.md")), 20, "the first messages at B-1")
+    a.kill()
+    forwarded = stored(a, "SELECT count(*) FROM messages WHERE forwarded IS NOT NULL")[0][0]
+    a.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
+    assert forwarded < n  # it was killed mid-stream
