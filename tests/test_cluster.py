@@ -103,6 +103,7 @@ def test_an_agent_id_claimed_by_a_live_node_is_refused_by_another_and_its_messag
         wait_until(lambda: "G-1" in {x.id for x in c.agents()}, 10, "beta to see G-1")
         assert c.status().cluster.refused == []
     assert "gamma" in cli(a, "status").stdout
+    assert g.stop(timeout=10) == 0  # a node stops at once, as a single one does
 
 
 def test_messages_between_nodes_arrive_in_order_exactly_once_both_ways(two_nodes):
