@@ -113,6 +113,15 @@ class Reads:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
 
+    def load_records(self, ids: list[int]) -> dict[int, Record]:
+        """These messages (those still stored), by id."""
+        found: dict[int, Record] = {}
+        for i in range(0, len(ids), 10_000):  # SQLite's bound on a statement's parameters is 32,766
+            part = ids[i : i + 10_000]
+            sql = f"SELECT {COLUMNS} FROM messages WHERE id IN ({','.join('?' * len(part))})"
+            found.update((r[0], record_from_row(r)) for r in self.db.execute(sql, part))
+        return found
+
     def find_origin(self, origin: str) -> int | None:
         """The id under which a message another node forwarded ("<node>:<id>") is stored here, if it is."""
         row = self.db.execute(FIND_ORIGIN, (origin,)).fetchone()

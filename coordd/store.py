@@ -348,6 +348,9 @@ class Store:
     def find_origin(self, origin: str) -> int | None:
         return self.reads.find_origin(origin)
 
+    def load_records(self, ids: list[int]) -> dict[int, Record]:
+        return self.reads.load_records(ids)
+
     def origins(self, ids: list[int]) -> dict[int, str]:
         return self.reads.origins(ids)
 

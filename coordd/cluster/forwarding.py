@@ -45,8 +45,9 @@ log = logging.getLogger("coordd.cluster")
 MSG_ID = "Nats-Msg-Id"  # JetStream drops a message whose id it stored within the stream's duplicate window
 ORIGIN = "Coordd-Origin"  # "<node>:<id>": the receiver stores a message once per origin, whatever JetStream did
 PUBACK_TIMEOUT_S = 5.0
-FETCH = 256  # messages (or receipts) fetched at a time
+FETCH = 1024  # messages (or receipts) fetched at a time
 FETCH_WAIT_S = 1.0  # how long a fetch waits on the server for the first message
+BUSY_WAIT_S = 0.02  # while messages flow: how long a fetch waits for more
 
 
 class Wire(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -72,12 +73,13 @@ class Receipt(msgspec.Struct, array_like=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_wire = msgspec.msgpack.Decoder(Wire).decode
-_decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+_decode_receipts = msgspec.msgpack.Decoder(list[Receipt]).decode
+RECEIPTS_PER_MSG = 512  # receipts for one node travel together, up to this many in one NATS message
 
 
 class ForwardTransport(Transport):
     name = "remote"
-    max_batch = 256
+    max_batch = 1024
     forwards = True
 
     def __init__(self, agent: RemoteAgent, link: Link) -> None:
@@ -129,13 +131,19 @@ class ForwardTransport(Transport):
 async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> None:
     """Fetch from a durable pull consumer forever, handing each batch to `handle`; waits while NATS is away."""
     sub: JetStreamContext.PullSubscription | None = None
+    busy = False
     while True:
         await link.up.wait()
         try:
             if sub is None:
                 sub = await _subscribe(link, subject, durable)
-            msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
+            # nats-py's fetch(n) takes what is there at once, but with nothing there it waits for all n (or its
+            # timeout): so a long poll asks for one message, which it returns as soon as it comes, and while
+            # messages flow a short fetch takes up to FETCH of them.
+            msgs = await (sub.fetch(FETCH, timeout=BUSY_WAIT_S) if busy else sub.fetch(1, timeout=FETCH_WAIT_S))
+            busy = True
         except (TimeoutError, NatsTimeout):
+            busy = False
             continue  # nothing came: fetch again (a long poll on the server, not a sleep)
         except Exception as e:  # NATS away, or the consumer not there yet: wait until connected again
             log.debug("fetch on %s: %s", subject, e)
@@ -166,7 +174,7 @@ async def _subscribe(link: Link, subject: str, durable: str) -> JetStreamContext
     config = ConsumerConfig(
         durable_name=durable,
         filter_subject=subject,
-        ack_policy=AckPolicy.EXPLICIT,
+        ack_policy=AckPolicy.ALL,  # batches are committed in order: acking the last acks all before it
         ack_wait=30.0,
         max_ack_pending=4 * FETCH,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
@@ -239,8 +247,9 @@ class Inbound(_Consumer):
             self.hooks.accepted(fresh)
             for rec in fresh:
                 self.delivery.enqueue(rec)
-        for msg in msgs:  # only now: each is in the database (an ack lost here: delivered again, found stored)
-            await msg.ack()
+        # Only now: each is in the database (an ack lost here: delivered again, found stored). AckPolicy.ALL: the
+        # last one's ack acks the batch.
+        await msgs[-1].ack()
 
 
 class Outbox:
@@ -291,13 +300,20 @@ class Outbox:
             self.store.write([(s.MARK_RECEIPTED, done, True)], deferred=True)  # lost in a crash: sent again, dropped
 
     async def _publish(self, batch: list[tuple[str, Receipt]]) -> None:
+        """One NATS message per node and run of receipts, in order. Its id names the run (the same run published
+        again is dropped by JetStream; a run cut differently is applied again, which changes nothing)."""
         js = self.link.js
         assert js is not None
-        acks = []
+        by_node: dict[str, list[Receipt]] = {}
         for origin, r in batch:
-            node = origin.rpartition(":")[0]
-            headers = {MSG_ID: f"{origin}:{r.point}"}
-            acks.append(await js.publish_async(receipts_subject(node), _encode(r), headers=headers))
+            by_node.setdefault(origin.rpartition(":")[0], []).append(r)
+        acks = []
+        for node, receipts in by_node.items():
+            for i in range(0, len(receipts), RECEIPTS_PER_MSG):
+                run = receipts[i : i + RECEIPTS_PER_MSG]
+                first, last = run[0], run[-1]
+                msg_id = f"{self.link.config.node}>{node}:{first.id}.{first.point}-{last.id}.{last.point}:{len(run)}"
+                acks.append(await js.publish_async(receipts_subject(node), _encode(run), headers={MSG_ID: msg_id}))
         await asyncio.wait_for(asyncio.gather(*acks), PUBACK_TIMEOUT_S)
 
 
@@ -354,38 +370,29 @@ class Receipts(_Consumer):
     durable = "receipts"
 
     async def take(self, msgs: list[Msg]) -> None:
-        receipts = []
+        receipts: list[Receipt] = []
         for msg in msgs:
             try:
-                receipts.append(_decode_receipt(msg.data))
+                receipts += _decode_receipts(msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError) as e:
                 log.error("dropping an undecodable receipt from NATS: %s", e)
-        ops: s.Write = []
+        by_point: dict[str, list[tuple]] = {}
         for r in receipts:
-            if r.point == "delivered":
-                ops.append((s.REMOTE_DELIVERED, (r.at, r.id), False))
-            elif r.point == "failed":
-                ops.append((s.REMOTE_FAILED, (r.error, r.id), False))
-            elif r.point == "read":
-                ops.append((s.MARK_READ, (r.at, r.id), False))
-            elif r.point == "acked":
-                ops.append((s.MARK_ACKED, (r.at, r.id), False))
+            by_point.setdefault(r.point, []).append((r.error, r.id) if r.point == "failed" else (r.at, r.id))
+        ops: s.Write = [(APPLY[point], rows, True) for point, rows in by_point.items() if point in APPLY]
         try:
             await self.store.write(ops)
         except Exception as e:  # not stored: not acked, so JetStream delivers them again
-            log.error("could not store %d receipts from other nodes: %s", len(ops), e)
+            log.error("could not store %d receipts from other nodes: %s", len(receipts), e)
             return
-        for msg in msgs:
-            await msg.ack()
+        await msgs[-1].ack()  # AckPolicy.ALL: this acks the batch
+        records = self.store.load_records([r.id for r in receipts])
         for r in receipts:
-            self._tell(r)
+            if (rec := records.get(r.id)) is not None:  # else pruned meanwhile
+                self._tell(r, rec)
 
-    def _tell(self, r: Receipt) -> None:
+    def _tell(self, r: Receipt, rec: Record) -> None:
         """Whoever waits for the outcome or the receipt hears it now that it is stored; `watch` shows it."""
-        found = self.store.load_record(r.id)
-        if found is None:
-            return  # pruned meanwhile
-        rec, _ = found
         if r.point == "delivered":
             self.hooks.delivered(rec.agent, [rec], r.at)
             self.delivery.settle(r.id, "delivered")
@@ -396,6 +403,10 @@ class Receipts(_Consumer):
             msgs: list[Receipted] = [(rec.id, rec.sender, rec.priority)]  # type: ignore[list-item]
             (self.hooks.read if r.point == "read" else self.hooks.acked)(rec.agent, msgs, r.at)
             self.delivery.receipted([r.id], r.point)
+
+
+# How each receipt updates the origin's row (only a row still queued takes an outcome: a receipt may come twice).
+APPLY = {"delivered": s.REMOTE_DELIVERED, "failed": s.REMOTE_FAILED, "read": s.MARK_READ, "acked": s.MARK_ACKED}
 
 
 def wake_forwarders(delivery: Delivery) -> None:
