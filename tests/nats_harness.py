@@ -25,13 +25,16 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, tmp: Path, name: str = "nats", cluster_port: int = 0, routes: list[int] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, name: str = "nats", cluster_port: int = 0, routes: list[int] | None = None, config: str = ""
+    ) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port = free_port()
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.config = config  # nats-server config text (e.g. users and their permissions), if any
         self.log = self.dir / "server.log"
         self.proc: subprocess.Popen | None = None
 
@@ -42,6 +45,10 @@ class NatsServer:
     def argv(self) -> list[str]:
         argv = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.dir / "js")]
         argv += ["-n", self.name, "-l", str(self.log)]
+        if self.config:
+            path = self.dir / "server.conf"
+            path.write_text(self.config)
+            argv += ["-c", str(path)]
         if self.cluster_port:
             argv += ["--cluster_name", "coordd", "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
             argv += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
@@ -83,3 +90,32 @@ def nats_server(tmp_path):
     server = NatsServer(tmp_path).start()
     yield server
     server.kill()
+
+
+def node_permissions(node: str, stream: str = "COORDD") -> str:
+    """A nats-server `permissions` block for one coordd node, as docs/cluster.md shows it: it may publish to every
+    node's subjects, but read (through JetStream's API) and acknowledge only its own, and subscribe only to its
+    own inboxes."""
+    kv = f"KV_{stream}_AGENTS"
+    mine = [f"coordd-in-{node}", f"coordd-receipts-{node}"]
+    publish = [
+        "coordd.node.*.in",
+        "coordd.node.*.receipts",
+        "$JS.API.INFO",
+        *(f"$JS.API.STREAM.{op}.{s}" for op in ("INFO", "CREATE", "UPDATE") for s in (stream, kv)),
+        *(
+            f"$JS.API.CONSUMER.{op}.{stream}.{c}"
+            for op in ("INFO", "DELETE", "MSG.NEXT", "DURABLE.CREATE")
+            for c in mine
+        ),
+        *(f"$JS.API.CONSUMER.CREATE.{stream}.{c}{tail}" for c in mine for tail in ("", ".>")),
+        *(f"$JS.ACK.{stream}.{c}.>" for c in mine),
+        f"$KV.{stream}_AGENTS.>",
+        f"$JS.API.CONSUMER.CREATE.{kv}",
+        f"$JS.API.CONSUMER.CREATE.{kv}.>",
+        f"$JS.API.CONSUMER.DELETE.{kv}.>",
+        f"$JS.API.CONSUMER.INFO.{kv}.>",
+        f"$JS.FC.{kv}.>",
+    ]
+    quoted = ", ".join(f'"{subject}"' for subject in publish)
+    return f'{{ publish: {{ allow: [{quoted}] }}, subscribe: {{ allow: ["_INBOX_{node}.>"] }} }}'

@@ -251,7 +251,8 @@ def test_receipts_owed_when_the_receiving_node_is_killed_are_sent_after_its_rest
     nats_server.start()
     b.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(20)])
-    assert stored(b, "SELECT count(*) FROM messages WHERE receipted & 1 = 0") == [(0,)]
+    owed = "SELECT count(*) FROM messages WHERE receipted & 1 = 0"  # marked by a deferred write, shortly after
+    wait_until(lambda: stored(b, owed) == [(0,)], 10, "the receipts marked sent at B")
 
 
 def test_sigkill_of_the_sending_node_mid_stream_loses_and_duplicates_nothing(two_nodes):
@@ -265,3 +266,70 @@ def test_sigkill_of_the_sending_node_mid_stream_loses_and_duplicates_nothing(two
     a.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
     assert forwarded < n  # it was killed mid-stream
+
+
+def test_per_node_credentials_keep_each_node_to_its_own_subjects(make_daemon, tmp_path):
+    """The permissions docs/cluster.md shows: the nodes work with them, and a node's user cannot read another's."""
+    import asyncio
+
+    import nats
+    from nats_harness import NatsServer, node_permissions
+
+    users = ", ".join(
+        f'{{ user: "{node}", password: "pw-{node}", permissions: {node_permissions(node)} }}'
+        for node in ("alpha", "beta")
+    )
+    server = NatsServer(tmp_path, config=f"authorization {{ users: [ {users} ] }}\n").start()
+    try:
+        for sub in ("a", "b"):
+            (tmp_path / sub).mkdir()
+        a = make_daemon(
+            [{"id": "A-1"}], sub="a", cluster=cluster(server.url, "alpha", user="alpha", password="pw-alpha")
+        )
+        b = make_daemon([{"id": "B-1"}], sub="b", cluster=cluster(server.url, "beta", user="beta", password="pw-beta"))
+        with a.client() as c:
+            wait_until(lambda: "B-1" in {x.id for x in c.agents()}, 10, "alpha to learn B-1")
+            c.send("B-1", "allowed", sender="A-1", wait=True)
+        with b.client() as c:
+            wait_until(lambda: "A-1" in {x.id for x in c.agents()}, 10, "beta to learn A-1")
+            c.send("A-1", "allowed too", sender="B-1", wait=True)
+        assert inbox_bodies(b.inbox("B-1")) == ["allowed"]
+
+        async def alpha_tries(attempts) -> list[str | None]:  # each attempt's error, None if it worked
+            nc = await nats.connect(server.url, user="alpha", password="pw-alpha", inbox_prefix="_INBOX_alpha")
+            js = nc.jetstream(timeout=2)
+            results: list[str | None] = []
+            for attempt in attempts(nc, js):
+                try:
+                    await attempt
+                    await nc.flush()
+                    results.append(None)
+                except Exception as e:
+                    results.append(str(e) or type(e).__name__)
+            await nc.close()
+            return results
+
+        # What alpha may do (its own consumer) works with the same connection: the refusals below are the rules'.
+        own = asyncio.run(alpha_tries(lambda nc, js: [js.consumer_info("COORDD", "coordd-in-alpha")]))
+        assert own == [None]
+        spying = asyncio.run(
+            alpha_tries(
+                lambda nc, js: [
+                    js.consumer_info("COORDD", "coordd-in-beta"),
+                    js.pull_subscribe("coordd.node.beta.in", durable="spy", stream="COORDD"),
+                    nc.subscribe("coordd.node.beta.in"),
+                    nc.subscribe("_INBOX_beta.>"),
+                ]
+            )
+        )
+        assert spying[0] and spying[1], spying  # refused JetStream requests go unanswered; refused subscriptions
+        log = server.logtext()  # are only logged (and reported to the error callback): the server says each
+        for refused in (
+            'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.coordd-in-beta"',
+            'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.spy"',
+            'Subscription Violation - User "alpha", Subject "coordd.node.beta.in"',
+            'Subscription Violation - User "alpha", Subject "_INBOX_beta.>"',
+        ):
+            assert refused in log
+    finally:
+        server.kill()

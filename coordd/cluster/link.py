@@ -91,6 +91,9 @@ class Link:
         opts: dict = {
             "servers": [cfg.nats] if isinstance(cfg.nats, str) else list(cfg.nats),
             "name": f"coordd-{cfg.node}",
+            # Replies and pull deliveries come to this node's own inboxes: NATS permissions can then let each
+            # node subscribe to its own alone (docs/cluster.md, credentials per node).
+            "inbox_prefix": f"_INBOX_{cfg.node}",
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,  # forever: a node outlives any outage of NATS
             "reconnect_time_wait": 0.25,
