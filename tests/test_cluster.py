@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -333,3 +334,36 @@ def test_per_node_credentials_keep_each_node_to_its_own_subjects(make_daemon, tm
             assert refused in log
     finally:
         server.kill()
+
+
+def test_a_nats_cluster_of_three_loses_a_server_mid_stream_and_nothing_is_lost_or_duplicated(make_daemon, tmp_path):
+    from nats_harness import NatsServer, free_port
+
+    routes = [free_port() for _ in range(3)]
+    servers = [NatsServer(tmp_path, f"n{i}", cluster_port=routes[i], routes=routes) for i in range(3)]
+    try:
+        for s in servers:
+            s.proc = subprocess.Popen(s.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for s in servers:
+            wait_until(s._accepts, 10, f"{s.name} to accept")
+        urls = [s.url for s in servers]
+        keys = {"retention": {"inbox_max_files": 0}, "delivery": {"unhealthy_recheck_max_ms": 200}}
+        for sub in ("a", "b"):
+            (tmp_path / sub).mkdir()
+        a = make_daemon([{"id": "A-1"}], sub="a", cluster=cluster(urls, "alpha", replicas=3), **keys)
+        b = make_daemon([{"id": "B-1"}], sub="b", cluster=cluster(urls, "beta", replicas=3), **keys)
+        with a.client() as c:
+            wait_until(lambda: "B-1" in {x.id for x in c.agents()}, 30, "alpha to learn B-1")
+            server = c.status().cluster.server
+        n = 2000
+        with a.client() as c:
+            ids = c.batch([{"to": "B-1", "body": f"m{i}", "sender": "A-1"} for i in range(n)])
+        wait_until(lambda: list(b.inbox("B-1").glob("*.md")), 20, "the first messages at B-1")
+        [lost] = [s for s in servers if s.url.endswith(server.rpartition(":")[2])]  # the one alpha is on
+        lost.kill()
+        all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(n)], timeout=60)
+        with a.client() as c:
+            assert c.status().cluster.server != server  # it moved to another server
+    finally:
+        for s in servers:
+            s.kill()
