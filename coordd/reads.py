@@ -17,7 +17,16 @@ from coordctl import protocol as p
 from coordd import fts
 from coordd import schema as s
 from coordd.model import Record, Refused
-from coordd.schema import COLUMNS, FIND_ORIGIN, LEASED, ORIGINS, RECEIPTS_OWED, info_from_row, record_from_row
+from coordd.schema import (
+    COLUMNS,
+    FIND_ORIGIN,
+    LEASED,
+    LOAD_CLUSTER_AGENTS,
+    ORIGINS,
+    RECEIPTS_OWED,
+    info_from_row,
+    record_from_row,
+)
 
 
 class AckState(NamedTuple):
@@ -130,6 +139,9 @@ class Reads:
     def origins(self, ids: list[int]) -> dict[int, str]:
         """Of these messages, those another node forwarded: id -> origin."""
         return dict(self.db.execute(ORIGINS.format(",".join("?" * len(ids))), ids).fetchall()) if ids else {}
+
+    def load_cluster_agents(self) -> list[tuple[str, str, float]]:
+        return self.db.execute(LOAD_CLUSTER_AGENTS).fetchall()
 
     def receipts_owed(self) -> list[tuple]:
         """The messages from other nodes whose receipts JetStream has not taken (coordd.cluster, at start)."""

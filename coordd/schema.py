@@ -108,8 +108,10 @@ MIGRATIONS = [
     # had there (NULL for a message sent here): unique, so that JetStream redelivering it never stores it twice.
     # receipted: which of its receipts JetStream has taken for the origin (RECEIPT_BITS): those not, a restart
     # publishes again. forwarded is when JetStream acknowledged a message this node forwarded to another node's
-    # agent: from then on that node delivers it, and its receipts set the status here.
+    # agent: from then on that node delivers it, and its receipts set the status here. cluster_agents is the last
+    # directory this node saw (agent -> node): a restart while NATS is away still knows where to forward.
     """
+    CREATE TABLE cluster_agents (agent TEXT PRIMARY KEY, node TEXT NOT NULL, updated REAL NOT NULL);
     ALTER TABLE messages ADD COLUMN origin TEXT;
     ALTER TABLE messages ADD COLUMN receipted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN forwarded REAL;
@@ -170,6 +172,10 @@ LEASED = "status = 'delivered' AND acked_at IS NULL AND lease_until IS NOT NULL"
 SET_ORIGIN = "UPDATE messages SET origin = ? WHERE id = ?"
 FIND_ORIGIN = "SELECT id FROM messages WHERE origin = ?"
 ORIGINS = "SELECT id, origin FROM messages WHERE origin IS NOT NULL AND id IN ({})"
+# The directory as this node last saw it (coordd.cluster.directory).
+SAVE_CLUSTER_AGENT = "INSERT OR REPLACE INTO cluster_agents (agent, node, updated) VALUES (?, ?, ?)"
+FORGET_CLUSTER_AGENT = "DELETE FROM cluster_agents WHERE agent = ?"
+LOAD_CLUSTER_AGENTS = "SELECT agent, node, updated FROM cluster_agents"
 # A receipt JetStream took (a bit of RECEIPT_BITS), and at start those a message from another node still owes it.
 RECEIPT_BITS = {"delivered": 1, "failed": 1, "read": 2, "acked": 4}
 MARK_RECEIPTED = "UPDATE messages SET receipted = receipted | ? WHERE origin = ?"

@@ -357,6 +357,9 @@ class Store:
     def receipts_owed(self) -> list[tuple]:
         return self.reads.receipts_owed()
 
+    def load_cluster_agents(self) -> list[tuple[str, str, float]]:
+        return self.reads.load_cluster_agents()
+
     async def get(self, message_id: int) -> p.Message | None:
         return await self.reads.get(message_id)
 

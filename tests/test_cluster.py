@@ -367,3 +367,17 @@ def test_a_nats_cluster_of_three_loses_a_server_mid_stream_and_nothing_is_lost_o
     finally:
         for s in servers:
             s.kill()
+
+
+def test_a_node_restarted_while_nats_is_away_still_knows_the_other_nodes_agents(two_nodes, nats_server):
+    a, b = two_nodes
+    nats_server.kill()
+    a.stop()
+    a.start()
+    with a.client() as c:
+        assert not c.status().cluster.connected
+        ids = [c.send("B-1", f"m{i}", sender="A-1") for i in range(5)]  # known from the directory it saw last
+        [b1] = [x for x in c.agents() if x.id == "B-1"]
+        assert b1.node == "beta"
+    nats_server.start()
+    all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(5)])

@@ -24,6 +24,8 @@ from nats.js.kv import KeyValue
 from coordctl import protocol as p
 from coordd.cluster.link import Link
 from coordd.config import Cluster
+from coordd.schema import FORGET_CLUSTER_AGENT, SAVE_CLUSTER_AGENT, Write
+from coordd.store import Store
 
 log = logging.getLogger("coordd.cluster")
 
@@ -45,6 +47,7 @@ class Directory:
         self,
         config: Cluster,
         link: Link,
+        store: Store,
         local: Callable[[], list[str]],
         health: Callable[[str], str | None],
         changed: Callable[[dict[str, str], dict[str, str]], None],
@@ -52,6 +55,7 @@ class Directory:
         self.config = config
         self.me = config.node
         self.link = link
+        self.store = store  # keeps what was seen, for a start while NATS is away
         self.local = local  # this node's configured agents
         self.health = health  # an agent's health here: None, or why it is down
         self.changed = changed  # changed(remote agent -> node, refused agent -> node), when either changes
@@ -76,6 +80,12 @@ class Directory:
         return sorted(by_node.values(), key=lambda n: n.node)
 
     async def run(self) -> None:
+        # What the last run saw: sends to those agents are accepted (and queued) even before NATS is reached.
+        self.seen = {
+            agent: Entry(node=node, updated=updated) for agent, node, updated in self.store.load_cluster_agents()
+        }
+        if self.seen:
+            self.changed(self.remote(), {})
         kv: KeyValue | None = None
         while True:
             await self.link.up.wait()
@@ -139,11 +149,19 @@ class Directory:
                 refused[agent],
             )
         before = self.remote()
+        saves, forgets = [], []
         for agent, e in entries.items():
             if e.node != self.me and agent not in local:
+                old = self.seen.get(agent)
+                if old is None or old.node != e.node:
+                    saves.append((agent, e.node, e.updated))
                 self.seen[agent] = e
         for agent in local:
-            self.seen.pop(agent, None)
+            if self.seen.pop(agent, None) is not None:
+                forgets.append((agent,))
+        if saves or forgets:
+            ops: Write = [(SAVE_CLUSTER_AGENT, saves, True), (FORGET_CLUSTER_AGENT, forgets, True)]
+            self.store.write(ops, deferred=True)
         self.refused = refused
         after = self.remote()
         if after != before:

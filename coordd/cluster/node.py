@@ -51,7 +51,7 @@ class Cluster:
         """Run the cluster's tasks. local: this node's configured agents; changed(remote, refused): the directory
         learned agents served elsewhere (agent -> node), some of them this node's own, refused."""
         self.delivery = delivery
-        self.directory = Directory(self.config, self.link, local, delivery.unreachable, changed)
+        self.directory = Directory(self.config, self.link, self.store, local, delivery.unreachable, changed)
         self.link.reconnects.append(lambda: forwarding.wake_forwarders(delivery))
         parts = {
             "link": self.link.run(),
