@@ -18,6 +18,7 @@ waits (`send --wait`, `watch`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from asyncio import FIRST_COMPLETED
@@ -129,14 +130,19 @@ class ForwardTransport(Transport):
 
 
 async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> None:
-    """Fetch from a durable pull consumer forever, handing each batch to `handle`; waits while NATS is away."""
+    """Fetch from a durable pull consumer forever, handing each batch to `handle`; waits while NATS is away.
+
+    Deliveries lost on the way (the server that carried them went away) show as a gap in the consumer's
+    sequence: the batch after it is not handled (its ack would, with AckPolicy.ALL, ack the lost ones too) and
+    the consumer is made again from its ack floor, so the lost ones come again, in order."""
     sub: JetStreamContext.PullSubscription | None = None
     busy = False
+    expected: int | None = None  # the consumer sequence of the next delivery, once one was handled
     while True:
         await link.up.wait()
         try:
             if sub is None:
-                sub = await _subscribe(link, subject, durable)
+                sub, expected = await _subscribe(link, subject, durable, reset=expected is not None), None
             # nats-py's fetch(n) takes what is there at once, but with nothing there it waits for all n (or its
             # timeout): so a long poll asks for one message, which it returns as soon as it comes, and while
             # messages flow a short fetch takes up to FETCH of them.
@@ -150,23 +156,33 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
             if link.connected:
                 await asyncio.sleep(0.25)  # noqa: sleep-ok: a failing fetch while connected is retried at a pace
             continue
+        first = msgs[0].metadata.sequence.consumer
+        seqs = [m.metadata.sequence.consumer for m in msgs]
+        if (expected is not None and first != expected) or seqs != list(range(first, first + len(msgs))):
+            log.warning("deliveries on %s were lost on the way: fetching again from the last acked one", subject)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            sub, expected = None, -1  # -1: made again from its ack floor
+            continue
+        expected = first + len(msgs)
         try:
             await handle(msgs)
         except Exception as e:  # an ack lost with the connection: JetStream delivers it again, found stored
             log.debug("handling a batch from %s: %s", subject, e)
 
 
-async def _subscribe(link: Link, subject: str, durable: str) -> JetStreamContext.PullSubscription:
+async def _subscribe(link: Link, subject: str, durable: str, reset: bool = False) -> JetStreamContext.PullSubscription:
     """The durable consumer, from where this node left it. Messages a previous run of this node fetched and
     never acked (it stopped between the fetch and the commit) JetStream would redeliver only after ack_wait,
-    behind newer ones: so at start the consumer is made again from its ack floor, and everything after the
-    floor comes again in the subject's order (those already stored are found by their origin)."""
+    behind newer ones: so at start (and with `reset`, after deliveries were lost) the consumer is made again
+    from its ack floor, and everything after the floor comes again in the subject's order (those already
+    stored are found by their origin)."""
     js, stream = link.js, link.config.stream
     assert js is not None
     start = None
     try:
         info = await js.consumer_info(stream, durable)
-        if info.num_ack_pending and info.ack_floor is not None:
+        if (reset or info.num_ack_pending) and info.ack_floor is not None:
             start = info.ack_floor.stream_seq + 1
             await js.delete_consumer(stream, durable)
     except NotFoundError:
