@@ -133,16 +133,16 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
     """Fetch from a durable pull consumer forever, handing each batch to `handle`; waits while NATS is away.
 
     Deliveries lost on the way (the server that carried them went away) show as a gap in the consumer's
-    sequence: the batch after it is not handled (its ack would, with AckPolicy.ALL, ack the lost ones too) and
-    the consumer is made again from its ack floor, so the lost ones come again, in order."""
+    sequence: the batch after it is not handled (JetStream would redeliver the lost ones only after ack_wait,
+    behind it) and the consumer is made again, so the lost ones come again, in order."""
     sub: JetStreamContext.PullSubscription | None = None
     busy = False
-    expected: int | None = None  # the consumer sequence of the next delivery, once one was handled
+    expected = 0  # the consumer sequence the next delivery must have (0: none yet, the consumer is made first)
     while True:
         await link.up.wait()
         try:
             if sub is None:
-                sub, expected = await _subscribe(link, subject, durable, reset=expected is not None), None
+                sub, expected = await _subscribe(link, subject, durable, reset=expected != 0)
             # nats-py's fetch(n) takes what is there at once, but with nothing there it waits for all n (or its
             # timeout): so a long poll asks for one message, which it returns as soon as it comes, and while
             # messages flow a short fetch takes up to FETCH of them.
@@ -158,11 +158,11 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
             continue
         first = msgs[0].metadata.sequence.consumer
         seqs = [m.metadata.sequence.consumer for m in msgs]
-        if (expected is not None and first != expected) or seqs != list(range(first, first + len(msgs))):
-            log.warning("deliveries on %s were lost on the way: fetching again from the last acked one", subject)
+        if first != expected or seqs != list(range(first, first + len(msgs))):
+            log.warning("deliveries on %s were lost on the way: fetching again all that is not acked", subject)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-            sub, expected = None, -1  # -1: made again from its ack floor
+            sub = None  # made again (expected is not 0: so it starts over from what is not acked)
             continue
         expected = first + len(msgs)
         try:
@@ -171,32 +171,33 @@ async def _consume(link: Link, subject: str, durable: str, handle: Callable) -> 
             log.debug("handling a batch from %s: %s", subject, e)
 
 
-async def _subscribe(link: Link, subject: str, durable: str, reset: bool = False) -> JetStreamContext.PullSubscription:
+async def _subscribe(
+    link: Link, subject: str, durable: str, reset: bool = False
+) -> tuple[JetStreamContext.PullSubscription, int]:
     """The durable consumer, from where this node left it. Messages a previous run of this node fetched and
     never acked (it stopped between the fetch and the commit) JetStream would redeliver only after ack_wait,
-    behind newer ones: so at start (and with `reset`, after deliveries were lost) the consumer is made again
-    from its ack floor, and everything after the floor comes again in the subject's order (those already
-    stored are found by their origin)."""
+    behind newer ones: so at start (and with `reset`, after deliveries were lost) the consumer is made again,
+    and everything not acked (what the work-queue stream still holds for it) comes again in the subject's
+    order (those already stored are found by their origin). Also the consumer sequence its next delivery will have."""
     js, stream = link.js, link.config.stream
     assert js is not None
-    start = None
     try:
         info = await js.consumer_info(stream, durable)
-        if (reset or info.num_ack_pending) and info.ack_floor is not None:
-            start = info.ack_floor.stream_seq + 1
+        if reset or info.num_ack_pending:  # the stream is a work queue: what it holds for us is what is not acked
             await js.delete_consumer(stream, durable)
     except NotFoundError:
         pass
     config = ConsumerConfig(
         durable_name=durable,
         filter_subject=subject,
-        ack_policy=AckPolicy.ALL,  # batches are committed in order: acking the last acks all before it
+        ack_policy=AckPolicy.EXPLICIT,  # a work queue's consumer acks each message (then JetStream drops it)
         ack_wait=30.0,
         max_ack_pending=4 * FETCH,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-        opt_start_seq=start,
+        deliver_policy=DeliverPolicy.ALL,
     )
-    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+    info = await js.consumer_info(stream, durable)  # nothing is fetched yet: its count of deliveries is still
+    return sub, (info.delivered.consumer_seq if info.delivered else 0) + 1
 
 
 class _Consumer:
@@ -263,9 +264,8 @@ class Inbound(_Consumer):
             self.hooks.accepted(fresh)
             for rec in fresh:
                 self.delivery.enqueue(rec)
-        # Only now: each is in the database (an ack lost here: delivered again, found stored). AckPolicy.ALL: the
-        # last one's ack acks the batch.
-        await msgs[-1].ack()
+        for msg in msgs:  # only now: each is in the database (an ack lost here: delivered again, found stored)
+            await msg.ack()
 
 
 class Outbox:
@@ -401,7 +401,8 @@ class Receipts(_Consumer):
         except Exception as e:  # not stored: not acked, so JetStream delivers them again
             log.error("could not store %d receipts from other nodes: %s", len(receipts), e)
             return
-        await msgs[-1].ack()  # AckPolicy.ALL: this acks the batch
+        for msg in msgs:
+            await msg.ack()
         records = self.store.load_records([r.id for r in receipts])
         for r in receipts:
             if (rec := records.get(r.id)) is not None:  # else pruned meanwhile

@@ -16,7 +16,7 @@ import time
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from coordd.config import Cluster
@@ -122,6 +122,9 @@ class Link:
             name=self.config.stream,
             subjects=list(SUBJECTS),
             storage=StorageType.FILE,
+            # A work queue: a message is removed once its node acks it, so the stream holds only what is in flight
+            # (each node's consumers filter its own subjects, which never overlap).
+            retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=self.config.dedupe_window_s,
             num_replicas=self.config.replicas,
         )
