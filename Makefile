@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive for real: a virtual X server with terminal windows, tmux, systemd-analyze,
-# promtool (package prometheus) to lint the metrics, and a headless chromium with its driver for the dashboard.
-APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus chromium chromium-driver
+# promtool (package prometheus) to lint the metrics, a headless chromium with its driver for the dashboard,
+# and nats-server for the cluster tests.
+APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus chromium chromium-driver nats-server
 
 .PHONY: install install-test deps demo lint test bench clean
 

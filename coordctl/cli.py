@@ -480,6 +480,16 @@ def fit_columns(
     return columns, rows
 
 
+def cluster_parts(cl: protocol.ClusterStatus) -> list[str]:
+    """`status`'s cluster line: this node, its link to NATS, its backlog, the other nodes."""
+    since = f" since {human.timestamp(cl.since)}" if cl.since is not None else ""
+    link = f"connected to {cl.server or 'NATS'}{since}" if cl.connected else f"NATS unreachable{since}"
+    if not cl.connected and cl.error:
+        link += f" ({cl.error})"
+    others = ", ".join(f"{n.node} ({n.agents}{'' if n.live else ', down'})" for n in cl.nodes) or "none seen"
+    return [f"node {cl.node}", link, f"forward backlog {cl.backlog}", f"nodes {others}"]
+
+
 def format_status(info: protocol.StatusInfo, width: int | None = None, colour: bool = False) -> str:
     """`status` for people, fit to `width` characters (None: no limit); every part `visible`, and
     coloured (escape codes) only with `colour`."""
@@ -501,6 +511,10 @@ def format_status(info: protocol.StatusInfo, width: int | None = None, colour: b
         lines += flow([f"metrics {served}", f"watchers {info.watchers}"], width)
     if info.http_url or info.http_error:
         lines += flow([f"dashboard {info.http_url or f'not served: {info.http_error}'} (coordctl dashboard)"], width)
+    if info.cluster is not None:
+        lines += flow(cluster_parts(info.cluster), width)
+        if info.cluster.refused:
+            lines.append(f"refused (served by another node): {', '.join(info.cluster.refused)}")
     if info.config_error:
         lines.append(f"config: the last reload failed, the previous config still serves: {info.config_error}")
     if info.orphaned:
@@ -996,8 +1010,16 @@ def list_agents(state: State) -> None:
     if state.json:
         emit_json({"agents": found})
         return
+    if any(a.node is not None for a in found):  # a cluster's node: every node's agents, each with its node
+        by_node = [(a.id, opt(a.node), a.transport, ",".join(a.groups) or "-", agent_health(a)) for a in found]
+        human.echo(human.table(("AGENT", "NODE", "TRANSPORT", "GROUPS", "HEALTH"), by_node))
+        return
     rows = [(a.id, a.transport, ",".join(a.groups) or "-", health_or_paused(a)) for a in found]
     human.echo(human.table(("AGENT", "TRANSPORT", "GROUPS", "HEALTH"), rows) if rows else "no agents configured")
+
+
+def agent_health(a: protocol.AgentInfo) -> str:
+    return f"refused: {a.refused}" if a.refused else health_or_paused(a)
 
 
 @cli.command()

@@ -372,6 +372,8 @@ class MessageInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     lease_until: float | None = None  # a pull agent's fetch leases it until then; unacked after, it is fetched again
     group: str | None = None  # the group it was sent to ("@NAME"); `to` is the member the group's pick chose
     resent_from: int | None = None  # the message this one is a copy of (`resend`)
+    origin: str | None = None  # "NODE:ID": the node and id of a message another node of the cluster forwarded here
+    forwarded: float | None = None  # when JetStream took it for another node's agent (that node delivers it)
 
 
 class Message(_Rep, tag="message"):
@@ -392,6 +394,8 @@ class AgentInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     paused: bool = False  # `pause`: its messages queue but are not delivered
     paused_until: float | None = None  # when the pause ends by itself; None: at `resume`
+    node: str | None = None  # in a cluster: the node that serves it (this node's own name for its own agents)
+    refused: str | None = None  # in a cluster: why this node does not serve its configured agent (another has it)
 
 
 class AgentList(_Rep, tag="agents"):
@@ -422,6 +426,24 @@ class AgentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     inbox_files: int | None = None  # an inbox agent's message files on disk ([retention] inbox_max_files bounds them)
 
 
+class NodeSeen(msgspec.Struct, kw_only=True, omit_defaults=True):
+    node: str
+    agents: int = 0
+    live: bool = True  # heard from within 3 heartbeats
+    updated: float | None = None  # its last heartbeat, epoch seconds
+
+
+class ClusterStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    node: str  # this node's name
+    connected: bool = False  # to NATS
+    since: float | None = None  # when it connected, or (not connected) since when it is not
+    server: str | None = None  # the NATS server it is connected to
+    error: str | None = None  # the last connection error
+    backlog: int = 0  # messages for other nodes' agents not yet taken by JetStream
+    nodes: list[NodeSeen] = []  # the other nodes seen in the directory
+    refused: list[str] = []  # this node's agents another live node serves: "AGENT (node NODE)"
+
+
 class StatusInfo(_Rep, tag="status"):
     version: str
     pid: int
@@ -444,6 +466,7 @@ class StatusInfo(_Rep, tag="status"):
     max_queued_bytes: int = 0  # queue.max_bytes: past it, sends are refused with queue_full
     http_url: str | None = None  # where the dashboard listens ([http] listen), without its token
     http_error: str | None = None  # why it does not, though configured
+    cluster: ClusterStatus | None = None  # [cluster]: the link to NATS and the other nodes; None: a single node
 
 
 class Reloaded(_Rep, tag="reloaded"):

@@ -11,6 +11,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -101,6 +102,22 @@ class Metrics(_Section):
 class Http(_Section):
     listen: str = ""  # "host:port" of the dashboard and its HTTP API (docs/dashboard.md); "": none
     allow_remote: bool = False  # allow a listen address that is not loopback
+class Cluster(_Section):
+    """[cluster]: this daemon is one node of several that forward to each other through NATS JetStream
+    (docs/cluster.md). Absent: a single node, and nats-py is never imported."""
+
+    nats: str | list[str] = "nats://127.0.0.1:4222"  # one server URL, or several of one NATS cluster
+    node: str = ""  # this node's name, unique in the cluster; default: the host name
+    stream: str = "COORDD"  # the JetStream stream that carries the nodes' messages and receipts
+    creds: str = ""  # a NATS credentials file (.creds); or user and password
+    user: str = ""
+    password: str = ""
+    tls_ca: str = ""  # PEM files; tls_cert and tls_key: this node's client certificate
+    tls_cert: str = ""
+    tls_key: str = ""
+    replicas: int = 1  # copies JetStream keeps of the stream and the directory: 3 on a cluster of three servers
+    heartbeat_s: float = 2.0  # how often this node refreshes its agents in the directory and reads the others'
+    dedupe_window_s: float = 120.0  # JetStream drops a message whose Nats-Msg-Id it stored this recently
 
 
 # How a message sent to "@NAME" picks the member of group NAME that gets it (coordd.groups).
@@ -156,7 +173,15 @@ class PullAgent(_Agent, tag="pull"):
     """Nothing is pushed: the agent fetches its messages with the inbox request, each under a lease ([pull])."""
 
 
-Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent | PullAgent
+class RemoteAgent(_Agent, tag="remote"):
+    """An agent of another node of the cluster, learned from the directory (coordd.cluster.directory), never
+    configured: its messages are forwarded to `node` through NATS."""
+
+    node: str
+    refused: bool = False  # configured here too, but `node` held it first: this node refuses its own
+
+
+Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent | PullAgent | RemoteAgent
 
 
 class Config(_Section):
@@ -169,6 +194,7 @@ class Config(_Section):
     gui: Gui = msgspec.field(default_factory=Gui)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     http: Http = msgspec.field(default_factory=Http)
+    cluster: Cluster | None = None  # [cluster]: None, a single node
     groups: dict[str, Group] = {}  # [groups.NAME]: settings of a group its members join (agents' `groups`)
     agents: list[Agent] = []
 
@@ -246,6 +272,8 @@ def load(path: str | None) -> Config:
 def _fill_defaults(cfg: Config) -> None:
     d = cfg.daemon
     d.socket = d.socket or runtime_socket_path()
+    if cfg.cluster is not None:
+        cfg.cluster.node = cfg.cluster.node or socket.gethostname().split(".")[0]
     d.workspace = d.workspace or str(_xdg("XDG_DATA_HOME", ".local/share") / "coordd")
     cfg.store.path = cfg.store.path or str(_xdg("XDG_STATE_HOME", ".local/state") / "coordd" / "coordd.db")
     for a in cfg.agents:
@@ -314,6 +342,11 @@ def _validate(cfg: Config, src: str) -> None:
             if not AGENT_ID.match(g):
                 hint = f': write {g[1:]!r}, sends name it "@{g[1:]}"' if g.startswith("@") else ""
                 raise ConfigError(f"{src}: `agents[{i}].groups` has invalid group name {g!r}{hint}")
+        if isinstance(a, RemoteAgent):
+            raise ConfigError(
+                f'{src}: `agents[{i}].transport` = "remote": agents of other nodes are learned from the cluster '
+                "directory, not configured: configure the agent on its own node"
+            )
         if isinstance(a, (InboxAgent, DiscardAgent)):
             _positive(src, f"agents[{i}].chunk", a.chunk)
         if isinstance(a, InboxAgent):
@@ -324,6 +357,8 @@ def _validate(cfg: Config, src: str) -> None:
             _require_gui_extra(src, f"agents[{i}]")
             if a.multiline is not None:
                 check_multiline(src, f"agents[{i}].multiline", a.multiline)
+    if cfg.cluster is not None:
+        _validate_cluster(src, cfg.cluster)
     if not cfg.agents:
         raise ConfigError(f"{src}: no agents configured: add at least one [[agents]] table")
     joined = {g for a in cfg.agents for g in a.groups}
@@ -336,6 +371,43 @@ def _validate(cfg: Config, src: str) -> None:
                 f"{src}: `groups.{name}`: no agent joins group {name!r}: add it to an agent's `groups`, "
                 "or remove the table (a misspelt group name?)"
             )
+
+
+# A node name is one NATS subject token: no '.', '*', '>' or space.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _validate_cluster(src: str, cl: Cluster) -> None:
+    if not NODE_NAME.match(cl.node):
+        raise ConfigError(
+            f"{src}: `cluster.node` = {cl.node!r} is not a node name: use 1-64 letters, digits, '_', '-' "
+            "(it is a NATS subject token: no '.', '*', '>' or spaces)"
+        )
+    if not STREAM_NAME.match(cl.stream):
+        raise ConfigError(f"{src}: `cluster.stream` = {cl.stream!r}: use 1-64 letters, digits, '_', '-'")
+    urls = [cl.nats] if isinstance(cl.nats, str) else cl.nats
+    if not urls:
+        raise ConfigError(f'{src}: `cluster.nats` is empty: give a server URL, e.g. "nats://127.0.0.1:4222"')
+    for url in urls:
+        if not re.fullmatch(r"(nats|tls|ws|wss)://[^\s/]+", url):
+            raise ConfigError(f'{src}: `cluster.nats` has {url!r}: use a URL such as "nats://host:4222"')
+    if cl.creds and (cl.user or cl.password):
+        raise ConfigError(f"{src}: `cluster`: set `creds` or `user` and `password`, not both")
+    if bool(cl.user) != bool(cl.password):
+        raise ConfigError(f"{src}: `cluster`: `user` and `password` go together: set both or neither")
+    if bool(cl.tls_cert) != bool(cl.tls_key):
+        raise ConfigError(f"{src}: `cluster`: `tls_cert` and `tls_key` go together: set both or neither")
+    for key in ("creds", "tls_ca", "tls_cert", "tls_key"):
+        path = getattr(cl, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{src}: `cluster.{key}` = {path!r} is not a readable file")
+    _positive(src, "cluster.heartbeat_s", cl.heartbeat_s)
+    if not 1 <= cl.replicas <= 5:
+        raise ConfigError(f"{src}: `cluster.replicas` must be 1 to 5 (JetStream's limit), got {cl.replicas}")
+    _positive(src, "cluster.dedupe_window_s", cl.dedupe_window_s)
+    if not _importable("nats"):
+        raise ConfigError(f"{src}: [cluster] needs nats-py: install it with `pip install 'coordd[cluster]'`")
 
 
 # What the gui transport imports (the `gui` extra); inbox and tmux agents need neither.

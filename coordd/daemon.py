@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from coordctl import protocol as p
 from coordd import listener, systemd
@@ -39,6 +40,9 @@ from coordd.server import Server
 from coordd.store import Store
 from coordd.transports import Transport
 from coordd.transports.factory import make_transport
+
+if TYPE_CHECKING:  # imported at run time only with [cluster] (nats-py)
+    from coordd.cluster.node import Cluster
 
 log = logging.getLogger("coordd")
 
@@ -75,6 +79,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     delivery: Delivery | None = None
     server = aserver = endpoint = sock = None
     dashboard = None  # coordd.dashboard_server.Dashboard, when [http] listen is set
+    cluster: Cluster | None = None
     try:
         await store.open()
         for t in transports.values():
@@ -93,6 +98,11 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             if os.environ.get(BENCH_OFF):
                 log.warning("%s is set: no metrics, no watch events (a benchmark baseline)", BENCH_OFF)
                 hooks = NO_HOOKS
+            if config.cluster is not None:  # imported only here: nats-py is loaded by a cluster's node alone
+                from coordd.cluster.node import Cluster
+
+                cluster = Cluster(config.cluster, store)
+                hooks = cluster.hooks(hooks)  # outcomes of messages from other nodes go back to them
             delivery = Delivery(config.delivery, store, transports, spawn, hooks)
             collector = Collector(metrics, delivery, store, bus)
             endpoint = await start_http(collector, config)
@@ -111,7 +121,16 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             sending = Sending(config, store, delivery, admission, Groups(config, delivery, admission), hooks)
             http_url, http_error = (listening.url, listening.error) if listening else (None, None)
             queries = Queries(
-                config, store, delivery, socket_path, hooks, endpoint.url, endpoint.error, http_url, http_error
+                config,
+                store,
+                delivery,
+                socket_path,
+                hooks,
+                endpoint.url,
+                endpoint.error,
+                http_url,
+                http_error,
+                cluster.status if cluster else None,
             )
             retry_cancel = RetryCancel(config, store, delivery, hooks)
             inbox = InboxRequests(config, store, delivery, hooks)
@@ -129,7 +148,17 @@ async def serve(config: Config, config_path: str | None = None) -> None:
                 return _summary(handlers, delivery)
 
             reloader = Reloader(
-                config_path, handlers, delivery, server, store, pruner, inbox_pruner, notifier, spawn, summary
+                config_path,
+                handlers,
+                delivery,
+                server,
+                store,
+                pruner,
+                inbox_pruner,
+                notifier,
+                spawn,
+                summary,
+                cluster.transport if cluster else None,
             )
             aserver = await loop.create_unix_server(
                 server.protocol, sock=sock, start_serving=False, backlog=listener.BACKLOG
@@ -141,6 +170,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             pruner.start()
             inbox_pruner.start()
             background: list[asyncio.Task] = []
+            if cluster is not None:
+                background += cluster.start(spawn, delivery, hooks, reloader.local_agents, reloader.cluster_changed)
             if notifier:
                 background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
             if watchdog_period and notifier:
@@ -171,6 +202,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             server.close_all()
         for t in _in_use(delivery, transports):
             await t.close()
+        if cluster is not None:
+            await cluster.close()
         await store.close()  # the final commit
         if sock is not None and inherited is None:  # an inherited socket is systemd's: never unlinked
             with contextlib.suppress(FileNotFoundError):  # its directory may have been deleted under us

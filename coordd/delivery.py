@@ -642,13 +642,21 @@ class Delivery:
             rec.attempts += 1
             attempts.append((rec.id, rec.attempts, started, finished, 1, None))
             delivered.append((finished, rec.attempts, rec.id))
-        ops: s.Write = [(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)]
-        outcomes: list[tuple[int, str, str | None]] = [(rec.id, "delivered", None) for rec in batch[:done]]
+        # Forwarded to another node (coordd.cluster): stored as forwarded; its outcome comes with that node's receipt.
+        forwards = q.transport is not None and q.transport.forwards
+        ops: s.Write = [
+            (s.INSERT_ATTEMPT, attempts, True),
+            (s.MARK_FORWARDED if forwards else s.MARK_DELIVERED, delivered, True),
+        ]
+        outcomes: list[tuple[int, str, str | None]] = (
+            [] if forwards else [(r.id, "delivered", None) for r in batch[:done]]
+        )
         bounce = None
         if done:
             q.failing = q.last_error = None
             q.release(batch[:done])
-            self.observer.delivered(q.id, batch[:done], finished)
+            if not forwards:
+                self.observer.delivered(q.id, batch[:done], finished)
         if error is not None:
             rec = batch[done]
             rec.attempts += 1

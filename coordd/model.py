@@ -48,6 +48,7 @@ class Record(msgspec.Struct, gc=False):
     fetches: int = 0  # times a pull agent fetched it
     announced: int = 0  # the attempt a `delivering` event announced last: each attempt is announced once
     resent_from: int | None = None  # the message this one is a copy of (coordctl resend)
+    origin: str | None = None  # "<node>:<id>" of a message another node forwarded here (coordd.cluster)
 
     def row(self) -> tuple:
         tags = msgspec.json.encode(self.tags).decode() if self.tags else None

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from coordctl import protocol as p
 from coordd import __version__
-from coordd.config import Agent, Config
+from coordd.config import Agent, Config, RemoteAgent
 from coordd.delivery import Delivery
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Refused
@@ -39,6 +40,7 @@ class Queries:
         metrics_error: str | None = None,
         http_url: str | None = None,
         http_error: str | None = None,
+        cluster: Callable[[], p.ClusterStatus] | None = None,
     ) -> None:
         self.store = store
         self.delivery = delivery
@@ -47,6 +49,7 @@ class Queries:
         self.metrics_url = metrics_url  # where the HTTP endpoint listens
         self.metrics_error = metrics_error  # why it does not, though configured
         self.http_url, self.http_error = http_url, http_error  # the same of the dashboard ([http] listen)
+        self.cluster = cluster  # [cluster]: the link to NATS and the other nodes, for `status`
         self.started = time.monotonic()
         self.configure(config)
 
@@ -161,6 +164,7 @@ class Queries:
             config_error=config_error,
             queued_bytes=self.delivery.held(),
             max_queued_bytes=self.config.queue.max_bytes,
+            cluster=self.cluster() if self.cluster is not None else None,
         )
 
     def agent_list(self) -> p.AgentList:
@@ -176,4 +180,12 @@ class Queries:
             reason=q.down,
             paused=q.paused is not None,
             paused_until=q.paused[1] if q.paused is not None else None,
+            **self._node_of(a),
         )
+
+    def _node_of(self, a: Agent) -> dict:
+        """In a cluster: the node serving the agent, and for one configured here that another node holds, why."""
+        if not isinstance(a, RemoteAgent):
+            return {"node": self.config.cluster.node} if self.config.cluster is not None else {}
+        refused = f"configured here too, but node {a.node} serves it (agent ids are unique in a cluster)"
+        return {"node": a.node, "refused": refused if a.refused else None}

@@ -17,7 +17,16 @@ from coordctl import protocol as p
 from coordd import fts
 from coordd import schema as s
 from coordd.model import Record, Refused
-from coordd.schema import COLUMNS, LEASED, info_from_row, record_from_row
+from coordd.schema import (
+    COLUMNS,
+    FIND_ORIGIN,
+    LEASED,
+    LOAD_CLUSTER_AGENTS,
+    ORIGINS,
+    RECEIPTS_OWED,
+    info_from_row,
+    record_from_row,
+)
 
 
 class AckState(NamedTuple):
@@ -79,7 +88,9 @@ class Reads:
         return row[0] if row else None
 
     def load_queued(self) -> list[Record]:
-        cur = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY id")
+        cur = self.db.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' AND forwarded IS NULL ORDER BY id"
+        )
         return [record_from_row(r) for r in cur]
 
     def load_leased(self) -> list[tuple[Record, float]]:
@@ -110,6 +121,31 @@ class Reads:
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         r = self.db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return (record_from_row(r), r[8]) if r else None
+
+    def load_records(self, ids: list[int]) -> dict[int, Record]:
+        """These messages (those still stored), by id."""
+        found: dict[int, Record] = {}
+        for i in range(0, len(ids), 10_000):  # SQLite's bound on a statement's parameters is 32,766
+            part = ids[i : i + 10_000]
+            sql = f"SELECT {COLUMNS} FROM messages WHERE id IN ({','.join('?' * len(part))})"
+            found.update((r[0], record_from_row(r)) for r in self.db.execute(sql, part))
+        return found
+
+    def find_origin(self, origin: str) -> int | None:
+        """The id under which a message another node forwarded ("<node>:<id>") is stored here, if it is."""
+        row = self.db.execute(FIND_ORIGIN, (origin,)).fetchone()
+        return row[0] if row else None
+
+    def origins(self, ids: list[int]) -> dict[int, str]:
+        """Of these messages, those another node forwarded: id -> origin."""
+        return dict(self.db.execute(ORIGINS.format(",".join("?" * len(ids))), ids).fetchall()) if ids else {}
+
+    def load_cluster_agents(self) -> list[tuple[str, str, float]]:
+        return self.db.execute(LOAD_CLUSTER_AGENTS).fetchall()
+
+    def receipts_owed(self) -> list[tuple]:
+        """The messages from other nodes whose receipts JetStream has not taken (coordd.cluster, at start)."""
+        return self.db.execute(RECEIPTS_OWED).fetchall()
 
     def receipts(self, message_id: int) -> tuple[float | None, float | None] | None:
         """(read_at, acked_at) of a message; None: there is no such message."""

@@ -60,6 +60,7 @@ class Reloader:
         notifier: Notifier,
         spawn: Callable,
         summary: Callable[[], str],
+        remote: Callable[[c.RemoteAgent], Transport] | None = None,
     ) -> None:
         self.config_path = config_path
         self.handlers = handlers
@@ -73,6 +74,34 @@ class Reloader:
         self.summary = summary
         self.running = self._restart_only(handlers.config)  # as configured at start, still in use
         self.lock = asyncio.Lock()
+        # A cluster's node (coordd.cluster) serves the file's agents and the agents of other nodes the directory
+        # knows (RemoteAgent, served by `remote`'s transports); the file's agents another node holds it refuses.
+        self.remote = remote
+        self.file_config = handlers.config
+        self.remote_agents: list[c.RemoteAgent] = []
+
+    def local_agents(self) -> list[str]:
+        """The agents the config file names (in a cluster, those this node registers in the directory)."""
+        return [a.id for a in self.file_config.agents]
+
+    def cluster_changed(self, remote: dict[str, str], refused: dict[str, str]) -> None:
+        """The directory knows these agents served by other nodes (agent -> node); `refused` are the file's."""
+        self.remote_agents = [c.RemoteAgent(id=a, node=n, refused=a in refused) for a, n in sorted(remote.items())]
+        self.spawn(self._apply_cluster(), "cluster-agents")
+
+    async def _apply_cluster(self) -> None:
+        async with self.lock:
+            try:
+                await self._apply(self._served(self.file_config), "cluster directory")
+            except Refused:
+                pass  # already logged, and shown in status
+
+    def _served(self, file_config: c.Config) -> c.Config:
+        if not self.remote_agents:
+            return file_config
+        remote = {a.id for a in self.remote_agents}
+        agents: list[c.Agent] = [a for a in file_config.agents if a.id not in remote]
+        return msgspec.structs.replace(file_config, agents=agents + self.remote_agents)
 
     def on_sighup(self) -> None:
         self.spawn(self._reload_logged(), "reload")
@@ -96,6 +125,10 @@ class Reloader:
             new = c.load(self.config_path)
         except c.ConfigError as e:
             self._fail(str(e))
+        self.file_config = new
+        return await self._apply(self._served(new), self.config_path or "config")
+
+    async def _apply(self, new: c.Config, source: str) -> p.Reloaded:
         old = self.handlers.config
         before = {a.id: a for a in old.agents}
         after = {a.id: a for a in new.agents}
@@ -122,7 +155,7 @@ class Reloader:
         orphaned = sum(self.delivery.orphaned().values())
         log.info(
             "reloaded %s: added %s, removed %s, changed %s, %d orphaned%s",
-            self.config_path or "config",
+            source,
             added or "none",
             removed or "none",
             changed or "none",
@@ -147,7 +180,11 @@ class Reloader:
         started: dict[str, Transport] = {}
         try:
             for agent_id, agent in agents.items():
-                t = make_transport(agent, config)
+                if isinstance(agent, c.RemoteAgent):
+                    assert self.remote is not None  # only a cluster's directory makes remote agents
+                    t = self.remote(agent)
+                else:
+                    t = make_transport(agent, config)
                 await t.start()
                 started[agent_id] = t
         except Exception as e:
@@ -164,4 +201,5 @@ class Reloader:
             "store.synchronous": cfg.store.synchronous,
             "metrics.listen": cfg.metrics.listen,
             "http.listen": cfg.http.listen,
+            "cluster": cfg.cluster,
         }

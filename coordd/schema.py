@@ -18,7 +18,7 @@ from coordd.model import Record, StorageError
 
 log = logging.getLogger("coordd.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each migration takes the schema from version i to i+1. Append, never edit.
 MIGRATIONS = [
@@ -104,6 +104,19 @@ MIGRATIONS = [
     CREATE TABLE paused (agent TEXT PRIMARY KEY, since REAL NOT NULL, until REAL);
     ALTER TABLE messages ADD COLUMN resent_from INTEGER;
     """,
+    # 8: a cluster of nodes (coordd.cluster). origin is "<node>:<id>", the node and id a message forwarded here
+    # had there (NULL for a message sent here): unique, so that JetStream redelivering it never stores it twice.
+    # receipted: which of its receipts JetStream has taken for the origin (RECEIPT_BITS): those not, a restart
+    # publishes again. forwarded is when JetStream acknowledged a message this node forwarded to another node's
+    # agent: from then on that node delivers it, and its receipts set the status here. cluster_agents is the last
+    # directory this node saw (agent -> node): a restart while NATS is away still knows where to forward.
+    """
+    CREATE TABLE cluster_agents (agent TEXT PRIMARY KEY, node TEXT NOT NULL, updated REAL NOT NULL);
+    ALTER TABLE messages ADD COLUMN origin TEXT;
+    ALTER TABLE messages ADD COLUMN receipted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN forwarded REAL;
+    CREATE UNIQUE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;
+    """,
 ]
 
 INSERT_MESSAGE = (
@@ -136,6 +149,8 @@ MARK_DELIVERED = (
     "UPDATE messages SET status = 'delivered', delivered = ?, attempts = ?, error = NULL, lease_until = NULL"
     " WHERE id = ?"
 )
+# A message forwarded to another node (coordd.cluster): JetStream has it; it stays queued until that node's receipt.
+MARK_FORWARDED = "UPDATE messages SET forwarded = ?, attempts = ? WHERE id = ?"
 MARK_FAILED = "UPDATE messages SET status = 'failed', attempts = ?, error = ? WHERE id = ?"
 MARK_ATTEMPTED = "UPDATE messages SET attempts = ?, error = ? WHERE id = ?"
 MARK_CANCELLED = "UPDATE messages SET status = 'cancelled' WHERE id = ? AND status = 'queued'"
@@ -152,10 +167,32 @@ MARK_FETCHED = (
 # Fetched by a pull agent and not acknowledged: after a restart, leased again until their lease_until.
 LEASED = "status = 'delivered' AND acked_at IS NULL AND lease_until IS NOT NULL"
 
+# The cluster (coordd.cluster.forwarding): a message another node forwarded, stored under its origin; the receipts
+# that node's messages get here (only a message still queued takes an outcome: a receipt may come twice).
+SET_ORIGIN = "UPDATE messages SET origin = ? WHERE id = ?"
+FIND_ORIGIN = "SELECT id FROM messages WHERE origin = ?"
+ORIGINS = "SELECT id, origin FROM messages WHERE origin IS NOT NULL AND id IN ({})"
+# The directory as this node last saw it (coordd.cluster.directory).
+SAVE_CLUSTER_AGENT = "INSERT OR REPLACE INTO cluster_agents (agent, node, updated) VALUES (?, ?, ?)"
+FORGET_CLUSTER_AGENT = "DELETE FROM cluster_agents WHERE agent = ?"
+LOAD_CLUSTER_AGENTS = "SELECT agent, node, updated FROM cluster_agents"
+# A receipt JetStream took (a bit of RECEIPT_BITS), and at start those a message from another node still owes it.
+RECEIPT_BITS = {"delivered": 1, "failed": 1, "read": 2, "acked": 4}
+MARK_RECEIPTED = "UPDATE messages SET receipted = receipted | ? WHERE origin = ?"
+RECEIPTS_OWED = (
+    "SELECT origin, status, delivered, error, read_at, acked_at, receipted FROM messages WHERE origin IS NOT NULL"
+    " AND ((status IN ('delivered', 'failed', 'cancelled') AND receipted & 1 = 0)"
+    " OR (read_at IS NOT NULL AND receipted & 2 = 0) OR (acked_at IS NOT NULL AND receipted & 4 = 0)) ORDER BY id"
+)
+REMOTE_DELIVERED = (
+    "UPDATE messages SET status = 'delivered', delivered = ?, error = NULL WHERE id = ? AND status = 'queued'"
+)
+REMOTE_FAILED = "UPDATE messages SET status = 'failed', error = ? WHERE id = ? AND status = 'queued'"
+
 TERMINAL = "('delivered', 'failed', 'cancelled')"
 COLUMNS = (
     "id, agent, sender, priority, kind, tags, key, body, status, created, delivered, attempts, error, read_at,"
-    " acked_at, reply_to, thread, subject, fetches, lease_until, grp, resent_from"
+    " acked_at, reply_to, thread, subject, fetches, lease_until, grp, resent_from, origin, forwarded"
 )
 # Pauses (coordctl pause, resume): one row an agent; those loaded at start (an ended one is dropped then).
 PAUSE = "INSERT OR REPLACE INTO paused (agent, since, until) VALUES (?, ?, ?)"
@@ -201,6 +238,8 @@ def info_from_row(r: Sequence[Any]) -> p.MessageInfo:  # r: a tuple or an sqlite
         lease_until=r[19],
         group=r[20],
         resent_from=r[21],
+        origin=r[22],
+        forwarded=r[23],
     )
 
 
@@ -224,6 +263,7 @@ def record_from_row(r: Sequence[Any]) -> Record:
         read_at=r[13],
         fetches=r[18],
         resent_from=r[21],
+        origin=r[22],
     )
 
 

@@ -232,9 +232,9 @@ class Store:
 
     def insert(self, records: list[Record], *, also: Write | None = None, deferred: bool = False) -> asyncio.Future:
         """Store new messages, and `also` (other writes) in the same transaction (a bounce with the failure it
-        reports); the future resolves once they are committed. `deferred`: see Writer.write."""
+        reports, their origin); the future resolves once they are committed. `deferred`: see Writer.write."""
         ops: Write = [(INSERT_MESSAGE, [r.row() for r in records], True)]
-        fut = self.writer.write(also + ops if also else ops, deferred=deferred)
+        fut = self.writer.write(ops + also if also else ops, deferred=deferred)  # also after: it may update them
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:
             self.overflow.set()
@@ -344,6 +344,21 @@ class Store:
 
     def load_record(self, message_id: int) -> tuple[Record, str] | None:
         return self.reads.load_record(message_id)
+
+    def find_origin(self, origin: str) -> int | None:
+        return self.reads.find_origin(origin)
+
+    def load_records(self, ids: list[int]) -> dict[int, Record]:
+        return self.reads.load_records(ids)
+
+    def origins(self, ids: list[int]) -> dict[int, str]:
+        return self.reads.origins(ids)
+
+    def receipts_owed(self) -> list[tuple]:
+        return self.reads.receipts_owed()
+
+    def load_cluster_agents(self) -> list[tuple[str, str, float]]:
+        return self.reads.load_cluster_agents()
 
     async def get(self, message_id: int) -> p.Message | None:
         return await self.reads.get(message_id)

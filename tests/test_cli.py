@@ -117,7 +117,7 @@ def test_cli_imports_stay_thin():
         # The hook runs on every prompt of an agent: it stays as thin as the CLI. The mcp extra is `coordctl mcp`'s.
         "import sys, coordctl.cli, coordctl.claude_hook, coordctl.agent_setup; heavy = {'asyncio', 'uvloop', "
         "'aiosqlite', 'pyautogui', 'prometheus_client', 'coordd', 'json', 'mcp', 'mcp_types', 'anyio', 'pydantic', "
-        "'typing_extensions'} "
+        "'typing_extensions', 'nats'} "
         "& set(sys.modules); print(sorted(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

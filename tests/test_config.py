@@ -29,6 +29,11 @@ def test_example_parses_and_documents_every_key():
     assert documented["tmux"] == {f.name for f in msgspec.structs.fields(config.TmuxAgent)}
     assert documented["gui"] == {f.name for f in msgspec.structs.fields(config.GuiAgent)}
     assert documented["discard"] == {f.name for f in msgspec.structs.fields(config.DiscardAgent)}
+    # [cluster] is shown commented out (with it, coordd would connect to NATS): the block after "#[cluster]".
+    lines = EXAMPLE.read_text().split("#[cluster]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    cluster = tomllib.loads("\n".join(line.removeprefix("#") for line in lines))
+    assert set(cluster) == {f.name for f in msgspec.structs.fields(config.Cluster)}
+    assert config.Cluster(**cluster) == config.Cluster()  # the defaults shown are the code's
 
 
 def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):

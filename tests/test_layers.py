@@ -45,6 +45,14 @@ LAYERS = {
         "coordd.pauses",
         "coordd.gui.requests",
     ],
+    # [cluster]: forwarding through NATS JetStream; imported by the daemon alone, and only with [cluster]
+    "cluster": [
+        "coordd.cluster",
+        "coordd.cluster.link",
+        "coordd.cluster.directory",
+        "coordd.cluster.forwarding",
+        "coordd.cluster.node",
+    ],
     "observability": ["coordd.metrics", "coordd.events", "coordd.observer", "coordd.series"],
     "server": ["coordd.server", "coordd.dashboard_server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
@@ -59,6 +67,7 @@ ALLOWED = {
     "hooks": {"model", "config"},
     "delivery": {"model", "config", "store", "transports", "hooks"},
     "handlers": {"model", "config", "store", "transports", "hooks", "delivery"},
+    "cluster": {"model", "config", "store", "transports", "hooks", "delivery"},
     "observability": {"model", "config", "hooks"},
     "server": {"model", "config", "hooks", "handlers", "observability"},
     "system": {"model"},

@@ -86,6 +86,9 @@ class Transport:
     max_batch = 1
     exclusive: str | None = None
     pull = False  # True: nothing is pushed, the agent fetches (coordd.transports.pull); its queue has no worker
+    # True: deliver() hands the messages to another node (coordd.cluster.forwarding): they are recorded forwarded,
+    # not delivered, and that node's receipts settle them.
+    forwards = False
 
     async def start(self) -> None:
         """Open warm connections; called once before the first delivery."""
