@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """coordd benchmarks: one run, a Markdown table on stdout, JSON in perf/results/bench.json.
 
-Every figure sits next to a floor measured in the same run (the machines are noisy 2-core VMs).
-Nothing asserts on time: a missed target is information, a crashed row an error row. Each daemon
-row gets a fresh coordd on a fresh temp dir, stopped by pid with SIGTERM. Agents use the inbox
-transport, so deliveries (file writes) really run concurrently with the sends, on the same cores.
-Usage: python perf/bench.py [--quick] [--out FILE]
+Every figure sits next to a floor measured in the same run (the machines are noisy 2-core VMs): the floors
+are processes of their own (perf/floors.py), measured in alternating blocks with the daemon's rows (floor,
+daemon, floor, daemon, ... for --rounds rounds), and a ratio is the median of the per-round ratios. Latency
+rows are divided by the durable floor (an echo that commits each request to SQLite first), throughput rows
+by their own. The rows with a `key` are the figures perf/compare.py checks against perf/baseline.json.
+Nothing asserts on time: a missed target is information, a crashed row an error row. Each daemon is a
+fresh coordd on a fresh temp dir, stopped by pid with SIGTERM. Agents use the inbox transport, so
+deliveries (file writes) really run concurrently with the sends, on the same cores.
+Usage: python perf/bench.py [--quick] [--rounds N] [--only send,cli,...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -910,6 +914,7 @@ def machine() -> dict:
         "msgspec": msgspec.__version__,
         "platform": platform.platform(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "loadavg_start": os.getloadavg()[0],  # others' work on the machine: perf/compare.py reads it
     }
 
 
@@ -943,6 +948,7 @@ def table(rows: list[dict], m: dict) -> str:
 def save(out: str, info: dict, rows: list[dict]) -> None:
     """The run as JSON: the machine and every row."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    info = info | {"loadavg_end": os.getloadavg()[0]}
     Path(out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
     print(f"\nJSON: {out}", file=sys.stderr)
 

@@ -129,3 +129,19 @@ def test_the_committed_baseline_has_every_figure_the_suite_measures() -> None:
     base = json.loads((PERF / "baseline.json").read_text())
     assert set(base["figures"]) == {r["key"] for r in load("run_a.json")["rows"] if r.get("key")}
     assert all(f["better"] in ("lower", "higher") and f["ratio"] > 0 for f in base["figures"].values())
+
+
+def test_a_run_on_a_machine_busy_with_other_work_is_not_judged_by_the_gate() -> None:
+    calm = {"machine": {"nproc": 2, "loadavg_start": 1.2, "loadavg_end": 2.9}, "rows": []}
+    busy = {"machine": {"nproc": 2, "loadavg_start": 1.2, "loadavg_end": 11.3}, "rows": []}
+    assert compare.too_loaded(calm) is None
+    assert "11.3 on 2 CPUs" in (compare.too_loaded(busy) or "")
+
+
+def test_the_gate_reports_a_disk_bound_figure_without_failing_on_it(capsys: pytest.CaptureFixture[str]) -> None:
+    run = load("run_b.json")
+    base = compare.make_baseline(run)
+    code, _ = compare.check(planted(run, "send_p50", 3.0), base, 0.25, compare.DISK_BOUND)
+    assert code == 0 and "worse (reported only)" in capsys.readouterr().out
+    code, _ = compare.check(planted(run, "cli_send", 3.0), base, 0.25, compare.DISK_BOUND)
+    assert code == 1
