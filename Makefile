@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # and nats-server for the cluster tests.
 APT_PKGS := xvfb xterm xclip tmux systemd x11-utils prometheus chromium chromium-driver nats-server
 
-.PHONY: install install-test deps demo lint test bench clean
+.PHONY: install install-test deps demo lint test bench bench-compare bench-baseline bench-gate clean
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "coordd needs Python 3.11 or newer"'
@@ -66,6 +66,7 @@ lint: install-test
 
 test: deps install-test lint
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
+	$(MAKE) --no-print-directory bench-gate
 
 # Every benchmark; each prints its table and writes perf/results/<name>.json. bench_gui needs Xvfb (make deps).
 bench: install
@@ -80,6 +81,21 @@ bench: install
 	$(BIN)/python perf/bench_search.py
 	$(BIN)/pip install -q '.[mcp]'  # bench_mcp drives `coordctl mcp` with the SDK's client
 	$(BIN)/python perf/bench_mcp.py
+
+# Regression detection (perf/compare.py): perf/bench.py's suite in alternating rounds, each figure a ratio to a
+# floor of the same run, against the committed perf/baseline.json. bench-compare: 5 rounds, fails on a figure
+# more than 5% worse than the baseline beyond the noise of its rounds. bench-baseline: rewrites the baseline
+# (commit it with the change that moved it). bench-gate, in `make test`: a short run (under 2 minutes) that fails
+# only on a regression of more than 25% beyond the noise, seen twice (a suspect figure is measured once more),
+# does not judge a run on a machine busy with other work, and only reports the figures bound by the disk.
+bench-compare: install
+	$(BIN)/python perf/compare.py --run --rounds 5
+
+bench-baseline: install
+	$(BIN)/python perf/compare.py --run --rounds 5 --write-baseline
+
+bench-gate: install-test
+	$(BIN)/python perf/compare.py --run --quick --gate --threshold 0.25
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,7 @@ A Client is not thread-safe; give each thread its own.
 
 from __future__ import annotations
 
-import socket
+import _socket  # not `socket`: its enums cost more than the rest of a send (see perf/README.md)
 import struct
 from typing import TYPE_CHECKING
 
@@ -69,7 +69,7 @@ def check_directory(path: str, trusted: frozenset[int]) -> None:
         raise CoordError("untrusted_socket", problem)
 
 
-def check_peer(sock: socket.socket, path: str, trusted: frozenset[int]) -> None:
+def check_peer(sock: _socket.socket, path: str, trusted: frozenset[int]) -> None:
     """Refuse, before sending anything, a socket on which another user's process listens."""
     problem = trust.peer_problem(sock, path, trusted)
     if problem:
@@ -105,7 +105,7 @@ class Client(BlockingOperations):
     """
 
     def _init_connection(self) -> None:
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._wbuf = bytearray(_HEADER.size)
         self._rbuf = bytearray(_READ_CHUNK)
         self._rview = memoryview(self._rbuf)
@@ -119,9 +119,9 @@ class Client(BlockingOperations):
         if self._sock is None:
             self._connect()
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _socket.socket:
         check_directory(self.socket_path, self._trusted)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
             sock.connect(self.socket_path)
@@ -199,7 +199,7 @@ class Client(BlockingOperations):
             raise_for(reply)  # a connection-level error (too_large, forbidden, ...)
         raise CoordError("protocol_error", f"reply rid {reply.rid} matches no request in flight")
 
-    def _write(self, data: bytearray, timeout: float | None, *, one_frame: bool = True) -> socket.socket:
+    def _write(self, data: bytearray, timeout: float | None, *, one_frame: bool = True) -> _socket.socket:
         """Send ``data`` (whole frames), connecting first if need be."""
         reused = self._sock is not None
         sock = self._sock or self._connect()

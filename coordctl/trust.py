@@ -12,8 +12,8 @@ run as another user on purpose, with us in its daemon.allow_uids).
 
 from __future__ import annotations
 
+import _socket  # not `socket`: its enums cost more than the rest of a send (see perf/README.md)
 import os
-import socket
 import stat
 import struct
 from typing import TYPE_CHECKING
@@ -53,9 +53,9 @@ def directory_problem(socket_path: str, trusted: frozenset[int]) -> str | None:
     return None
 
 
-def peer_problem(sock: socket.socket, socket_path: str, trusted: frozenset[int]) -> str | None:
+def peer_problem(sock: _socket.socket, socket_path: str, trusted: frozenset[int]) -> str | None:
     """Why the process listening on a connected socket cannot be trusted, or None."""
-    pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    pid, uid, _ = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
     if uid in trusted:
         return None
     return (

@@ -1,3 +1,3 @@
-from coordd.cli import main
+from coordd.entry import main
 
 main()

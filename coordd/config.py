@@ -6,8 +6,6 @@ errors carry the path (``$.agents[2].inbox_dir``), which ConfigError keeps.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import ipaddress
 import os
 import re
@@ -224,6 +222,8 @@ def _did_you_mean(error: str) -> str:
     found = re.match(r"Object contains unknown field `([^`]*)`", error)
     if found is None:
         return ""
+    import difflib  # only to word an error
+
     close = difflib.get_close_matches(found[1], _known_keys(Config), n=1)
     return f"; did you mean `{close[0]}`?" if close else ""
 
@@ -424,6 +424,8 @@ def _require_gui_extra(src: str, where: str) -> None:
 
 
 def _importable(module: str) -> bool:
+    import importlib.util  # only for a gui agent
+
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # ValueError: blocked by sys.modules[module] = None

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from coordctl import protocol as p
 from coordd import listener, systemd
@@ -37,7 +38,7 @@ from coordd.retry_cancel import RetryCancel
 from coordd.sending import Sending
 from coordd.series import Series
 from coordd.server import Server
-from coordd.store import Store
+from coordd.store import StorageError, Store
 from coordd.transports import Transport
 from coordd.transports.factory import make_transport
 
@@ -290,3 +291,66 @@ def _requeue(store: Store, delivery: Delivery) -> None:
             sum(orphaned.values()),
             ", ".join(sorted(orphaned)),
         )
+
+
+# --- the process: logging, the event loop, the exit (`coordd run`: coordd.entry, coordd.cli) ----------
+
+SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per event, a traceback included, so the journal keeps each event whole.
+
+    For journald the line starts with the syslog priority (<3> error .. <7> debug),
+    which journald strips and stores: `journalctl --user -u coordd -p warning` works.
+    """
+
+    def __init__(self, fmt: str, journald: bool) -> None:
+        super().__init__(fmt)
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record).replace("\n", "\\n")
+        return f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}" if self.journald else line
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=<dev>:<inode> of the journal stream it connects stderr to."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def _setup_logging(level: str) -> None:
+    journald = _stderr_is_journal()
+    # Under systemd journald stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s" if journald else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(fmt, journald))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def serve_until_stopped(config: Config, config_path: str | None) -> NoReturn:
+    """Serve until SIGTERM or SIGINT (a second one ends it at once); SIGHUP reloads the config."""
+    import uvloop
+
+    _setup_logging(config.daemon.log_level)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = 0
+    try:
+        loop.run_until_complete(serve(config, config_path))
+    except (listener.ListenerError, StorageError) as e:
+        log.error("%s", e)
+        code = 1
+    except Exception:
+        log.exception("coordd failed")
+        code = 1
+    # Exit without joining threads: a delivery abandoned at the grace deadline may still be blocked in
+    # one (its message is queued in the database for the next start), and it must not hold up the exit.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)

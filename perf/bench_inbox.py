@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,51 +28,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
 
-import bench  # noqa: E402  (perf/bench.py: its helpers, floors and way of running a daemon)
+import bench  # noqa: E402  (perf/bench.py: its helpers and way of running a daemon)
+import floors  # noqa: E402  (perf/floors.py: the durable echo, in its "deliver" mode)
 
 PULLER = "Puller"
 PULL_AGENT = f'[[agents]]\nid = "{PULLER}"\ntransport = "pull"\n'
-
-# The durable floor: decode a frame, mark its `rows` next queued rows delivered (coordd's schema and pragmas,
-# the rows stored beforehand) in one transaction, encode the reply: the least a durable fetch writes.
-# argv: the socket path (the database's path and the rows to store are put in for sys.argv[2], sys.argv[3]).
-ECHO_DURABLE = r"""
-import asyncio, sqlite3, sys, time, msgspec, uvloop
-from coordd.model import Record
-from coordd.schema import INSERT_MESSAGE, MIGRATIONS
-db = sqlite3.connect(sys.argv[2], isolation_level=None)
-for pragma in ("auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = NORMAL"):
-    db.execute(f"PRAGMA {pragma}")
-for m in MIGRATIONS:
-    db.executescript(m)
-db.execute("BEGIN")
-rows = (Record(i, "Puller", "bench message", "regular", time.time()).row() for i in range(1, sys.argv[3] + 1))
-db.executemany(INSERT_MESSAGE, rows)
-db.execute("COMMIT")
-dec, enc = msgspec.msgpack.Decoder(), msgspec.msgpack.Encoder()
-next_id = 1
-def commit(n):
-    global next_id
-    now = time.time()
-    rows = [(now, i) for i in range(next_id, next_id + n)]
-    next_id += n
-    db.execute("BEGIN IMMEDIATE")
-    db.executemany("UPDATE messages SET status = 'delivered', delivered = ? WHERE id = ?", rows)
-    db.execute("COMMIT")
-class Echo(asyncio.Protocol):
-    def connection_made(self, t): self.t, self.buf = t, bytearray()
-    def data_received(self, data):
-        buf = self.buf; buf += data; out = bytearray(); start = 0
-        while len(buf) - start >= 4 and len(buf) >= (end := start + 4 + int.from_bytes(buf[start:start + 4], "big")):
-            req = dec.decode(buf[start + 4:end]); start = end
-            commit(req.get("rows", 1))
-            body = enc.encode(req)
-            out += len(body).to_bytes(4, "big") + body
-        del buf[:start]
-        if out: self.t.write(out)
-async def main(): await (await asyncio.get_running_loop().create_unix_server(Echo, sys.argv[1])).serve_forever()
-uvloop.run(main())
-"""
 
 
 def floor_frame(rows: int) -> bytes:
@@ -85,12 +44,8 @@ def floor_frame(rows: int) -> bytes:
 
 def durable_floor(cfg) -> dict[str, dict]:
     """Round trips to the durable echo: requests of 1 row and of 100 rows (ns each, then stats)."""
-    # Its database beside coordd's (bench.WORK_DIR), not under /tmp: see bench.WORK_DIR for why.
-    db = Path(tempfile.mkdtemp(prefix="coordd-floor-", dir=bench.WORK_DIR))
-    bench.remove_later(db)
-    code = ECHO_DURABLE.replace("sys.argv[2]", repr(str(db / "floor.db")))
-    code = code.replace("sys.argv[3]", str(cfg.warmup + 2 * cfg.single + 200 * cfg.batches))
-    with bench.echo_server(code) as srv:
+    stored = cfg.warmup + 2 * cfg.single + 200 * cfg.batches  # every row the requests below mark delivered
+    with bench.echo_server(floors.durable_echo("deliver", stored)) as srv:
         one, hundred = floor_frame(1), floor_frame(100)
         bench.round_trips(srv.conn, one, cfg.warmup)
         singles = bench.round_trips(srv.conn, one, 2 * cfg.single)

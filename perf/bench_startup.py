@@ -4,7 +4,8 @@ perf/results/bench_startup.json.
 READY=1 is what systemd waits for (Type=notify): coordd sends it once its socket
 listens and its database is open. The bench plays systemd's part with a datagram
 socket as NOTIFY_SOCKET and times from just before fork/exec to the datagram.
-Target: <= 300 ms (the system coordd replaces took 5.2 s to initialise).
+Target: <= 100 ms (issue 15; the system coordd replaces took 5.2 s to initialise). perf/bench.py
+runs the same measurement in alternating rounds, as a ratio to the import floor (its `startup` rows).
 
 Floors, measured in the same run and interleaved with it (these VMs are noisy):
 `python -c pass` and `python -c "import uvloop, msgspec, aiosqlite"`, each from
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGET_MS = 300.0
+TARGET_MS = 100.0
 AGENTS = [f"Agent-{n}" for n in range(1, 9)]
 WORK_DIR = os.environ.get("COORDD_BENCH_DIR") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordd-bench"

@@ -57,7 +57,7 @@ LAYERS = {
     "server": ["coordd.server", "coordd.dashboard_server"],
     "system": ["coordd.listener", "coordd.systemd", "coordd.units"],
     "setup": ["coordd.discover", "coordd.starter"],  # coordd init: a starting config, the agents found in tmux
-    "daemon": ["coordd.daemon", "coordd.reload", "coordd.cli", "coordd.__main__"],
+    "daemon": ["coordd.daemon", "coordd.reload", "coordd.cli", "coordd.entry", "coordd.__main__"],
 }
 ALLOWED = {
     "model": set(),

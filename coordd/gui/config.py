@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from coordctl import coords
 from coordd.model import ConfigError
 
 
@@ -131,6 +130,8 @@ def _merge_coords_file(cfg: Any, source: str) -> None:
     path = os.path.expanduser(cfg.gui.coords_file)
     if not os.path.isabs(path) and os.path.isfile(source):
         path = os.path.join(os.path.dirname(os.path.abspath(source)), path)  # relative to the config file
+    from coordctl import coords  # json and dataclasses: only for a config that has a coords_file
+
     try:
         entries = coords.load(path)
     except coords.CoordsError as e:
