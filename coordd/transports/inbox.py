@@ -7,12 +7,13 @@ second one. Nothing already at either path is ever opened: a link planted at
 the temp or the final name cannot redirect or truncate another file (_create).
 Files are 0600, or the agent's `file_mode`, whatever the umask or the directory.
 
-The files are written on the event-loop thread, `chunk` at a time, and all inbox
-agents take turns: one chunk per pass of the loop, so sends are read and
-acknowledged between chunks. Not in a worker thread: measured, a thread doing
-many small file syscalls fights the loop for the GIL and slowed accepting sends
-several-fold (perf/README.md). With `fsync = true` each file waits for the disk,
-so that case does go to a thread.
+The files are rendered on the event-loop thread and written in a worker thread,
+`chunk` at a time, and all inbox agents take turns: one chunk being written at
+once. The thread holds the GIL for little more than the syscalls' glue (the
+bytes are ready), and the loop goes on reading and acknowledging sends while the
+kernel creates the files: creating a file costs 50 us on a tmpfs, 0.2-5 ms on an
+ext4 disk shared with other work (measured: perf/README.md), and on the loop
+thread every send read meanwhile waited for it.
 
 A write that fails for a reason that says nothing about the message (DOWN_ERRNOS:
 the disk or quota full, no file descriptors left, permission denied, a read-only
@@ -98,7 +99,7 @@ _turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
 
 def _turn() -> asyncio.Lock:
-    """The lock inbox agents take turns on (one per event loop)."""
+    """The lock inbox agents take turns on (one per event loop): one chunk is written at a time."""
     loop = asyncio.get_running_loop()
     return _turns.setdefault(loop, asyncio.Lock())
 
@@ -144,14 +145,10 @@ class InboxTransport(Transport):
     async def deliver(self, messages: list[Record]) -> None:
         self._writing = {m.id for m in messages}
         try:
-            if self.fsync:
-                done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages)
-                self._written(messages[:done])
-            else:
-                async with _turn():
-                    done, error = self._write_all(messages)
-                    self._written(messages[:done])
-                    await next_turn()  # keep the turn for one pass of the loop
+            data = [render(m).encode() for m in messages]  # here: the thread then holds the GIL the least
+            async with _turn():
+                done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages, data)
+            self._written(messages[:done])
         finally:
             self._writing = set()
         if error is not None:
@@ -271,8 +268,9 @@ class InboxTransport(Transport):
         self._ids = sorted((set(found) - removed) | added)
         self._listed = True
 
-    def _write_all(self, messages: list[Record]) -> tuple[int, tuple[str, int | None] | None]:
-        """How many were written, in order, and why the next one was not (and its errno).
+    def _write_all(self, messages: list[Record], data: list[bytes]) -> tuple[int, tuple[str, int | None] | None]:
+        """In the worker thread: how many were written (data[i] the file of messages[i]), in order, and why the
+        next one was not (and its errno).
 
         Raw os calls, relative to a directory fd: four syscalls a file (open, write,
         close, rename), where open() in text mode adds three more.
@@ -289,9 +287,9 @@ class InboxTransport(Transport):
             try:
                 fd = self._create(tmp, dir_fd)
                 try:
-                    data = memoryview(render(m).encode())
-                    while data:  # a regular file takes it all at once, barring a signal
-                        data = data[os.write(fd, data) :]
+                    left = memoryview(data[n])
+                    while left:  # a regular file takes it all at once, barring a signal
+                        left = left[os.write(fd, left) :]
                     if self.fsync:
                         os.fsync(fd)
                 finally:
