@@ -51,6 +51,9 @@ from coordd.turns import next_turn
 
 log = logging.getLogger("coordd.delivery")
 
+# Successful deliveries recorded by one deferred write at most (its two statements' rows; see _join_outcomes).
+OUTCOMES_PER_WRITE = 512
+
 
 def held_size(body: str) -> int:
     """The memory a queued message's body holds: what queue.max_bytes bounds (O(1), unlike encoding it)."""
@@ -286,6 +289,9 @@ class Delivery:
         self.receipt_waiters: dict[tuple[int, str], list[asyncio.Future]] = {}
         self.arrivals: dict[str, list[asyncio.Future]] = {}
         self.unrecorded: set[int] = set()  # delivered or failed, outcome not yet committed
+        # The deferred write that successful deliveries' outcomes join while it waits, last, to be committed: its
+        # attempt rows, its delivered rows, its future. One statement each per commit instead of two a delivery.
+        self._outcomes: tuple[list, list, asyncio.Future] | None = None
         # Each agent's messages not acknowledged yet, queued or delivered: a group's least-loaded pick reads it.
         # Seeded at start (seed_unacked), then kept in step: enqueue adds, an ack, a failure or a cancel takes away.
         self.unacked: dict[str, int] = {}
@@ -677,11 +683,25 @@ class Delivery:
         for message_id, _, _ in outcomes:
             self.unrecorded.add(message_id)
         waited_on = any(message_id in self.waiters for message_id, _, _ in outcomes)  # then commit now
-        if bounce is None:
+        if len(ops) == 2 and not waited_on:  # all delivered: they join the outcomes waiting, if those are last
+            fut = self._join_outcomes(attempts, delivered)
+        elif bounce is None:
             fut = self.store.write(ops, deferred=not waited_on)
         else:
             fut = self.store.insert([bounce], also=ops, deferred=not waited_on)
         fut.add_done_callback(lambda f: self._recorded(f, outcomes, q.id, bounce))
+
+    def _join_outcomes(self, attempts: list, delivered: list) -> asyncio.Future:
+        """Record successful deliveries with the deferred write of those before them while it is the last one
+        waiting (so that it commits them in the order they came), else in a new one."""
+        pending = self._outcomes
+        if pending is not None and len(pending[0]) < OUTCOMES_PER_WRITE and self.store.last_deferred(pending[2]):
+            pending[0].extend(attempts)
+            pending[1].extend(delivered)
+            return pending[2]
+        fut = self.store.write([(s.INSERT_ATTEMPT, attempts, True), (s.MARK_DELIVERED, delivered, True)], deferred=True)
+        self._outcomes = (attempts, delivered, fut)
+        return fut
 
     def _recorded(
         self, fut: asyncio.Future, outcomes: list[tuple[int, str, str | None]], agent: str, bounce: Record | None
