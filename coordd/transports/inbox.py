@@ -40,14 +40,19 @@ import bisect
 import errno
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring
+from queue import SimpleQueue
+from typing import TypeVar
 
 from coordctl.protocol import DEFAULT_KIND
 from coordd.config import InboxAgent, Retention
 from coordd.transports import DeliveryError, Record, Transport, TransportDown, sender_shown
 from coordd.turns import next_turn
+
+T = TypeVar("T")
 
 
 def render(m: Record) -> str:
@@ -95,13 +100,53 @@ DOWN_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.EROFS}
 )
 
-_turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+class _FileThread:
+    """The thread that writes the inbox files of every agent (one per event loop), a chunk per job, in the order
+    the jobs come: agents take turns. A job's result comes back with call_soon_threadsafe: on the loop thread that
+    costs half of what run_in_executor does (which chains a concurrent future to an asyncio one)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: SimpleQueue[tuple[asyncio.Future, Callable[[], object]]] = SimpleQueue()
+        threading.Thread(target=self._run, name="coordd-inbox", daemon=True).start()
+
+    def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        fut = self.loop.create_future()
+        self.jobs.put((fut, job))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            fut, job = self.jobs.get()
+            result, error = None, None
+            try:
+                result = job()
+            except BaseException as e:  # handed to the task that awaits it, whatever it is
+                error = e
+            try:
+                self.loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
 
 
-def _turn() -> asyncio.Lock:
-    """The lock inbox agents take turns on (one per event loop): one chunk is written at a time."""
+def _settle(fut: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if not fut.cancelled():
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+
+
+_threads: dict[asyncio.AbstractEventLoop, _FileThread] = {}
+
+
+def _file_thread() -> _FileThread:
     loop = asyncio.get_running_loop()
-    return _turns.setdefault(loop, asyncio.Lock())
+    thread = _threads.get(loop)
+    if thread is None:
+        thread = _threads[loop] = _FileThread(loop)
+    return thread
 
 
 class InboxTransport(Transport):
@@ -146,8 +191,11 @@ class InboxTransport(Transport):
         self._writing = {m.id for m in messages}
         try:
             data = [render(m).encode() for m in messages]  # here: the thread then holds the GIL the least
-            async with _turn():
-                done, error = await asyncio.get_running_loop().run_in_executor(None, self._write_all, messages, data)
+            if self.fsync:  # each file waits for the disk: agents' fsyncs go on side by side
+                work = asyncio.get_running_loop().run_in_executor(None, self._write_all, messages, data)
+            else:
+                work = _file_thread().run(lambda: self._write_all(messages, data))
+            done, error = await work
             self._written(messages[:done])
         finally:
             self._writing = set()
