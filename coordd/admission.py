@@ -38,6 +38,7 @@ class Admission:
         self.store = store
         self.delivery = delivery
         self._unstored: Counter[str] = Counter()  # accepted, commit not yet done, by agent
+        self._unstored_total = 0  # ...in all
         self._unstored_bytes = 0  # ...and what their bodies hold (see queue.max_bytes)
         self._unstored_keys: dict[str, tuple[int, Record, asyncio.Future]] = {}
 
@@ -74,8 +75,10 @@ class Admission:
     def check_limits(self, n: int, per_agent: dict[str, int], size: int, q: Queue) -> None:
         """Refuse what would take a queue past its limits: n new messages, by agent, whose bodies hold size bytes
         (counted by the caller as it checks each message: a large batch is checked a chunk per turn)."""
-        total = self.delivery.queued() + sum(self._unstored.values()) + n
-        if total > q.max_total:
+        unstored = self._unstored_total + n
+        # The messages every queue holds, orphaned ones too, bound queued() from above: summed only when close.
+        total = self.delivery.totals.messages + unstored
+        if total > q.max_total and (total := self.delivery.queued() + unstored) > q.max_total:
             raise Refused(
                 "queue_full",
                 f"{total} messages would be queued, over queue.max_total = {q.max_total}: "
@@ -103,6 +106,7 @@ class Admission:
         self._unstored_bytes += size
         for agent, n in per_agent.items():
             self._unstored[agent] += n
+            self._unstored_total += n
         for key, rec in by_key.items():
             self._unstored_keys[key] = (rec.id, rec, fut)
 
@@ -111,5 +115,6 @@ class Admission:
         self._unstored_bytes -= size
         for agent, n in per_agent.items():
             self._unstored[agent] -= n
+            self._unstored_total -= n
         for key in by_key:
             self._unstored_keys.pop(key, None)

@@ -138,7 +138,7 @@ class _Agent(msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, 
 class InboxAgent(_Agent, tag="inbox"):
     inbox_dir: str = ""  # default: <workspace>/agent_workspaces/<id>/inbox
     fsync: bool = False  # fsync each file before the rename (power-loss safe, slower)
-    chunk: int = 16  # files written per turn of the event loop
+    chunk: int = 16  # files written per call of the writer thread (agents take turns)
     file_mode: str = "0600"  # octal; e.g. "0640" to let the group read a shared workspace
 
 

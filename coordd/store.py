@@ -299,6 +299,9 @@ class Store:
         """Queue a write for the next group commit (coordd.writer); the future resolves once it is committed."""
         return self.writer.write(ops, deferred=deferred)
 
+    def last_deferred(self, fut: asyncio.Future) -> bool:
+        return self.writer.last_deferred(fut)
+
     def deleted(self, n: int) -> None:
         """Retention deleted n messages."""
         self.rows -= n

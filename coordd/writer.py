@@ -99,6 +99,11 @@ class Writer:
                 self._flush_handle = loop.call_soon(self._flush)
         return fut
 
+    def last_deferred(self, fut: asyncio.Future) -> bool:
+        """fut's deferred write is the last one waiting: rows added to its executemany parameters now commit with
+        it, in the order they came (a write that gathers rows as they come, as delivery outcomes do)."""
+        return bool(self._deferred) and self._deferred[-1][1] is fut
+
     def _flush(self) -> None:
         self._flush_handle = None
         if not self._held:  # else a checkpoint or a large insert holds the writer; release flushes

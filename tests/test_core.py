@@ -8,7 +8,16 @@ import sys
 
 import figures
 import pytest
-from conftest import Daemon, cancel_between_attempts, concurrently, inbox_bodies, read_inbox_file, run_as, wait_until
+from conftest import (
+    Daemon,
+    cancel_between_attempts,
+    concurrently,
+    inbox_bodies,
+    read_inbox_file,
+    run_as,
+    wait_until,
+    write_config,
+)
 
 from coordctl import PROTOCOL_VERSION, Client, CoordError
 
@@ -237,6 +246,26 @@ def test_queue_limits(make_daemon):
         unblock_inbox(d, "B")
         wait_until(lambda: all_done(c, 8), what="deliveries")
         c.send("A", "room again")
+
+
+def test_max_total_counts_the_configured_agents_queues_not_orphaned_ones(make_daemon):
+    """Admission reads a running count of what every queue holds, orphaned ones too, and sums the configured
+    agents' queues only when that count comes near queue.max_total: three messages orphaned by a reload fill
+    the count, and the configured agents still get all of max_total, not one more."""
+    limits, slow = {"max_per_agent": 10, "max_total": 8}, {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000}
+    d = make_daemon(agents=[{"id": "A"}, {"id": "B"}], queue=limits, delivery=slow)  # a failed try waits a minute
+    block_inbox(d, "A")
+    block_inbox(d, "B")
+    with d.client() as c:
+        c.batch([{"to": "B", "body": f"b{i}"} for i in range(3)])
+        sections = {"daemon": {"socket": d.socket, "workspace": str(d.workspace)}, "store": {"path": d.db}}
+        write_config(d.config, {**sections, "queue": limits, "delivery": slow}, [{"id": "A"}])
+        c.reload()
+        assert c.status().orphaned == 3
+        c.batch([{"to": "A", "body": f"a{i}"} for i in range(8)])
+        with pytest.raises(CoordError) as e:
+            c.send("A", "one too many")
+        assert e.value.code == "queue_full" and "max_total" in e.value.message
 
 
 def test_queued_bodies_are_bounded_in_bytes_and_released_when_finished(make_daemon, monkeypatch):
