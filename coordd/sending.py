@@ -16,7 +16,7 @@ import time
 from coordctl import protocol as p
 from coordd.admission import Admission
 from coordd.config import Config
-from coordd.delivery import Delivery, held_size
+from coordd.delivery import Delivery, held_sizes
 from coordd.groups import Groups
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Record, Refused
@@ -176,7 +176,6 @@ class Sending:
         by_key: dict[str, Record] = {}
         waits: list[asyncio.Future] = []
         per_agent: dict[str, int] = {}  # new messages by agent
-        size = 0  # what the new bodies will hold
         now = time.time()
         control_chars = self.config.daemon.control_chars
         valid = False  # every message of the chunk passes check_message (all_valid): none needs a check of its own
@@ -219,9 +218,9 @@ class Sending:
             fresh.append(rec)
             entries.append(rec)
             per_agent[agent] = per_agent.get(agent, 0) + 1
-            size += held_size(m.body)
             if key is not None:
                 by_key[key] = rec
+        size = held_sizes(fresh)  # what the new bodies will hold
         self.admission.check_limits(len(fresh), per_agent, size, self.config.queue)
         for message_id, rec in enumerate(fresh, self.store.allocate_ids(len(fresh))):
             rec.id = message_id
@@ -281,8 +280,10 @@ class Sending:
 
     def _queue(self, recs: list[Record]) -> None:
         self.observer.accepted(recs)
-        for rec in recs:
-            self.delivery.enqueue(rec)
+        if len(recs) == 1:
+            self.delivery.enqueue(recs[0])
+        else:
+            self.delivery.enqueue_all(recs)
 
     async def _await_outcome(self, message_id: int, timeout: float) -> p.Sent:
         status = status_of(message_id, self.delivery, self.store)
