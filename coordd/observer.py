@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 
 from coordctl import protocol as p
 from coordd.config import Config, split_listen
@@ -20,6 +22,8 @@ from coordd.hooks import Hooks, Receipted
 from coordd.metrics import Collector, Metrics, serve_http
 from coordd.model import Record, preview
 from coordd.series import Series
+
+_AGENT = attrgetter("agent")
 
 log = logging.getLogger("coordd.observer")
 
@@ -45,8 +49,8 @@ class Observer(Hooks):
 
     def accepted(self, recs: list[Record]) -> None:
         stats = self.metrics.agent
-        for rec in recs:
-            stats(rec.agent).accepted += 1
+        for agent, n in Counter(map(_AGENT, recs)).items():  # (counted in C: a batch holds thousands)
+            stats(agent).accepted += n
         if self.series is not None and recs:
             self.series.on_accepted(len(recs), recs[0].created)
         if self.bus.active:

@@ -16,14 +16,14 @@ import time
 from coordctl import protocol as p
 from coordd.admission import Admission
 from coordd.config import Config
-from coordd.delivery import Delivery, held_size
+from coordd.delivery import Delivery, held_sizes
 from coordd.groups import Groups
 from coordd.hooks import NO_HOOKS, Hooks
 from coordd.model import Record, Refused
 from coordd.queries import status_of
 from coordd.store import StorageError, StorageFull, Store
 from coordd.turns import in_turns, next_turn
-from coordd.validation import check_message, check_not_empty, check_wait_timeout, no_group
+from coordd.validation import all_valid, check_message, check_not_empty, check_wait_timeout, no_group
 
 # Messages of a large batch handled per turn of the event loop (checked, stored, queued), so that the other
 # clients are served in between: a turn costs 10-15 ms here. Up to this many, a batch is handled in one
@@ -176,23 +176,26 @@ class Sending:
         by_key: dict[str, Record] = {}
         waits: list[asyncio.Future] = []
         per_agent: dict[str, int] = {}  # new messages by agent
-        size = 0  # what the new bodies will hold
         now = time.time()
         control_chars = self.config.daemon.control_chars
+        valid = False  # every message of the chunk passes check_message (all_valid): none needs a check of its own
         for i, m in enumerate(msgs):
-            if i and not i % CHUNK:  # a large batch: the other clients are served between chunks
-                await next_turn()
-            prefix = f"{where}[{i}]." if where else ""
-            check_message(m, self.agents, control_chars, prefix, self.groups)
+            if not i % CHUNK:
+                if i:  # a large batch: the other clients are served between chunks
+                    await next_turn()
+                valid = all_valid(msgs[i : i + CHUNK], self.agents, control_chars, self.groups)
+            if not valid:  # one of them fails: check each in turn, so the error names the first one
+                check_message(m, self.agents, control_chars, _place(where, i), self.groups)
             key = p.broadcast_key(m.key, m.to) if copies and m.key is not None else m.key
             if key is not None:
+                prefix = _place(where, i)
                 known = self.admission.known_key(key, m, by_key, waits, prefix)
                 if known is None and copies and m.key is not None:
                     known = self.store.find_legacy_copy(m.key, m.to)
                 if known is not None:
                     entries.append(known)
                     continue
-            thread = self._thread_of(m.reply_to, prefix) if m.reply_to is not None else 0
+            thread = self._thread_of(m.reply_to, _place(where, i)) if m.reply_to is not None else 0
             # A message to a group: picked after the key is looked up, so a send retried with its key picks no
             # second member.
             group, agent = (m.to, self.picker.pick(m.to[1:], per_agent)) if m.to not in self.agents else (None, m.to)
@@ -215,9 +218,9 @@ class Sending:
             fresh.append(rec)
             entries.append(rec)
             per_agent[agent] = per_agent.get(agent, 0) + 1
-            size += held_size(m.body)
             if key is not None:
                 by_key[key] = rec
+        size = held_sizes(fresh)  # what the new bodies will hold
         self.admission.check_limits(len(fresh), per_agent, size, self.config.queue)
         for message_id, rec in enumerate(fresh, self.store.allocate_ids(len(fresh))):
             rec.id = message_id
@@ -277,8 +280,10 @@ class Sending:
 
     def _queue(self, recs: list[Record]) -> None:
         self.observer.accepted(recs)
-        for rec in recs:
-            self.delivery.enqueue(rec)
+        if len(recs) == 1:
+            self.delivery.enqueue(recs[0])
+        else:
+            self.delivery.enqueue_all(recs)
 
     async def _await_outcome(self, message_id: int, timeout: float) -> p.Sent:
         status = status_of(message_id, self.delivery, self.store)
@@ -326,6 +331,12 @@ class Sending:
             f"recipient's inbox (`coordctl inbox` fetches it, `coordctl ack` acknowledges it)",
             message_id,
         )
+
+
+def _place(where: str, i: int) -> str:
+    """Where message i of a request is, as an error names it ("messages[3]."; "" for a send's only one). Built
+    only for an error, or for a lookup that may raise one: not for every message of a batch."""
+    return f"{where}[{i}]." if where else ""
 
 
 def _no_message(message_id: int, consequence: str) -> str:

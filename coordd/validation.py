@@ -8,7 +8,8 @@ which depend on what is queued, are coordd.admission's.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from operator import attrgetter
 
 from coordctl import protocol as p
 from coordd.model import BOUNCE, Refused
@@ -20,6 +21,8 @@ MAX_TAGS = 16
 MAX_PAGE = 1000
 MAX_WAIT_S = 3600.0
 MAX_ID = (1 << 63) - 1  # SQLite's largest integer
+# The one-line fields of a message, each with its length limit: what check_message and all_valid check alike.
+LINE_FIELDS = (("sender", MAX_NAME), ("kind", MAX_NAME), ("key", MAX_KEY), ("subject", MAX_SUBJECT))
 # Control characters: C0 but tab and newline, DEL, C1. In a terminal they are keystrokes, not text.
 BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Senders, kinds, tags and keys are each one line (of a header, of a table): no control character,
@@ -90,12 +93,8 @@ def check_message(
                 f"{where}{field} contains {char_name(bad[0])}: use a single line of "
                 "plain text, without line breaks or control characters",
             )
-    for field, value, limit in (
-        ("sender", m.sender, MAX_NAME),
-        ("kind", m.kind, MAX_NAME),
-        ("key", m.key, MAX_KEY),
-        ("subject", m.subject, MAX_SUBJECT),
-    ):
+    for field, limit in LINE_FIELDS:
+        value = getattr(m, field)
         if value is not None and not 0 < len(value) <= limit:
             raise Refused("bad_request", f"{where}{field} must be 1 to {limit} characters, got {len(value)}")
     if m.kind == BOUNCE:  # what an agent reads as coordd's word that its message failed: no one may forge it
@@ -104,6 +103,38 @@ def check_message(
         )
     if len(m.tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME for t in m.tags):
         raise Refused("bad_request", f"{where}tags: at most {MAX_TAGS} tags of 1 to {MAX_NAME} characters each")
+
+
+_LINE_GETTERS = tuple((attrgetter(field), limit) for field, limit in LINE_FIELDS)
+_TO, _BODY, _KIND, _TAGS = attrgetter("to"), attrgetter("body"), attrgetter("kind"), attrgetter("tags")
+
+
+def all_valid(
+    msgs: Sequence[p.NewMessage], agents: Collection[str], control_chars: str, groups: Collection[str] = ()
+) -> bool:
+    """Whether check_message passes every one of msgs: checked a field at a time over them all, each distinct
+    value once (a batch's messages share their recipients, sender and kind), with one regular-expression scan of
+    all the bodies. A batch of 1,000 in a fraction of the time check_message takes for each. False: some message
+    fails, and check_message on each in turn says which and why."""
+    for to in set(map(_TO, msgs)):
+        if to not in agents and not (to.startswith("@") and to[1:] in groups):
+            return False
+    bodies = list(map(_BODY, msgs))
+    if not all(map(str.strip, bodies)):  # a body of nothing but white space
+        return False
+    # Line feeds are allowed in a body, so joining with them adds nothing the expression refuses.
+    if control_chars == "reject" and BODY_CONTROL.search("\n".join(bodies)):
+        return False
+    for get, limit in _LINE_GETTERS:
+        for value in set(map(get, msgs)):
+            if value is not None and (not 0 < len(value) <= limit or NAME_CONTROL.search(value)):
+                return False
+    if BOUNCE in map(_KIND, msgs):
+        return False
+    for tags in set(map(_TAGS, msgs)):
+        if tags and (len(tags) > MAX_TAGS or any(not 0 < len(t) <= MAX_NAME or NAME_CONTROL.search(t) for t in tags)):
+            return False
+    return True
 
 
 def no_group(name: str, groups: Collection[str]) -> str:
