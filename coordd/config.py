@@ -100,6 +100,8 @@ class Metrics(_Section):
 class Http(_Section):
     listen: str = ""  # "host:port" of the dashboard and its HTTP API (docs/dashboard.md); "": none
     allow_remote: bool = False  # allow a listen address that is not loopback
+
+
 class Cluster(_Section):
     """[cluster]: this daemon is one node of several that forward to each other through NATS JetStream
     (docs/cluster.md). Absent: a single node, and nats-py is never imported."""
