@@ -51,6 +51,9 @@ TOKEN_SUFFIX = ".http-token"  # the token file is the socket's path plus this
 COOKIE = "coordd_token"
 TOKEN_HEADER = "X-Coordd-Token"
 TOKEN_META = "{{COORDD_TOKEN}}"  # index.html's placeholder, replaced by the token when the page is served
+# Events go out at most this long after they happen, together: a write per FEED_DELAY_S at most, however
+# busy the daemon is, so the feed costs it (and the browser) little per message; a person sees no delay.
+FEED_DELAY_S = 0.1
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the browser from timing the stream out
 MAX_STREAMS = 32  # event streams at once: each holds up to [metrics] watch_buffer events
 STATIC = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")  # no dot files, no ".."
@@ -161,6 +164,8 @@ class Stream:
         self.ready = asyncio.Event()
         self.behind = False  # a write waits for the client to read
         self.dropped = False
+        self.loop = asyncio.get_running_loop()
+        self._wake: asyncio.TimerHandle | None = None
 
     def take(self, batch: list[p.Event]) -> None:
         if self.dropped:
@@ -176,12 +181,20 @@ class Stream:
             self.waiting = []
             log.warning("dropping a dashboard event stream: its client fell behind by over %d events", self.limit)
             self.drop()
+            self.ready.set()
+        elif self._wake is None:  # what comes meanwhile goes out with these, in one write
+            self._wake = self.loop.call_later(FEED_DELAY_S, self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._wake = None
         self.ready.set()
 
     def end(self) -> None:
         """The daemon stops: the stream ends."""
         self.dropped = True
         self.ready.set()
+        if self._wake is not None:
+            self._wake.cancel()
 
     async def pump(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         """Write the events as they come, a comment when none come for KEEPALIVE_S, until dropped or ended."""
@@ -363,6 +376,7 @@ class Dashboard:
         except ConnectionError:
             pass  # the client went away, or fell behind (Stream.drop)
         finally:
+            stream.end()
             self.bus.unsubscribe(stream)
             self.streams.discard(stream)
         return response

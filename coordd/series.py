@@ -43,34 +43,48 @@ def cell_middle(index: int) -> float:
 
 
 class Series:
+    """The ring: bucket `second % SIZE` holds `second`. Buckets are emptied as the clock passes them (in
+    `_advance`, once a second), so a read is a few list slices; a bucket's percentiles are computed once,
+    when its second is over, and its histogram then dropped."""
+
     def __init__(self) -> None:
-        self.second = [-1] * SIZE  # the unix second each bucket holds now
+        self.current = int(time.time())  # the latest second: the buckets hold the SIZE seconds up to it
         self.accepted = [0] * SIZE
         self.delivered = [0] * SIZE
         self.failed = [0] * SIZE
-        self.latency: list[dict[int, int] | None] = [None] * SIZE  # histogram cell: count
+        self.latency: list[dict[int, int] | None] = [None] * SIZE  # histogram cell: count, until summarized
+        self.p50: list[float | None] = [None] * SIZE  # ms, once the bucket's second is over
+        self.p99: list[float | None] = [None] * SIZE
+        self.open: list[int] = []  # buckets with a histogram not summarized yet
 
-    def _bucket(self, at: float) -> int:
-        """The index of the bucket of second `at`, emptied first if it held an older second."""
-        second = int(at)
-        i = second % SIZE
-        if self.second[i] != second:
-            self.second[i] = second
-            self.accepted[i] = self.delivered[i] = self.failed[i] = 0
-            self.latency[i] = None
-        return i
+    def _advance(self, second: int) -> None:
+        """The clock reached `second`: empty the buckets of the seconds passed, which the ring reuses for them.
+        A clock that stepped back rewinds, and the seconds it comes to again are emptied again then."""
+        if second > self.current:
+            for passed in range(max(self.current + 1, second - SIZE + 1), second + 1):
+                i = passed % SIZE
+                self.accepted[i] = self.delivered[i] = self.failed[i] = 0
+                self.latency[i] = self.p50[i] = self.p99[i] = None
+        self.current = second
 
     # Fed by the observer (coordd.observer.Observer), as the hooks report outcomes.
 
     def on_accepted(self, count: int, at: float) -> None:
-        self.accepted[self._bucket(at)] += count
+        second = int(at)
+        if second != self.current:
+            self._advance(second)
+        self.accepted[second % SIZE] += count
 
     def on_delivered(self, recs: list[Record], finished: float) -> None:
-        i = self._bucket(finished)
+        second = int(finished)
+        if second != self.current:
+            self._advance(second)
+        i = second % SIZE
         self.delivered[i] += len(recs)
         hist = self.latency[i]
         if hist is None:
             hist = self.latency[i] = {}
+            self.open.append(i)
         get, frexp = hist.get, _frexp
         for rec in recs:
             mantissa, exponent = frexp((finished - rec.created) * SCALE)  # cell(), inlined: this is per message
@@ -80,40 +94,37 @@ class Series:
             hist[c] = get(c, 0) + 1
 
     def on_failed(self, at: float) -> None:
-        self.failed[self._bucket(at)] += 1
+        second = int(at)
+        if second != self.current:
+            self._advance(second)
+        self.failed[second % SIZE] += 1
 
     def read(self, now: float | None = None) -> dict:
         """The last SIZE seconds up to `now`, oldest first, as GET /api/series answers (docs/dashboard.md)."""
-        end = int(time.time() if now is None else now)
-        start = end - SIZE + 1
-        accepted: list[int] = []
-        delivered: list[int] = []
-        failed: list[int] = []
-        p50: list[float | None] = []
-        p99: list[float | None] = []
-        for second in range(start, end + 1):
-            i = second % SIZE
-            if self.second[i] != second:
-                accepted.append(0)
-                delivered.append(0)
-                failed.append(0)
-                p50.append(None)
-                p99.append(None)
-                continue
-            accepted.append(self.accepted[i])
-            delivered.append(self.delivered[i])
-            failed.append(self.failed[i])
-            low, high = percentiles(self.latency[i])
-            p50.append(low)
-            p99.append(high)
+        self._advance(int(time.time() if now is None else now))
+        i = self.current % SIZE
+        still_open = []
+        for j in self.open:  # summarize the seconds that are over
+            if j == i:
+                still_open.append(j)
+            else:
+                self.p50[j], self.p99[j] = percentiles(self.latency[j])
+                self.latency[j] = None
+        self.open = still_open
+        p50, p99 = list(self.p50), list(self.p99)
+        p50[i], p99[i] = percentiles(self.latency[i])  # the second going on: so far
+
+        def oldest_first(values: list) -> list:
+            return values[i + 1 :] + values[: i + 1]
+
         return {
-            "start": start,
+            "start": self.current - SIZE + 1,
             "step": 1,
-            "accepted": accepted,
-            "delivered": delivered,
-            "failed": failed,
-            "latency_p50_ms": p50,
-            "latency_p99_ms": p99,
+            "accepted": oldest_first(self.accepted),
+            "delivered": oldest_first(self.delivered),
+            "failed": oldest_first(self.failed),
+            "latency_p50_ms": oldest_first(p50),
+            "latency_p99_ms": oldest_first(p99),
         }
 
 

@@ -127,6 +127,13 @@ def test_a_message_sent_with_coordctl_shows_in_the_feed_within_a_second_as_text(
     assert accepted and body in accepted[0] and "Agent-1 → Agent-2" in accepted[0]  # the markup shown as text
     assert js(driver, "return document.querySelectorAll('#feed img, #feed b').length") == 0
     assert js(driver, "return window.notReloaded") is True
+    # /api/series, drawn each second: the delivered line rises off its baseline at the delivery's second.
+    rises = (
+        "const d = document.querySelector('#chart-rate path.delivered').getAttribute('d') || '';"
+        "const ys = [...d.matchAll(/[ML][\\d.]+,([\\d.]+)/g)].map(m => +m[1]);"
+        "return ys.length > 1 && Math.min(...ys) < Math.max(...ys)"
+    )
+    wait_until(lambda: js(driver, rises), 5, "the delivery in the rate chart")
     assert console_errors(driver) == []
 
 

@@ -763,7 +763,7 @@ async function openMessage(id) {
         el("button", { type: "button", class: "link", onclick: () => openMessage(t.id) }, `#${t.id}`),
         el("span", { class: "route" }, ` ${t.sender ?? "—"} → ${t.to} `),
         statusBadge(t.status),
-        el("span", { class: "text" }, ` ${t.subject ?? firstLine(t.body, 90)}`),
+        el("span", { class: "text" }, ` ${firstLine(t.body, 90)}`), // replies repeat the subject: the body tells them apart
       ),
     ),
   );
