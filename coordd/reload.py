@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
 
 import msgspec
 
@@ -38,6 +39,13 @@ from coordd.transports import Transport
 from coordd.transports.factory import make_transport
 
 log = logging.getLogger("coordd.reload")
+
+
+class Served(Protocol):
+    """Where the directory says an agent of another node is (coordd.cluster.directory.Entry)."""
+
+    node: str
+    groups: list[str]
 
 
 def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
@@ -80,13 +88,17 @@ class Reloader:
         self.file_config = handlers.config
         self.remote_agents: list[c.RemoteAgent] = []
 
-    def local_agents(self) -> list[str]:
-        """The agents the config file names (in a cluster, those this node registers in the directory)."""
-        return [a.id for a in self.file_config.agents]
+    def local_agents(self) -> dict[str, list[str]]:
+        """The agents the config file names, with their groups (in a cluster, what this node registers)."""
+        return {a.id: a.groups for a in self.file_config.agents}
 
-    def cluster_changed(self, remote: dict[str, str], refused: dict[str, str]) -> None:
-        """The directory knows these agents served by other nodes (agent -> node); `refused` are the file's."""
-        self.remote_agents = [c.RemoteAgent(id=a, node=n, refused=a in refused) for a, n in sorted(remote.items())]
+    def cluster_changed(self, remote: Mapping[str, Served], refused: Collection[str]) -> None:
+        """The directory knows these agents served by other nodes (agent -> its node and groups); `refused` are
+        the file's that another node holds."""
+        self.remote_agents = [
+            c.RemoteAgent(id=a, node=e.node, groups=list(e.groups), refused=a in refused)
+            for a, e in sorted(remote.items())
+        ]
         self.spawn(self._apply_cluster(), "cluster-agents")
 
     async def _apply_cluster(self) -> None:

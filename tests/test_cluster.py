@@ -27,8 +27,10 @@ def two_nodes(make_daemon, nats_server, tmp_path):
         "delivery": {"unhealthy_recheck_ms": 50, "unhealthy_recheck_max_ms": 200, "backoff_initial_ms": 50},
         "retention": {"inbox_max_files": 0},  # the fault tests count every file
     }
-    a = make_daemon([{"id": "A-1"}, {"id": "A-2"}], sub="a", cluster=cluster(nats_server.url, "alpha"), **keys)
-    b = make_daemon([{"id": "B-1"}, {"id": "B-2"}], sub="b", cluster=cluster(nats_server.url, "beta"), **keys)
+    alpha = [{"id": "A-1"}, {"id": "A-2", "groups": ["reviewers"]}]
+    beta = [{"id": "B-1"}, {"id": "B-2", "groups": ["reviewers"]}]
+    a = make_daemon(alpha, sub="a", cluster=cluster(nats_server.url, "alpha"), **keys)
+    b = make_daemon(beta, sub="b", cluster=cluster(nats_server.url, "beta"), **keys)
     for node, other in ((a, "B-1"), (b, "A-1")):
         with node.client() as c:
             wait_until(lambda: other in {x.id for x in c.agents()}, 10, f"the directory to show {other}")
@@ -121,6 +123,23 @@ def test_messages_between_nodes_arrive_in_order_exactly_once_both_ways(two_nodes
     assert inbox_bodies(b.inbox("B-1")) == [f"a{i}" for i in range(n)] + ["last"]
     assert inbox_bodies(a.inbox("A-2")) == [f"b{i}" for i in range(50)] + ["last"]
     assert not list(a.inbox("A-1").glob("*.md")) and not list(b.inbox("B-2").glob("*.md"))
+
+
+def test_a_broadcast_reaches_every_nodes_agents_and_groups_span_the_nodes(two_nodes):
+    a, b = two_nodes
+    with a.client() as c:
+        wait_until(lambda: {x.id: x.groups for x in c.agents()}.get("B-2") == ["reviewers"], 10, "B-2's groups")
+        everyone = c.broadcast("all hands", sender="A-1")
+        reviewers = c.broadcast("reviewers only", group="reviewers", sender="A-1")
+        picked = [c.send("@reviewers", f"review {i}", sender="A-1") for i in range(2)]  # round-robin: one each
+        assert len(everyone) == 3 and len(reviewers) == 2
+        for message_id in everyone + reviewers + picked:
+            wait_until(lambda: c.get(message_id).message.status == "delivered", 10, f"{message_id} delivered")
+    assert inbox_bodies(b.inbox("B-1")) == ["all hands"]
+    assert inbox_bodies(b.inbox("B-2"))[:2] == ["all hands", "reviewers only"]
+    assert inbox_bodies(a.inbox("A-2"))[:2] == ["all hands", "reviewers only"]
+    assert sorted(inbox_bodies(b.inbox("B-2"))[2:] + inbox_bodies(a.inbox("A-2"))[2:]) == ["review 0", "review 1"]
+    assert not list(a.inbox("A-1").glob("*.md"))  # the sender gets no copy
 
 
 def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, nats_server):
