@@ -174,7 +174,10 @@ def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, n
 
 
 def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
+    from test_watch import Collector
+
     a, b = two_nodes
+    watcher = Collector(a.socket)  # `watch` at the sender shows the remote outcome and receipts
     with a.client() as ca, b.client() as cb:
         message_id = ca.send("B-1", "read me", sender="A-1", wait=True)
         assert ca.get(message_id).message.read_at is None
@@ -184,6 +187,12 @@ def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
         assert ca.get(message_id).message.acked_at is None
         cb.ack("B-1", [got.id])
         wait_until(lambda: ca.get(message_id).message.acked_at is not None, 10, "the acked receipt at alpha")
+    try:
+        wanted = ["accepted", "delivered", "read", "acked"]
+        seen = lambda: [e.event for e in watcher.events() if e.id == message_id and e.event in wanted]  # noqa: E731
+        wait_until(lambda: seen() == wanted, 10, "the watch events at alpha")
+    finally:
+        watcher.stop()
 
     def send_and_wait_for_the_ack() -> int:
         with a.client() as c:
