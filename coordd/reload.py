@@ -46,10 +46,14 @@ class Served(Protocol):
 
     node: str
     groups: list[str]
+    health: str | None
 
 
 def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
-    """What an agent's transport is built from: its own keys but groups, and for a gui agent [gui]."""
+    """What an agent's transport is built from: its own keys but groups (and another node's agent's health), and
+    for a gui agent [gui]."""
+    if isinstance(agent, c.RemoteAgent):
+        return msgspec.structs.replace(agent, groups=[], health=None), None
     return msgspec.structs.replace(agent, groups=[]), config.gui if isinstance(agent, c.GuiAgent) else None
 
 
@@ -96,7 +100,7 @@ class Reloader:
         """The directory knows these agents served by other nodes (agent -> its node and groups); `refused` are
         the file's that another node holds."""
         self.remote_agents = [
-            c.RemoteAgent(id=a, node=e.node, groups=list(e.groups), refused=a in refused)
+            c.RemoteAgent(id=a, node=e.node, groups=list(e.groups), refused=a in refused, health=e.health)
             for a, e in sorted(remote.items())
         ]
         self.spawn(self._apply_cluster(), "cluster-agents")

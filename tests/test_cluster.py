@@ -409,3 +409,22 @@ def test_a_node_restarted_while_nats_is_away_still_knows_the_other_nodes_agents(
         assert b1.node == "beta"
     nats_server.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(5)])
+
+
+def test_every_node_shows_an_agent_down_on_its_own_node(make_daemon, nats_server, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    a = make_daemon([{"id": "A-1"}], sub="a", cluster=cluster(nats_server.url, "alpha"))
+    gone = {"id": "B-tmux", "transport": "tmux", "target": "nosuch:0.0", "socket_name": "coordd-cluster-none"}
+    b = make_daemon([{"id": "B-1"}, gone], sub="b", cluster=cluster(nats_server.url, "beta"))
+    with b.client() as c:
+        c.send("B-tmux", "to a pane that is not there")
+        wait_until(lambda: any(x.id == "B-tmux" and not x.healthy for x in c.agents()), 10, "B-tmux down at beta")
+    with a.client() as c:
+
+        def shown():
+            return next((x for x in c.agents() if x.id == "B-tmux" and not x.healthy), None)
+
+        down = wait_until(shown, 10, "alpha to show B-tmux down")
+        assert down.node == "beta" and down.reason.startswith("on node beta: ")
+        assert next(x for x in c.agents() if x.id == "B-1").healthy

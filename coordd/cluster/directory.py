@@ -43,6 +43,11 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Entry).decode
 
 
+def _shown(remote: dict[str, Entry]) -> dict[str, tuple]:
+    """What the served config shows of the agents served elsewhere: node, groups, health (not `updated`)."""
+    return {agent: (e.node, tuple(e.groups), e.health) for agent, e in remote.items()}
+
+
 class Directory:
     def __init__(
         self,
@@ -151,7 +156,7 @@ class Directory:
                 refused[agent],
                 refused[agent],
             )
-        before = self.remote()
+        before = _shown(self.remote())
         saves, forgets = [], []
         for agent, e in entries.items():
             if e.node != self.me and agent not in local:
@@ -167,5 +172,5 @@ class Directory:
             self.store.write(ops, deferred=True)
         self.refused = refused
         after = self.remote()
-        if after != before:
+        if _shown(after) != before:  # not at each heartbeat: only when what the served config shows changes
             self.changed(after, refused)
