@@ -352,14 +352,14 @@ def test_per_node_credentials_keep_each_node_to_its_own_subjects(make_daemon, tm
             )
         )
         assert spying[0] and spying[1], spying  # refused JetStream requests go unanswered; refused subscriptions
-        log = server.logtext()  # are only logged (and reported to the error callback): the server says each
+        # are only logged (and reported to the error callback): the server says each, as it gets to it
         for refused in (
             'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.coordd-in-beta"',
             'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.spy"',
             'Subscription Violation - User "alpha", Subject "coordd.node.beta.in"',
             'Subscription Violation - User "alpha", Subject "_INBOX_beta.>"',
         ):
-            assert refused in log
+            wait_until(lambda: refused in server.logtext(), 10, f"the server to log: {refused}")
     finally:
         server.kill()
 
