@@ -179,6 +179,7 @@ class RemoteAgent(_Agent, tag="remote"):
 
     node: str
     refused: bool = False  # configured here too, but `node` held it first: this node refuses its own
+    health: str | None = None  # why it is down on its node, as its node's last heartbeat said; None: healthy
 
 
 Agent = InboxAgent | GuiAgent | TmuxAgent | DiscardAgent | PullAgent | RemoteAgent

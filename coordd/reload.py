@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
 
 import msgspec
 
@@ -40,8 +41,19 @@ from coordd.transports.factory import make_transport
 log = logging.getLogger("coordd.reload")
 
 
+class Served(Protocol):
+    """Where the directory says an agent of another node is (coordd.cluster.directory.Entry)."""
+
+    node: str
+    groups: list[str]
+    health: str | None
+
+
 def _transport_key(agent: c.Agent, config: c.Config) -> tuple:
-    """What an agent's transport is built from: its own keys but groups, and for a gui agent [gui]."""
+    """What an agent's transport is built from: its own keys but groups (and another node's agent's health), and
+    for a gui agent [gui]."""
+    if isinstance(agent, c.RemoteAgent):
+        return msgspec.structs.replace(agent, groups=[], health=None), None
     return msgspec.structs.replace(agent, groups=[]), config.gui if isinstance(agent, c.GuiAgent) else None
 
 
@@ -80,13 +92,17 @@ class Reloader:
         self.file_config = handlers.config
         self.remote_agents: list[c.RemoteAgent] = []
 
-    def local_agents(self) -> list[str]:
-        """The agents the config file names (in a cluster, those this node registers in the directory)."""
-        return [a.id for a in self.file_config.agents]
+    def local_agents(self) -> dict[str, list[str]]:
+        """The agents the config file names, with their groups (in a cluster, what this node registers)."""
+        return {a.id: a.groups for a in self.file_config.agents}
 
-    def cluster_changed(self, remote: dict[str, str], refused: dict[str, str]) -> None:
-        """The directory knows these agents served by other nodes (agent -> node); `refused` are the file's."""
-        self.remote_agents = [c.RemoteAgent(id=a, node=n, refused=a in refused) for a, n in sorted(remote.items())]
+    def cluster_changed(self, remote: Mapping[str, Served], refused: Collection[str]) -> None:
+        """The directory knows these agents served by other nodes (agent -> its node and groups); `refused` are
+        the file's that another node holds."""
+        self.remote_agents = [
+            c.RemoteAgent(id=a, node=e.node, groups=list(e.groups), refused=a in refused, health=e.health)
+            for a, e in sorted(remote.items())
+        ]
         self.spawn(self._apply_cluster(), "cluster-agents")
 
     async def _apply_cluster(self) -> None:

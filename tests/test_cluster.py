@@ -27,8 +27,10 @@ def two_nodes(make_daemon, nats_server, tmp_path):
         "delivery": {"unhealthy_recheck_ms": 50, "unhealthy_recheck_max_ms": 200, "backoff_initial_ms": 50},
         "retention": {"inbox_max_files": 0},  # the fault tests count every file
     }
-    a = make_daemon([{"id": "A-1"}, {"id": "A-2"}], sub="a", cluster=cluster(nats_server.url, "alpha"), **keys)
-    b = make_daemon([{"id": "B-1"}, {"id": "B-2"}], sub="b", cluster=cluster(nats_server.url, "beta"), **keys)
+    alpha = [{"id": "A-1"}, {"id": "A-2", "groups": ["reviewers"]}]
+    beta = [{"id": "B-1"}, {"id": "B-2", "groups": ["reviewers"]}]
+    a = make_daemon(alpha, sub="a", cluster=cluster(nats_server.url, "alpha"), **keys)
+    b = make_daemon(beta, sub="b", cluster=cluster(nats_server.url, "beta"), **keys)
     for node, other in ((a, "B-1"), (b, "A-1")):
         with node.client() as c:
             wait_until(lambda: other in {x.id for x in c.agents()}, 10, f"the directory to show {other}")
@@ -123,6 +125,23 @@ def test_messages_between_nodes_arrive_in_order_exactly_once_both_ways(two_nodes
     assert not list(a.inbox("A-1").glob("*.md")) and not list(b.inbox("B-2").glob("*.md"))
 
 
+def test_a_broadcast_reaches_every_nodes_agents_and_groups_span_the_nodes(two_nodes):
+    a, b = two_nodes
+    with a.client() as c:
+        wait_until(lambda: {x.id: x.groups for x in c.agents()}.get("B-2") == ["reviewers"], 10, "B-2's groups")
+        everyone = c.broadcast("all hands", sender="A-1")
+        reviewers = c.broadcast("reviewers only", group="reviewers", sender="A-1")
+        picked = [c.send("@reviewers", f"review {i}", sender="A-1") for i in range(2)]  # round-robin: one each
+        assert len(everyone) == 3 and len(reviewers) == 2
+        for message_id in everyone + reviewers + picked:
+            wait_until(lambda: c.get(message_id).message.status == "delivered", 10, f"{message_id} delivered")
+    assert inbox_bodies(b.inbox("B-1")) == ["all hands"]
+    assert inbox_bodies(b.inbox("B-2"))[:2] == ["all hands", "reviewers only"]
+    assert inbox_bodies(a.inbox("A-2"))[:2] == ["all hands", "reviewers only"]
+    assert sorted(inbox_bodies(b.inbox("B-2"))[2:] + inbox_bodies(a.inbox("A-2"))[2:]) == ["review 0", "review 1"]
+    assert not list(a.inbox("A-1").glob("*.md"))  # the sender gets no copy
+
+
 def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, nats_server):
     """Past the duplicate window (or on a redelivery) JetStream hands the same message over again: the receiver
     finds it by its origin and only acks it."""
@@ -155,7 +174,10 @@ def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, n
 
 
 def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
+    from test_watch import Collector
+
     a, b = two_nodes
+    watcher = Collector(a.socket)  # `watch` at the sender shows the remote outcome and receipts
     with a.client() as ca, b.client() as cb:
         message_id = ca.send("B-1", "read me", sender="A-1", wait=True)
         assert ca.get(message_id).message.read_at is None
@@ -165,6 +187,12 @@ def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
         assert ca.get(message_id).message.acked_at is None
         cb.ack("B-1", [got.id])
         wait_until(lambda: ca.get(message_id).message.acked_at is not None, 10, "the acked receipt at alpha")
+    try:
+        wanted = ["accepted", "delivered", "read", "acked"]
+        seen = lambda: [e.event for e in watcher.events() if e.id == message_id and e.event in wanted]  # noqa: E731
+        wait_until(lambda: seen() == wanted, 10, "the watch events at alpha")
+    finally:
+        watcher.stop()
 
     def send_and_wait_for_the_ack() -> int:
         with a.client() as c:
@@ -324,14 +352,14 @@ def test_per_node_credentials_keep_each_node_to_its_own_subjects(make_daemon, tm
             )
         )
         assert spying[0] and spying[1], spying  # refused JetStream requests go unanswered; refused subscriptions
-        log = server.logtext()  # are only logged (and reported to the error callback): the server says each
+        # are only logged (and reported to the error callback): the server says each, as it gets to it
         for refused in (
             'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.coordd-in-beta"',
             'Publish Violation - User "alpha", Subject "$JS.API.CONSUMER.INFO.COORDD.spy"',
             'Subscription Violation - User "alpha", Subject "coordd.node.beta.in"',
             'Subscription Violation - User "alpha", Subject "_INBOX_beta.>"',
         ):
-            assert refused in log
+            wait_until(lambda: refused in server.logtext(), 10, f"the server to log: {refused}")
     finally:
         server.kill()
 
@@ -381,3 +409,22 @@ def test_a_node_restarted_while_nats_is_away_still_knows_the_other_nodes_agents(
         assert b1.node == "beta"
     nats_server.start()
     all_delivered_in_order(a, b, ids, [f"m{i}" for i in range(5)])
+
+
+def test_every_node_shows_an_agent_down_on_its_own_node(make_daemon, nats_server, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    a = make_daemon([{"id": "A-1"}], sub="a", cluster=cluster(nats_server.url, "alpha"))
+    gone = {"id": "B-tmux", "transport": "tmux", "target": "nosuch:0.0", "socket_name": "coordd-cluster-none"}
+    b = make_daemon([{"id": "B-1"}, gone], sub="b", cluster=cluster(nats_server.url, "beta"))
+    with b.client() as c:
+        c.send("B-tmux", "to a pane that is not there")
+        wait_until(lambda: any(x.id == "B-tmux" and not x.healthy for x in c.agents()), 10, "B-tmux down at beta")
+    with a.client() as c:
+
+        def shown():
+            return next((x for x in c.agents() if x.id == "B-tmux" and not x.healthy), None)
+
+        down = wait_until(shown, 10, "alpha to show B-tmux down")
+        assert down.node == "beta" and down.reason.startswith("on node beta: ")
+        assert next(x for x in c.agents() if x.id == "B-1").healthy

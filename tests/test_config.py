@@ -66,6 +66,13 @@ def test_embedded_default_is_eight_inbox_agents(monkeypatch, tmp_path):
             "agents[0].newline_key",
         ),
         ("[[agents]]\nid = 'A'\ntransport = 'gui'\nx = 1\ny = 2\nsubmit_key = \"enter\\n\"\n", "submit_key"),
+        # [cluster]: a node name is one NATS subject token; credentials and TLS keys go in pairs
+        ("[cluster]\nnode = 'a.b'\n[[agents]]\nid = 'A'\n", "cluster.node"),
+        ("[cluster]\nnats = 'localhost:4222'\n[[agents]]\nid = 'A'\n", "cluster.nats"),
+        ("[cluster]\nuser = 'u'\n[[agents]]\nid = 'A'\n", "`password`"),
+        ("[cluster]\nreplicas = 7\n[[agents]]\nid = 'A'\n", "cluster.replicas"),
+        ("[cluster]\ncreds = '/nonexistent.creds'\n[[agents]]\nid = 'A'\n", "cluster.creds"),
+        ("[[agents]]\nid = 'A'\ntransport = 'remote'\nnode = 'n'\n", "configure the agent on its own node"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, key):

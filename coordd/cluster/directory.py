@@ -36,10 +36,16 @@ class Entry(msgspec.Struct):
     node: str
     health: str | None = None  # None: healthy, else why not
     updated: float = 0.0  # the node's clock at its last heartbeat
+    groups: list[str] = []  # the groups it joins there: `broadcast --group` and "@GROUP" reach it from every node
 
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Entry).decode
+
+
+def _shown(remote: dict[str, Entry]) -> dict[str, tuple]:
+    """What the served config shows of the agents served elsewhere: node, groups, health (not `updated`)."""
+    return {agent: (e.node, tuple(e.groups), e.health) for agent, e in remote.items()}
 
 
 class Directory:
@@ -48,27 +54,28 @@ class Directory:
         config: Cluster,
         link: Link,
         store: Store,
-        local: Callable[[], list[str]],
+        local: Callable[[], dict[str, list[str]]],
         health: Callable[[str], str | None],
-        changed: Callable[[dict[str, str], dict[str, str]], None],
+        changed: Callable[[dict[str, Entry], dict[str, str]], None],
     ) -> None:
         self.config = config
         self.me = config.node
         self.link = link
         self.store = store  # keeps what was seen, for a start while NATS is away
-        self.local = local  # this node's configured agents
+        self.local = local  # this node's configured agents -> their groups
         self.health = health  # an agent's health here: None, or why it is down
-        self.changed = changed  # changed(remote agent -> node, refused agent -> node), when either changes
+        self.changed = changed  # changed(remote agent -> its entry, refused agent -> node), when either changes
         self.seen: dict[str, Entry] = {}  # every agent of another node ever seen (kept when its key expires)
         self.refused: dict[str, str] = {}  # this node's agents that another live node holds -> that node
+        self.held: dict[str, Entry] = {}  # the entries of those, as the holder wrote them
         self.beat = asyncio.Event()  # set to refresh at once (a reload changed the agents)
 
     def live(self, entry: Entry, now: float) -> bool:
         return now - entry.updated < LIVE_BEATS * self.config.heartbeat_s
 
-    def remote(self) -> dict[str, str]:
-        """Every agent served elsewhere -> its node: those of other nodes, and this node's refused ones."""
-        return {agent: e.node for agent, e in self.seen.items()} | self.refused
+    def remote(self) -> dict[str, Entry]:
+        """Every agent served elsewhere -> its entry: those of other nodes, and this node's refused ones."""
+        return self.seen | self.held
 
     def nodes(self) -> list[p.NodeSeen]:
         now, by_node = time.time(), dict[str, p.NodeSeen]()
@@ -125,14 +132,15 @@ class Directory:
     async def _heartbeat(self, kv: KeyValue) -> None:
         entries = await self._read(kv)
         now = time.time()
-        local = set(self.local())
+        local = self.local()
         refused: dict[str, str] = {}
-        for agent in local:
+        self.held = {}
+        for agent, groups in local.items():
             held = entries.get(agent)
             if held is not None and held.node != self.me and self.live(held, now):
-                refused[agent] = held.node
+                refused[agent], self.held[agent] = held.node, held
                 continue
-            value = _encode(Entry(node=self.me, health=self.health(agent), updated=now))
+            value = _encode(Entry(node=self.me, health=self.health(agent), updated=now, groups=groups))
             if held is None:
                 try:
                     await kv.create(agent, value)
@@ -148,7 +156,7 @@ class Directory:
                 refused[agent],
                 refused[agent],
             )
-        before = self.remote()
+        before = _shown(self.remote())
         saves, forgets = [], []
         for agent, e in entries.items():
             if e.node != self.me and agent not in local:
@@ -164,5 +172,5 @@ class Directory:
             self.store.write(ops, deferred=True)
         self.refused = refused
         after = self.remote()
-        if after != before:
+        if _shown(after) != before:  # not at each heartbeat: only when what the served config shows changes
             self.changed(after, refused)

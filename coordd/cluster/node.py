@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from coordctl import protocol as p
 from coordd.cluster import forwarding
-from coordd.cluster.directory import Directory
+from coordd.cluster.directory import Directory, Entry
 from coordd.cluster.forwarding import ForwardTransport, Inbound, Outbox, ReceiptHooks, Receipts
 from coordd.cluster.link import Link
 from coordd.config import Cluster as ClusterConfig
@@ -45,11 +45,12 @@ class Cluster:
         spawn: Callable[..., asyncio.Task],
         delivery: Delivery,
         hooks: Hooks,
-        local: Callable[[], list[str]],
-        changed: Callable[[dict[str, str], dict[str, str]], None],
+        local: Callable[[], dict[str, list[str]]],
+        changed: Callable[[dict[str, Entry], dict[str, str]], None],
     ) -> list[asyncio.Task]:
-        """Run the cluster's tasks. local: this node's configured agents; changed(remote, refused): the directory
-        learned agents served elsewhere (agent -> node), some of them this node's own, refused."""
+        """Run the cluster's tasks. local: this node's configured agents (-> their groups); changed(remote,
+        refused): the directory learned agents served elsewhere (agent -> its entry: node, groups), some of them
+        this node's own, refused (agent -> node)."""
         self.delivery = delivery
         self.directory = Directory(self.config, self.link, self.store, local, delivery.unreachable, changed)
         self.link.reconnects.append(lambda: forwarding.wake_forwarders(delivery))
