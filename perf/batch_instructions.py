@@ -26,9 +26,9 @@ import bench  # (perf/bench.py: the agents, and stopping a process by pid)
 
 N = 1000
 FUNCTIONS = {  # callgrind_annotate's inclusive counts of these C functions
-    "executemany": "pysqlite_connection_executemany ",
-    "other SQL": "pysqlite_connection_execute ",
-    "decode": "Decoder_decode ",
+    "executemany": "pysqlite_connection_executemany",
+    "other SQL": "pysqlite_connection_execute",
+    "decode": "Decoder_decode",
 }
 
 DAEMON_LOAD = r"""
@@ -72,7 +72,7 @@ def counts(out: str) -> dict[str, int]:
     total = int(re.search(r"^\s*([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text, re.M)[1].replace(",", ""))
     found = {"total": total}
     for name, fn in FUNCTIONS.items():
-        m = re.search(rf"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*:{re.escape(fn)}", text, re.M)
+        m = re.search(rf"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*:{re.escape(fn)}(?:\s|$)", text, re.M)
         found[name] = int(m[1].replace(",", "")) if m else 0
     return found
 
@@ -119,6 +119,7 @@ def main() -> int:
         per = {}
         for name, run in (("coordd", daemon_run), ("floor", floor_run)):
             few, many = run(tmp, args.few), run(tmp, args.many)
+            print(f"{name}: {args.few} batches {few}, {args.many} batches {many}", file=sys.stderr)
             per[name] = {k: (many[k] - few[k]) / (args.many - args.few) for k in many}
     floor = per["floor"]["executemany"]
     print(f"instructions per batch of {N:,} (callgrind, {args.many} minus {args.few} batches), delivery held\n")
