@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -51,23 +51,33 @@ class Record(msgspec.Struct, gc=False):
     origin: str | None = None  # "<node>:<id>" of a message another node forwarded here (coordd.cluster)
 
     def row(self) -> tuple:
-        tags = msgspec.json.encode(self.tags).decode() if self.tags else None
-        return (
-            self.id,
-            self.agent,
-            self.sender,
-            self.priority,
-            self.kind,
-            tags,
-            self.key,
-            self.body,
-            self.created,
-            self.reply_to,
-            self.thread or self.id,
-            self.subject,
-            self.group,
-            self.resent_from,
+        """Its row of schema.INSERT_MESSAGE."""
+        return rows((self,))[0]
+
+
+def rows(records: Iterable[Record]) -> list[tuple]:
+    """The rows of schema.INSERT_MESSAGE for records, in one comprehension (a batch builds thousands). An empty
+    column is '' or 0, never None: see INSERT_MESSAGE."""
+    encode = msgspec.json.encode
+    return [
+        (
+            r.id,
+            r.agent,
+            r.sender or "",
+            r.priority,
+            r.kind or "",
+            encode(r.tags).decode() if r.tags else "",
+            r.key or "",
+            r.body,
+            r.created,
+            r.reply_to or 0,
+            r.thread or r.id,
+            r.subject or "",
+            r.group or "",
+            r.resent_from or 0,
         )
+        for r in records
+    ]
 
 
 class ConfigError(Exception):

@@ -119,9 +119,13 @@ MIGRATIONS = [
     """,
 ]
 
+# The columns a message may leave empty are bound as '' (text) or 0 (ids) and stored as NULL: Python's sqlite3
+# binds None through a failing adapter lookup, a quarter of the statement's cost (docs/architecture.md). None of
+# them is ever '' or 0 otherwise (validation refuses empty names; ids start at 1). The rows: model.rows.
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, agent, sender, priority, kind, tags, key, body, status, created, reply_to, thread,"
-    " subject, grp, resent_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+    " subject, grp, resent_from) VALUES (?, ?, NULLIF(?, ''), ?, NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, ''), ?,"
+    " 'queued', ?, NULLIF(?, 0), ?, NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, 0))"
 )
 # Index for search the rows with ids from ?1 to ?2 that are not indexed yet (the docsize table holds a row per
 # indexed message), in one statement: FTS5 writes out each statement's words as a segment of its own.

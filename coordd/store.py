@@ -27,7 +27,7 @@ import aiosqlite
 from coordctl import protocol as p
 from coordd import lockfile
 from coordd.checkpointer import Checkpointer
-from coordd.model import Histogram, Record, StorageError, StorageFull
+from coordd.model import Histogram, Record, StorageError, StorageFull, rows
 from coordd.reads import AckState, Reads
 from coordd.schema import (
     INDEX_MISSING,
@@ -233,7 +233,7 @@ class Store:
     def insert(self, records: list[Record], *, also: Write | None = None, deferred: bool = False) -> asyncio.Future:
         """Store new messages, and `also` (other writes) in the same transaction (a bounce with the failure it
         reports, their origin); the future resolves once they are committed. `deferred`: see Writer.write."""
-        ops: Write = [(INSERT_MESSAGE, [r.row() for r in records], True)]
+        ops: Write = [(INSERT_MESSAGE, rows(records), True)]
         fut = self.writer.write(ops + also if also else ops, deferred=deferred)  # also after: it may update them
         self.rows += len(records)
         if self.max_rows and self.rows > self.max_rows:
@@ -280,7 +280,7 @@ class Store:
         """Within exclusive(): store new messages in one transaction, `chunk` rows per turn of the event loop.
         All or nothing: StorageError (or StorageFull) and none is stored."""
         chunks = (  # each built in its turn; indexed in the same transaction, a chunk a statement
-            [(INSERT_MESSAGE, [r.row() for r in c], True), (INDEX_NEW, (c[0].id, c[-1].id), False)]
+            [(INSERT_MESSAGE, rows(c), True), (INDEX_NEW, (c[0].id, c[-1].id), False)]
             for c in (records[i : i + chunk] for i in range(0, len(records), chunk))
         )
         await self.writer.commit_in_turns(chunks)

@@ -1,4 +1,4 @@
-"""The batch path's shortcuts answer exactly as the per-message code they stand in for.
+"""The batch path's shortcuts answer exactly as the per-message code they stand in for, and store the same.
 
 A batch's messages are checked a field at a time over the whole chunk (validation.all_valid), and only a
 chunk that fails is checked message by message (check_message) to name the first bad one. The property: the
@@ -6,6 +6,8 @@ fast check passes a chunk exactly when every message of it passes check_message,
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,3 +66,41 @@ def passes(m: NewMessage, control_chars: str) -> bool:
 def test_the_chunk_check_passes_exactly_what_each_message_check_passes(msgs, control_chars):
     expected = all(passes(m, control_chars) for m in msgs)
     assert all_valid(msgs, AGENTS, control_chars, GROUPS) is expected
+
+
+def test_what_a_message_leaves_empty_is_stored_as_null(daemon):
+    """The rows bind '' and 0 for the empty columns (no None: see schema.INSERT_MESSAGE); they are stored NULL,
+    and a message that sets them keeps their values."""
+    columns = "sender, kind, tags, key, reply_to, subject, grp, resent_from"
+    with daemon.client() as c:
+        first = c.send("Agent-1", "nothing but a body")
+        plain, full = c.batch(
+            [
+                {"to": "Agent-2", "body": "plain"},
+                {
+                    "to": "Agent-3",
+                    "body": "everything",
+                    "sender": "Agent-1",
+                    "kind": "note",
+                    "tags": ["a", "b"],
+                    "key": "k1",
+                    "reply_to": first,
+                    "subject": "s",
+                },
+            ]
+        )
+        copy = c.resend(full)
+    db = sqlite3.connect(daemon.db)
+    stored = {i: db.execute(f"SELECT {columns} FROM messages WHERE id = ?", (i,)).fetchone() for i in (first, plain)}
+    assert stored == {first: (None,) * 8, plain: (None,) * 8}
+    assert db.execute(f"SELECT {columns} FROM messages WHERE id = ?", (full,)).fetchone() == (
+        "Agent-1",
+        "note",
+        '["a","b"]',
+        "k1",
+        first,
+        "s",
+        None,
+        None,
+    )
+    assert db.execute("SELECT key, resent_from FROM messages WHERE id = ?", (copy,)).fetchone() == (None, full)
