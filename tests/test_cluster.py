@@ -216,6 +216,24 @@ def test_a_message_that_failed_on_its_node_is_retried_there_by_a_retry_on_the_se
     wait_until(lambda: stored(b, counts) == [(3, 3, 3)], 10, "3 delivered at beta, each receipt taken")
 
 
+def test_a_retry_of_a_message_cancelled_on_its_node_fails_again_for_the_sender(two_nodes):
+    """The owning node cannot retry a message cancelled there: it says so with a failed receipt (no stall)."""
+    a, b = two_nodes
+    with b.client() as cb:
+        cb.pause("B-1")
+    with a.client() as ca, b.client() as cb:
+        message_id = ca.send("B-1", "held", sender="A-1")
+        wait_until(lambda: stored(b, "SELECT id FROM messages WHERE agent = 'B-1'"), 10, "the message at beta")
+        [(local,)] = stored(b, "SELECT id FROM messages WHERE agent = 'B-1'")
+        cb.cancel(local)
+        wait_until(lambda: ca.get(message_id).message.status == "failed", 10, "the cancel's failed receipt")
+        ca.retry(message_id)
+        wait_until(lambda: ca.get(message_id).message.status == "failed", 10, "the refused retry's failed receipt")
+        assert ca.get(message_id).message.error == "cancelled on its node"
+        assert ca.get(message_id).message.attempts == 2  # forwarded twice: the retry reached beta
+    assert stored(b, "SELECT status FROM messages WHERE agent = 'B-1'") == [("cancelled",)]
+
+
 def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):
     from test_watch import Collector
 
