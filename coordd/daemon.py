@@ -172,7 +172,9 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             inbox_pruner.start()
             background: list[asyncio.Task] = []
             if cluster is not None:
-                background += cluster.start(spawn, delivery, hooks, reloader.local_agents, reloader.cluster_changed)
+                background += cluster.start(
+                    spawn, delivery, hooks, reloader.local_agents, reloader.cluster_changed, retry_cancel.retry
+                )
             if notifier:
                 background.append(spawn(systemd.refresh_status(notifier, summary), "status"))
             if watchdog_period and notifier:

@@ -756,7 +756,9 @@ class Delivery:
         for message_id, _, _ in outcomes:
             self.unrecorded.add(message_id)
         waited_on = any(message_id in self.waiters for message_id, _, _ in outcomes)  # then commit now
-        if len(ops) == 2 and not forwards and not waited_on:  # all delivered: they join the outcomes waiting
+        # All delivered (not forwarded: those stay queued until their receipt): they join the outcomes waiting,
+        # if those are last.
+        if len(ops) == 2 and not waited_on and not forwards:
             fut = self._join_outcomes(attempts, delivered)
         elif bounce is None:
             fut = self.store.write(ops, deferred=not waited_on)

@@ -158,7 +158,10 @@ MARK_FORWARDED = "UPDATE messages SET forwarded = ?, attempts = ? WHERE id = ?"
 MARK_FAILED = "UPDATE messages SET status = 'failed', attempts = ?, error = ? WHERE id = ?"
 MARK_ATTEMPTED = "UPDATE messages SET attempts = ?, error = ? WHERE id = ?"
 MARK_CANCELLED = "UPDATE messages SET status = 'cancelled' WHERE id = ? AND status = 'queued'"
-MARK_REQUEUED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = ?"
+# A retry (coordd.retry_cancel): on the sender of a message forwarded to another node, forwarded again (a restart
+# publishes it again until JetStream has it); on the node a message was forwarded to, its outcome is owed again.
+REQUEUE = "UPDATE messages SET status = 'queued', error = NULL, forwarded = NULL, receipted = receipted & ~1"
+MARK_REQUEUED = f"{REQUEUE} WHERE id = ?"
 MARK_READ = "UPDATE messages SET read_at = ? WHERE id = ? AND read_at IS NULL"
 # Acknowledging implies having read: a message acked unread gets read_at too.
 MARK_ACKED = "UPDATE messages SET acked_at = ?1, read_at = coalesce(read_at, ?1) WHERE id = ?2 AND acked_at IS NULL"
@@ -208,7 +211,7 @@ FAILED_CHUNK = (
     f"SELECT {COLUMNS} FROM messages WHERE agent = ?1 AND status = 'failed' AND created >= ?2 AND id > ?3"
     " ORDER BY id LIMIT ?4"
 )
-MARK_REQUEUED_FAILED = "UPDATE messages SET status = 'queued', error = NULL WHERE id = ? AND status = 'failed'"
+MARK_REQUEUED_FAILED = f"{REQUEUE} WHERE id = ? AND status = 'failed'"
 COUNT_FAILED = "SELECT count(*) FROM messages WHERE agent = ? AND status = 'failed' AND created >= ?"
 
 # A write is a list of (sql, params, many): one statement, or executemany when many.

@@ -10,6 +10,7 @@ import pytest
 from conftest import inbox_bodies, read_inbox_file, wait_until
 from nats_harness import nats_server  # noqa: F401  (a fixture)
 from test_cli import cli
+from test_core import block_inbox, unblock_inbox
 
 HEARTBEAT = 0.2  # the directory's heartbeat in these tests: nodes learn each other's agents within a few
 
@@ -171,6 +172,66 @@ def test_a_copy_jetstream_did_not_drop_is_stored_and_delivered_once(two_nodes, n
     wait_until(lambda: inbox_bodies(b.inbox("B-2"))[-1:] == ["next"], 10, "the message after the copies")
     assert inbox_bodies(b.inbox("B-2")) == ["once", "next"]
     assert stored(b, "SELECT count(*) FROM messages WHERE origin = 'zeta:7'") == [(1,)]
+
+
+def test_a_message_that_failed_on_its_node_is_retried_there_by_a_retry_on_the_sender(two_nodes, nats_server):
+    """A retry on the sender goes to the owning node, which requeues the message (a retry of it coming again
+    changes nothing); the new outcome comes back as a receipt. Failing again there, it can be retried again."""
+    import asyncio
+
+    import nats
+
+    from coordd.cluster.forwarding import MSG_ID, ORIGIN, RETRY
+
+    a, b = two_nodes
+    block_inbox(b, "B-1")
+    with a.client() as c:
+        first, second = (c.send("B-1", body, sender="A-1") for body in ("first", "second"))
+        for message_id in (first, second):
+            wait_until(lambda: c.get(message_id).message.status == "failed", 10, f"{message_id} failed at beta")
+        c.retry(first)  # still blocked: it fails there again, and the sender hears
+        wait_until(lambda: c.get(first).message.status == "failed", 10, "the retry's failed receipt")
+        unblock_inbox(b, "B-1")
+        c.retry(first)
+        wait_until(lambda: c.get(first).message.status == "delivered", 10, "the retry's delivered receipt")
+        assert c.retry_many("B-1") == 1  # the bulk form: `second`
+        wait_until(lambda: c.get(second).message.status == "delivered", 10, "the bulk retry's receipt")
+        assert c.get(first).message.forwarded is not None
+
+    async def again() -> None:  # the last retry of `first` once more (a redelivery): found delivered, only acked
+        nc = await nats.connect(nats_server.url)
+        origin = f"alpha:{first}"
+        ack = await nc.jetstream().publish(
+            "coordd.node.beta.in", b"", headers={MSG_ID: f"{origin}+again", ORIGIN: origin, RETRY: "2"}
+        )
+        await nc.close()
+        assert not ack.duplicate
+
+    asyncio.run(again())
+    with a.client() as c:
+        c.send("B-1", "after", sender="A-1", wait=True)  # one subject, in order: the copy was taken before
+    assert inbox_bodies(b.inbox("B-1")) == ["first", "second", "after"]
+    rows = "FROM messages WHERE agent = 'B-1'"  # (beta also bounced each failure to A-1, on alpha)
+    counts = f"SELECT count(*), sum(status = 'delivered'), sum(receipted & 1) {rows}"  # (stored shortly after)
+    wait_until(lambda: stored(b, counts) == [(3, 3, 3)], 10, "3 delivered at beta, each receipt taken")
+
+
+def test_a_retry_of_a_message_cancelled_on_its_node_fails_again_for_the_sender(two_nodes):
+    """The owning node cannot retry a message cancelled there: it says so with a failed receipt (no stall)."""
+    a, b = two_nodes
+    with b.client() as cb:
+        cb.pause("B-1")
+    with a.client() as ca, b.client() as cb:
+        message_id = ca.send("B-1", "held", sender="A-1")
+        wait_until(lambda: stored(b, "SELECT id FROM messages WHERE agent = 'B-1'"), 10, "the message at beta")
+        [(local,)] = stored(b, "SELECT id FROM messages WHERE agent = 'B-1'")
+        cb.cancel(local)
+        wait_until(lambda: ca.get(message_id).message.status == "failed", 10, "the cancel's failed receipt")
+        ca.retry(message_id)
+        wait_until(lambda: ca.get(message_id).message.status == "failed", 10, "the refused retry's failed receipt")
+        assert ca.get(message_id).message.error == "cancelled on its node"
+        assert ca.get(message_id).message.attempts == 2  # forwarded twice: the retry reached beta
+    assert stored(b, "SELECT status FROM messages WHERE agent = 'B-1'") == [("cancelled",)]
 
 
 def test_read_and_acked_receipts_come_back_to_the_sender(two_nodes):

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
@@ -37,7 +37,7 @@ from coordd.cluster.link import Link, inbox_subject, receipts_subject
 from coordd.config import RemoteAgent
 from coordd.delivery import Delivery
 from coordd.hooks import Hooks, Receipted
-from coordd.model import Record, TransportDown
+from coordd.model import Record, Refused, TransportDown
 from coordd.store import Store
 from coordd.transports import Transport
 
@@ -45,6 +45,7 @@ log = logging.getLogger("coordd.cluster")
 
 MSG_ID = "Nats-Msg-Id"  # JetStream drops a message whose id it stored within the stream's duplicate window
 ORIGIN = "Coordd-Origin"  # "<node>:<id>": the receiver stores a message once per origin, whatever JetStream did
+RETRY = "Coordd-Retry"  # a retry of a message forwarded before: its generation (the sender's attempts so far)
 PUBACK_TIMEOUT_S = 5.0
 FETCH = 1024  # messages (or receipts) fetched at a time
 FETCH_WAIT_S = 1.0  # how long a fetch waits on the server for the first message
@@ -75,6 +76,7 @@ class Receipt(msgspec.Struct, array_like=True):
 _encode = msgspec.msgpack.Encoder().encode
 _decode_wire = msgspec.msgpack.Decoder(Wire).decode
 _decode_receipts = msgspec.msgpack.Decoder(list[Receipt]).decode
+Retry = Callable[[int], Awaitable[object]]  # RetryCancel.retry: a failed message stored here back to its queue
 RECEIPTS_PER_MSG = 512  # receipts for one node travel together, up to this many in one NATS message
 
 
@@ -112,6 +114,9 @@ class ForwardTransport(Transport):
                 )
                 origin = f"{self.prefix}{rec.id}"
                 headers = {MSG_ID: origin, ORIGIN: origin}
+                if rec.attempts:  # retried after its node failed it (a forward is an attempt): a new id, retried there
+                    headers[MSG_ID] = f"{origin}+{rec.attempts}"
+                    headers[RETRY] = str(rec.attempts)
                 acks.append(await js.publish_async(self.subject, _encode(wire), headers=headers))
         except Exception as e:  # the connection went away while publishing: those acked so far are forwarded
             raise TransportDown(f"forwarding to node {self.agent.node}: {e or type(e).__name__}") from None
@@ -221,17 +226,31 @@ class _Consumer:
 
 
 class Inbound(_Consumer):
-    """This node's subject: messages other nodes forwarded to its agents."""
+    """This node's subject: messages other nodes forwarded to its agents. A message stored here already comes
+    again as a retry (its sender retried it after it failed here): it is retried here, as a local retry."""
+
+    def __init__(
+        self, link: Link, store: Store, delivery: Delivery, hooks: Hooks, retry: Retry, outbox: Outbox
+    ) -> None:
+        super().__init__(link, store, delivery, hooks)
+        self.retry = retry
+        self.outbox = outbox
 
     async def take(self, msgs: list[Msg]) -> None:
         fresh: list[Record] = []
         origins: list[tuple[str, int]] = []
+        retried: list[tuple[str, int]] = []
         seen: set[str] = set()
         now = time.time()
         for msg in msgs:
-            origin = (msg.headers or {}).get(ORIGIN)
-            if origin is None or origin in seen or self.store.find_origin(origin) is not None:
-                continue  # stored already (JetStream delivered it again): acked below, once more
+            headers = msg.headers or {}
+            origin = headers.get(ORIGIN)
+            if origin is None or origin in seen:
+                continue
+            if (stored := self.store.find_origin(origin)) is not None:  # acked below, once more
+                if RETRY in headers:  # else JetStream delivered it again
+                    retried.append((origin, stored))
+                continue
             try:
                 w = _decode_wire(msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError) as e:
@@ -264,8 +283,28 @@ class Inbound(_Consumer):
             self.hooks.accepted(fresh)
             for rec in fresh:
                 self.delivery.enqueue(rec)
+        for origin, message_id in retried:
+            if not await self._retry(origin, message_id):
+                return  # not stored: not acked, so JetStream delivers it again
         for msg in msgs:  # only now: each is in the database (an ack lost here: delivered again, found stored)
             await msg.ack()
+
+    async def _retry(self, origin: str, message_id: int) -> bool:
+        """Requeue a message that failed here (a local retry: only a failed one, so the same retry coming again
+        changes nothing). One that cannot be (cancelled here, its agent gone) fails again for its sender, which
+        waits for an outcome. False: the database refused the write."""
+        try:
+            await self.retry(message_id)
+        except Refused as e:
+            if e.code in ("storage_full", "storage_error"):
+                log.error("could not retry message %d (%s) from another node: %s", message_id, origin, e)
+                return False
+            found = self.store.load_record(message_id)
+            status = found[1] if found is not None else None
+            if status not in ("queued", "delivered"):  # else retried already: its outcome goes back as it comes
+                error = "cancelled on its node" if status == "cancelled" else e.message
+                self.outbox.add(origin, "failed", time.time(), error)
+        return True
 
 
 class Outbox:
@@ -328,7 +367,9 @@ class Outbox:
             for i in range(0, len(receipts), RECEIPTS_PER_MSG):
                 run = receipts[i : i + RECEIPTS_PER_MSG]
                 first, last = run[0], run[-1]
+                # (with the last one's time: the outcome of a retry is a new receipt, not a copy of the last one)
                 msg_id = f"{self.link.config.node}>{node}:{first.id}.{first.point}-{last.id}.{last.point}:{len(run)}"
+                msg_id += f"@{last.at!r}"
                 acks.append(await js.publish_async(receipts_subject(node), _encode(run), headers={MSG_ID: msg_id}))
         await asyncio.wait_for(asyncio.gather(*acks), PUBACK_TIMEOUT_S)
 

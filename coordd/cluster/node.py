@@ -47,17 +47,18 @@ class Cluster:
         hooks: Hooks,
         local: Callable[[], dict[str, list[str]]],
         changed: Callable[[dict[str, Entry], dict[str, str]], None],
+        retry: forwarding.Retry,
     ) -> list[asyncio.Task]:
         """Run the cluster's tasks. local: this node's configured agents (-> their groups); changed(remote,
         refused): the directory learned agents served elsewhere (agent -> its entry: node, groups), some of them
-        this node's own, refused (agent -> node)."""
+        this node's own, refused (agent -> node); retry: a local retry (a message retried by the node it came from)."""
         self.delivery = delivery
         self.directory = Directory(self.config, self.link, self.store, local, delivery.unreachable, changed)
         self.link.reconnects.append(lambda: forwarding.wake_forwarders(delivery))
         parts = {
             "link": self.link.run(),
             "directory": self.directory.run(),
-            "inbound": Inbound(self.link, self.store, delivery, hooks).run(),
+            "inbound": Inbound(self.link, self.store, delivery, hooks, retry, self.outbox).run(),
             "receipts": Receipts(self.link, self.store, delivery, hooks).run(),
             "outbox": self.outbox.run(),
         }
