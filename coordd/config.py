@@ -4,8 +4,8 @@ Unknown keys and bad values are errors that name the key: msgspec's validation
 errors carry the path (``$.agents[2].inbox_dir``), which ConfigError keeps.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: msgspec would evaluate each string annotation when it builds the
+# config's decoder, 8 M instructions of the daemon's start (perf/README.md).
 import ipaddress
 import os
 import re

@@ -112,6 +112,20 @@ def test_exit_codes(daemon: Daemon, tmp_path):
     assert len(down.stderr.strip().splitlines()) == 1 and "coordd run" in down.stderr
 
 
+def test_send_builds_only_its_own_command(daemon):
+    """`coordctl send`, the command agents run most, does not build the other ~40 subcommands (coordctl.cli):
+    that was a third of its cost above `import click, msgspec` (perf/README.md). Any other command loads them."""
+    code = (
+        "import sys\nfrom coordctl.cli_base import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('coordctl.cli' in sys.modules)"
+    )
+    for args, loaded in ((["send", "Agent-1", "hi"], "False"), (["ping"], "True")):
+        out = subprocess.run(
+            [sys.executable, "-c", code, "--socket", daemon.socket, *args], capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.splitlines()[-1] == loaded and not out.stderr, (args, out.stdout, out.stderr)
+
+
 def test_cli_imports_stay_thin():
     code = (
         # The hook runs on every prompt of an agent: it stays as thin as the CLI. The mcp extra is `coordctl mcp`'s.

@@ -5,8 +5,8 @@ one. Key names are checked for shape here; whether pyautogui knows a key is
 checked once it is loaded (it needs a display), when the first delivery runs.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: msgspec would evaluate each string annotation when it builds the
+# config's decoder, 8 M instructions of the daemon's start (perf/README.md).
 import os
 import re
 from typing import Any, Literal
