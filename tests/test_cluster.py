@@ -106,7 +106,8 @@ def test_an_agent_id_claimed_by_a_live_node_is_refused_by_another_and_its_messag
     with b.client() as c:  # the holder keeps it, and sees gamma's other agent
         wait_until(lambda: "G-1" in {x.id for x in c.agents()}, 10, "beta to see G-1")
         assert c.status().cluster.refused == []
-    assert "gamma" in cli(a, "status").stdout
+    # a reads the directory at its heartbeat: gamma shows there within one
+    wait_until(lambda: "gamma" in cli(a, "status").stdout, 10, "alpha to see gamma")
     assert g.stop(timeout=10) == 0  # a node stops at once, as a single one does
 
 
