@@ -25,8 +25,9 @@ from figures import record
 from tmux_fixtures import READER, TmuxServer, records
 
 from coordd import config
+from coordd.model import Record, TransportDown
 from coordd.transports import tmux_control
-from coordd.transports.tmux import exact_target, printable, tail_fragment
+from coordd.transports.tmux import TmuxTransport, exact_target, printable, tail_fragment
 
 JOINED = " \u23ce "  # " ⏎ ": what multiline "join" shows in place of each newline
 FAST_RETRY = {"backoff_initial_ms": 20, "backoff_max_ms": 100, "unhealthy_recheck_ms": 50}
@@ -138,6 +139,27 @@ async def test_control_mode_quoting_keeps_hostile_text_literal(tmux_server, tmp_
         assert await conn.run("display-message", "-p", "still #{session_name}") == ["still q"]
     finally:
         await tmux_control.release(conn)
+
+
+async def test_the_control_clients_session_destroyed_under_a_delivery_names_the_pane(tmux_server):
+    """tmux detaches a control client whose session is destroyed (detach-on-destroy) while the server runs
+    on: a delivery that wrote to it sees the connection close. The reason must say the pane is gone, not the
+    server (a fresh-clone CI run reported "not reachable" here)."""
+    server = tmux_server()
+    server.session("keep", "sleep", "600")
+    server.session("t", "cat")  # the newest session: the control client attaches to it
+    transport = TmuxTransport(config.TmuxAgent(id="T", target="t:0.0", socket_path=server.socket_path))
+    await transport.start()
+    try:
+        # A blocking call: the control client exits before the loop runs again, so the delivery below writes
+        # to it before its reader has seen the end.
+        server.tmux("kill-session", "-t", "=t")
+        with pytest.raises(TransportDown) as down:
+            await transport.deliver([Record(1, "T", "hello", "regular", 0.0)])
+        assert down.value.reason.startswith("tmux pane t:0.0 not found"), down.value.reason
+        assert down.value.delivered == 0
+    finally:
+        await transport.close()
 
 
 # --- delivery through the daemon ----------------------------------------------------------

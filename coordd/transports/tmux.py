@@ -205,11 +205,22 @@ class TmuxTransport(Transport):
                 if e.command_failed and not e.reason.startswith("can't find"):  # refused what this message needed
                     raise DeliveryError(f"tmux pane {self.agent.target}: {e.reason}", delivered=n) from None
                 # Not a failed attempt: the server, the pane or the agent in it is not there; the messages wait.
-                raise TransportDown(self._reason(e), delivered=n) from None
+                raise TransportDown(await self._reason(self.conn, e), delivered=n) from None
 
-    def _reason(self, e: TmuxError) -> str:
+    async def _reason(self, conn: Connection, e: TmuxError) -> str:
         if e.command_failed:  # can't find session/window/pane
             return f"tmux pane {self.agent.target} not found: {e.reason}"
+        if type(e) is not TmuxError:  # PaneUnavailable and its kind: the reason is already the pane's
+            return e.reason
+        # The connection closed. A control client also ends when the session it is attached to is destroyed
+        # (tmux's detach-on-destroy) while the server runs on: look at the pane again on a new connection, so
+        # that the reason names what is gone: the pane, or the server.
+        try:
+            await conn.connect()
+            await self._resolve(conn)
+        except TmuxError as again:
+            if again.command_failed or type(again) is not TmuxError:
+                return await self._reason(conn, again)
         return e.reason
 
     async def _deliver_one(self, conn: Connection, m: Record) -> None:
