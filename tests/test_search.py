@@ -183,6 +183,22 @@ def test_the_index_survives_a_restart_and_a_kill(make_daemon):
     assert db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'zebra'").fetchone()[0] == 3002
 
 
+def test_a_stop_indexes_the_messages_still_waiting_for_their_index_write(make_daemon):
+    """New messages are indexed in one write a little after they are stored (store.INDEX_DELAY_S); a stop
+    that comes first writes it, so the next start has nothing to catch up."""
+    d = make_daemon(agents=AGENTS)
+    with d.client() as c:
+        for i in range(5):
+            c.send("A", f"quiet lynx {i}")
+    d.stop()
+    db = sqlite3.connect(d.db)
+    assert db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'lynx'").fetchone()[0] == 5
+    db.close()
+    d.start()
+    d.stop()
+    assert "for search that the last run had not" not in d.logtext()
+
+
 def test_messages_a_crash_left_unindexed_are_indexed_at_start(make_daemon):
     """A send is indexed in the writer's deferred commit, after its acknowledgement: a crash in between leaves
     it stored but unindexed (here: rows written behind the index's back), and the next start indexes it."""
