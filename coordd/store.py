@@ -294,6 +294,12 @@ class Store:
         if self._indexing is not None and not self._indexing.done():
             await asyncio.wait([self._indexing], timeout=timeout)
 
+    async def written(self) -> None:
+        """Return once every write queued so far has committed (or failed: this does not raise)."""
+        waiting = [fut for fut in self.writer.last_writes() if not fut.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+
     def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Be the only writer for the block (for insert_chunked): other writes wait, pruning too."""
         return self.writer.exclusive()

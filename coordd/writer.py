@@ -99,6 +99,12 @@ class Writer:
                 self._flush_handle = loop.call_soon(self._flush)
         return fut
 
+    def last_writes(self) -> list[asyncio.Future]:
+        """The futures of the last write waiting in each queue: once both are done, so is every write queued
+        before them (each queue commits in order; the deferred one after the other, unless its timer came
+        first)."""
+        return [queue[-1][1] for queue in (self._pending, self._deferred) if queue]
+
     def last_deferred(self, fut: asyncio.Future) -> bool:
         """fut's deferred write is the last one waiting: rows added to its executemany parameters now commit with
         it, in the order they came (a write that gathers rows as they come, as delivery outcomes do)."""

@@ -342,6 +342,9 @@ class Outbox:
             await self.link.up.wait()
             batch, self.pending = self.pending, []
             self.wakeup.clear()
+            # A receipt goes out once the outcome it reports is stored here (delivery outcomes are deferred
+            # writes): a sender told "delivered" may at once read the recipient's inbox on this node.
+            await self.store.written()
             try:
                 await self._publish(batch)
             except Exception as e:  # NATS went away: published again once it is back (JetStream drops duplicates)
