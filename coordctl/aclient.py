@@ -161,18 +161,16 @@ class AsyncClient(AsyncOperations):
     async def _exchange(self, reqs: list[protocol.Request], timeout: float | None) -> list[protocol.Reply]:
         if not reqs:
             return []
-        if self._writer is None:
-            await self.connect()
-        writer = self._writer
-        assert writer is not None
-        loop = asyncio.get_running_loop()
-        rids, futures = [], []
-        for req in reqs:
-            self._rid += 1
-            req.rid = self._rid
-            rids.append(self._rid)
-            futures.append(self._pending.setdefault(self._rid, loop.create_future()))
-            writer.write(protocol.frame(req))
+        idle = self._writer is not None and not self._pending and not self._streams
+        rids, futures, writer = await self._write(reqs)
+        if idle and writer.transport.is_closing():
+            # The write failed at once: the daemon had closed this idle connection (daemon.idle_timeout_s, a
+            # restart) and the reply task has not seen it yet. None of these frames reached the daemon, so none
+            # was acted on: they go again, once, on a new connection (as Client does).
+            for rid in rids:
+                self._pending.pop(rid, None)
+            await self.close()
+            rids, futures, writer = await self._write(reqs)
         try:
             # If the connection is gone, so is the transport: the reply task
             # then fails our futures, with the daemon's reason if it sent one
@@ -188,6 +186,24 @@ class AsyncClient(AsyncOperations):
         finally:
             for rid in rids:
                 self._pending.pop(rid, None)
+
+    async def _write(
+        self, reqs: list[protocol.Request]
+    ) -> tuple[list[int], list[asyncio.Future[protocol.Reply]], asyncio.StreamWriter]:
+        """Write reqs (connecting first if need be), each with a new rid and a future for its reply."""
+        if self._writer is None:
+            await self.connect()
+        writer = self._writer
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        rids, futures = [], []
+        for req in reqs:
+            self._rid += 1
+            req.rid = self._rid
+            rids.append(self._rid)
+            futures.append(self._pending.setdefault(self._rid, loop.create_future()))
+            writer.write(protocol.frame(req))
+        return rids, futures, writer
 
     # --- the operations (each defined once, in operations.Operations) -----------
 

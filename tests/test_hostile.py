@@ -454,6 +454,21 @@ async def test_idle_connections_are_closed_and_clients_reconnect(make_daemon):
     assert inbox_bodies(d.inbox("A")) == ["after the idle close"]
 
 
+async def test_an_async_client_reconnects_when_its_idle_connection_was_closed_unseen(make_daemon):
+    """The daemon closes an idle AsyncClient's connection while the client's loop is busy elsewhere, so that its
+    reply task has not seen the end when the next call writes: that write fails at once, reached nothing, and
+    goes again on a new connection (a fresh-clone CI run failed the test above on this)."""
+    from coordctl import AsyncClient
+
+    d = make_daemon(agents=[{"id": "A"}], daemon={"idle_timeout_s": 0.5})
+    async with AsyncClient(d.socket, timeout=10) as ac:
+        assert await ac.ping()
+        probe = connect(d.socket)  # connected last: once it is closed, ac's connection is too
+        wait_until(lambda: closed_by_daemon([probe]), 10, "the idle connections closed")  # blocks ac's loop
+        assert await ac.send("A", "after the unseen close") > 0
+    assert wait_until(lambda: inbox_bodies(d.inbox("A")), 10, "the delivery") == ["after the unseen close"]
+
+
 def test_half_closed_client_gets_every_reply(daemon):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(20)
