@@ -685,15 +685,7 @@ def bulk_options(status: str) -> Callable[[Callable[..., None]], Callable[..., N
 def retry(state: State, message_id: int | None, agent: str | None, status: str, since: float | None, yes: bool) -> None:
     """Queue failed message ID again, or with --agent every failed message of AGENT (--since: only the recent
     ones); prints how many. More than 100 ask first on a terminal, and need --yes otherwise."""
-    if message_id is not None:
-        no_filters(agent, since)
-        print_sent(state, state.client().call(protocol.Retry(message_id=message_id)))
-        return
-    client = state.client()
-    agent = need_agent(agent)
-    n = client.retry_many(agent, since=since, dry_run=True)
-    confirm_bulk(n, f"retry {n} failed messages of {agent}", yes)
-    print_count(state, client.retry_many(agent, since=since) if n else 0, "queued again")
+    one_or_all(state, message_id, agent, since, yes, protocol.Retry, "retry", "failed", "queued again")
 
 
 @cli.command()
@@ -705,15 +697,32 @@ def cancel(
     """Cancel message ID, which must still be queued, or with --agent every message still queued for AGENT
     (--since: only the recent ones); prints how many. Messages being delivered are left alone. More than 100
     ask first on a terminal, and need --yes otherwise."""
+    one_or_all(state, message_id, agent, since, yes, protocol.Cancel, "cancel", "queued", "cancelled")
+
+
+def one_or_all(
+    state: State,
+    message_id: int | None,
+    agent: str | None,
+    since: float | None,
+    yes: bool,
+    one: type[protocol.Retry] | type[protocol.Cancel],
+    verb: str,
+    status: str,
+    done: str,
+) -> None:
+    """retry and cancel: message ID, or with --agent each of AGENT's messages in `status` (counted first, then
+    confirmed when many); prints the message's new state, or how many were `done`."""
     if message_id is not None:
         no_filters(agent, since)
-        print_sent(state, state.client().call(protocol.Cancel(message_id=message_id)))
+        print_sent(state, state.client().call(one(message_id=message_id)))
         return
     client = state.client()
     agent = need_agent(agent)
-    n = client.cancel_many(agent, since=since, dry_run=True)
-    confirm_bulk(n, f"cancel {n} queued messages of {agent}", yes)
-    print_count(state, client.cancel_many(agent, since=since) if n else 0, "cancelled")
+    many = client.retry_many if one is protocol.Retry else client.cancel_many
+    n = many(agent, since=since, dry_run=True)
+    confirm_bulk(n, f"{verb} {n} {status} messages of {agent}", yes)
+    print_count(state, many(agent, since=since) if n else 0, done)
 
 
 def no_filters(agent: str | None, since: float | None) -> None:
