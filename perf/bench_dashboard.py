@@ -33,6 +33,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import bench  # noqa: E402  (perf/bench.py: its helpers and its way of running a daemon)
 import bench_observability as obs  # noqa: E402  (its CPU pinning and accounting)
+import rounds  # noqa: E402  (perf/rounds.py: the variants in rotating rounds, their paired costs)
 
 VARIANTS = ("without", "without, again", "served, closed", "open")
 BASELINE, JUDGED, TARGET = "without", "open", 0.05
@@ -166,26 +167,16 @@ def hook_cost(n: int) -> dict[str, float]:
 
 
 def run(cfg) -> list[dict[str, dict]]:
-    rounds = []
-    for r in range(cfg.rounds):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-        got = {}
-        for v in order:
-            print(f"bench: round {r + 1}/{cfg.rounds}: {v} ...", file=sys.stderr, flush=True)
-            got[v] = measure(v, cfg)
-        rounds.append(got)
-    return rounds
+    return rounds.rotating(VARIANTS, cfg.rounds, lambda v: measure(v, cfg))
 
 
-def summarize(rounds: list[dict[str, dict]]) -> list[dict]:
+def summarize(results: list[dict[str, dict]]) -> list[dict]:
     """Medians over the rounds; each cost the median of the per-round ratios to that round's baseline."""
     med = statistics.median
     rows = []
     for v in VARIANTS:
-        runs = [r[v] for r in rounds]
-        p50_cost = med(r[v]["seq"]["p50"] / r[BASELINE]["seq"]["p50"] - 1 for r in rounds)
-        rate_cost = med(1 - r[v]["rate"] / r[BASELINE]["rate"] for r in rounds)
-        cpu_cost = med(r[v]["daemon_cpu_us"] / r[BASELINE]["daemon_cpu_us"] - 1 for r in rounds)
+        runs = [r[v] for r in results]
+        p50_cost, rate_cost, cpu_cost = rounds.costs(results, v, BASELINE)
         feed = [x["feed_cpu_us"] for x in runs if x["feed_cpu_us"] is not None]
         judged = v == JUDGED
         rows.append(

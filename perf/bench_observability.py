@@ -36,6 +36,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
 
 import bench  # noqa: E402  (perf/bench.py: its helpers and its way of running a daemon)
+import rounds  # noqa: E402  (perf/rounds.py: the variants in rotating rounds, their paired costs)
 
 VARIANTS = (
     "baseline",
@@ -210,28 +211,17 @@ def hook_cost(n: int) -> dict[str, float]:
 
 
 def run(cfg) -> list[dict[str, dict]]:
-    """cfg.rounds rounds of every variant; each round starts one variant later, so none always goes first."""
-    rounds = []
-    for r in range(cfg.rounds):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-        got = {}
-        for v in order:
-            print(f"bench: round {r + 1}/{cfg.rounds}: {v} ...", file=sys.stderr, flush=True)
-            got[v] = measure(v, cfg)
-        rounds.append(got)
-    return rounds
+    return rounds.rotating(VARIANTS, cfg.rounds, lambda v: measure(v, cfg))
 
 
-def summarize(rounds: list[dict[str, dict]]) -> list[dict]:
+def summarize(results: list[dict[str, dict]]) -> list[dict]:
     """Medians over the rounds; each cost is the median of the per-round ratios to that round's baseline
     (paired: a round's variants share its moment's noise, as other work on the machine comes and goes)."""
     med = statistics.median
     rows = []
     for v in VARIANTS:
-        runs = [r[v] for r in rounds]
-        p50_cost = med(r[v]["seq"]["p50"] / r["baseline"]["seq"]["p50"] - 1 for r in rounds)
-        rate_cost = med(1 - r[v]["rate"] / r["baseline"]["rate"] for r in rounds)
-        cpu_cost = med(r[v]["daemon_cpu_us"] / r["baseline"]["daemon_cpu_us"] - 1 for r in rounds)
+        runs = [r[v] for r in results]
+        p50_cost, rate_cost, cpu_cost = rounds.costs(results, v, "baseline")
         judged = v == JUDGED
         watcher = [x["watcher_cpu_us"] for x in runs if x["watcher_cpu_us"] is not None]
         rows.append(
